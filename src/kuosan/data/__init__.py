@@ -1,0 +1,57 @@
+"""Datasets, each held fully in memory as one float32 tensor (the trainer indexes batches from it).
+
+One file per source: ``digits`` (sklearn's 8x8 digits), ``toy2d`` (2-D toy distributions),
+``image_folder`` (a folder of image files). ``load_dataset`` picks one by name:
+
+- ``"digits"``: ``load_digits(**kwargs)`` (kwargs: ``split``, ``test_fraction``, ``split_seed``);
+- ``"toy2d:<name>"``: ``sample_toy2d(name, n, generator=...)`` (kwargs: ``n`` (required), ``generator``);
+- ``"folder:<path>"``: ``load_image_folder(path, **kwargs)`` (kwargs: ``size``, ``channels``, ``crop``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kuosan.data.digits import (
+    DIGITS_BIN_WIDTH,
+    DIGITS_NUM_LEVELS,
+    DIGITS_SPLITS,
+    load_digits,
+    load_digits_with_labels,
+)
+from kuosan.data.errors import DataError
+from kuosan.data.image_folder import IMAGE_EXTENSIONS, find_images, load_image_folder
+from kuosan.data.toy2d import TOY2D_NAMES, sample_toy2d
+
+DATASET_NAMES = ("digits", *(f"toy2d:{name}" for name in TOY2D_NAMES), "folder:<path>")
+
+__all__ = [
+    "DATASET_NAMES",
+    "DIGITS_BIN_WIDTH",
+    "DIGITS_NUM_LEVELS",
+    "DIGITS_SPLITS",
+    "DataError",
+    "IMAGE_EXTENSIONS",
+    "TOY2D_NAMES",
+    "find_images",
+    "load_dataset",
+    "load_digits",
+    "load_digits_with_labels",
+    "load_image_folder",
+    "sample_toy2d",
+]
+
+
+def load_dataset(name: str, **kwargs: Any) -> torch.Tensor:
+    """The dataset called ``name`` (one of ``DATASET_NAMES``) as one tensor; ``kwargs`` go to its loader."""
+    source, _, argument = name.partition(":")
+    if name == "digits":
+        return load_digits(**kwargs)
+    if source == "toy2d" and argument in TOY2D_NAMES:
+        if "n" not in kwargs:
+            raise DataError(f"dataset {name!r} needs the number of samples n=")
+        return sample_toy2d(argument, **kwargs)
+    if source == "folder" and argument:
+        return load_image_folder(argument, **kwargs)
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")

@@ -1,0 +1,103 @@
+"""A folder of image files (PNG, JPEG, BMP, WEBP) loaded into one float32 tensor in [-1, 1].
+
+Files are found recursively, matched by extension case-insensitively, and read in sorted path order,
+so the same folder always gives the same tensor. Each image is decoded with Pillow, turned upright by
+its EXIF orientation tag, converted to ``"L"`` (1 channel) or ``"RGB"`` (3 channels; an alpha channel
+is dropped), optionally resized, and mapped from 0..255 to [-1, 1] by ``x / 127.5 - 1``.
+
+Resizing (``size`` given), in the torchvision ``Resize(size)`` + ``CenterCrop(size)`` convention:
+
+- ``crop="center"``: scale so the shorter side is ``size`` (bicubic), then cut the central
+  ``size x size`` square (the aspect ratio is kept, the borders of the longer side are lost);
+- ``crop="none"``: resize straight to ``size x size`` (bicubic; the aspect ratio is not kept).
+
+With ``size=None`` no image is resampled, and all images must already have one size.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from kuosan.data.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+CROP_MODES = ("center", "none")
+
+
+def find_images(path: str | Path) -> list[Path]:
+    """All image files under ``path`` (recursive, extensions of ``IMAGE_EXTENSIONS`` in any case), sorted."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"image folder {root} is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in {root}")
+    return files
+
+
+def _resize(image: Image.Image, size: int, crop: str) -> Image.Image:
+    width, height = image.size
+    if crop == "none":
+        return image if (width, height) == (size, size) else image.resize((size, size), Image.Resampling.BICUBIC)
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new_size != (width, height):
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _read(file: Path, mode: str, size: int | None, crop: str) -> np.ndarray:
+    """Decode one file to a uint8 array (H, W, C); any decoding failure becomes a ``DataError``."""
+    try:
+        with Image.open(file) as image:
+            image = ImageOps.exif_transpose(image).convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {file}: {exc}") from exc
+    if size is not None:
+        image = _resize(image, size, crop)
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def load_image_folder(
+    path: str | Path, *, size: int | None = None, channels: int = 3, crop: str = "center"
+) -> torch.Tensor:
+    """Every image under ``path`` as one tensor (N, channels, H, W), float32 in [-1, 1].
+
+    ``channels`` is 1 (greyscale, Pillow's ``"L"``) or 3 (RGB). With ``size`` the result is
+    (N, C, size, size), see the module docstring for ``crop``; with ``size=None`` all images must
+    share one size. Raises ``DataError`` naming the folder or file if the folder is missing or has no
+    images, a file cannot be decoded, or (``size=None``) two images differ in size.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
+    if crop not in CROP_MODES:
+        raise DataError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DataError(f"size must be a positive integer or None, got {size!r}")
+    files = find_images(path)
+    mode = "L" if channels == 1 else "RGB"
+    images: torch.Tensor | None = None
+    for index, file in enumerate(files):
+        pixels = _read(file, mode, size, crop)
+        if images is None:
+            images = torch.empty(len(files), channels, pixels.shape[0], pixels.shape[1])
+        elif pixels.shape[:2] != images.shape[2:]:
+            raise DataError(
+                f"images differ in size: {file} is {pixels.shape[1]}x{pixels.shape[0]}, {files[0]} is "
+                f"{images.shape[3]}x{images.shape[2]} (pass size= to resize them to one size)"
+            )
+        images[index] = torch.from_numpy(pixels).permute(2, 0, 1)
+    assert images is not None  # find_images never returns an empty list
+    images.div_(127.5).sub_(1.0)
+    logger.info("loaded %d images of %dx%dx%d from %s", len(files), channels, images.shape[2], images.shape[3], path)
+    return images

@@ -1,0 +1,162 @@
+"""The diffusion U-Net of DDPM (Ho et al. 2020, App. B) in improved-diffusion's form (Nichol &
+Dhariwal 2021).
+
+Notation: ``x`` is the noisy image x_t of shape (B, C, H, W); ``t`` the timestep, shape (B,), possibly
+fractional. What the output means (epsilon, x0, v, ...) is decided by the adapter in
+``kuosan.diffusion.parameterization``, not here.
+
+Layout, with L = len(channel_mult) levels; level ``i`` works at resolution (H / 2**i, W / 2**i) with
+``base_channels * channel_mult[i]`` channels:
+
+    input conv 3x3
+    down:   per level, num_res_blocks x [ResBlock (+ SelfAttention2d)], then Downsample (not after
+            the last level); every output is kept as a skip
+    middle: ResBlock, SelfAttention2d, ResBlock
+    up:     per level (reversed), (num_res_blocks + 1) x [concat(skip), ResBlock (+ SelfAttention2d)],
+            then Upsample (not after level 0)
+    out:    GroupNorm, SiLU, conv 3x3 (zero-initialised: a fresh net outputs exactly 0)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .attention import SelfAttention2d
+from .blocks import Downsample, ResBlock, Upsample, group_norm, zero_module
+from .embeddings import TimestepEmbedding, broadcast_timesteps
+
+
+class EmbedSequential(nn.Sequential):
+    """A Sequential that passes the timestep embedding to the layers that take one (ResBlocks)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """Timestep-conditioned U-Net: ``forward(x, t) -> (B, out_channels, H, W)``.
+
+    Args:
+        in_channels: image channels.
+        out_channels: output channels (default ``in_channels``; 2x for a learned variance).
+        base_channels: channels at level 0 (improved-diffusion's ``model_channels``); the time
+            embedding is ``4 * base_channels`` wide.
+        channel_mult: channel multiplier per level; L = len(channel_mult) levels, so H and W must
+            be divisible by 2**(L - 1). DDPM CIFAR-10 uses (1, 2, 2, 2); 8x8 digits use (1, 2) or
+            (1, 2, 2) (8 -> 4 -> 2).
+        num_res_blocks: ResBlocks per level on the down path (the up path has one more).
+        attention_levels: indices into ``channel_mult`` of the levels with self-attention; level
+            ``i`` is at resolution H / 2**i, so (1,) means 16x16 for 32x32 inputs (DDPM's choice)
+            and 4x4 for 8x8 inputs. The middle block always has attention.
+        num_heads: attention heads; must divide the channel count of every attention level.
+        dropout: dropout in every ResBlock.
+        scale_shift: FiLM (scale-shift) timestep conditioning in the ResBlocks.
+        groups: GroupNorm groups, clamped to a divisor of each channel count.
+
+    ``self.config`` holds these arguments as a plain dict, so ``UNet(**net.config)`` rebuilds the
+    same architecture (also after a JSON round trip).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        base_channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[int] = (1,),
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        scale_shift: bool = True,
+        groups: int = 32,
+    ):
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        channel_mult = tuple(int(m) for m in channel_mult)
+        attention_levels = tuple(sorted({int(i) for i in attention_levels}))
+        if not channel_mult:
+            raise ValueError("channel_mult must have at least one level")
+        bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} out of range for {len(channel_mult)} levels")
+        self._config: dict[str, Any] = dict(
+            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+            channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels, num_heads=num_heads, dropout=dropout,
+            scale_shift=scale_shift, groups=groups,
+        )
+        emb_channels = 4 * base_channels
+        self.num_levels = len(channel_mult)
+        self.time_embed = TimestepEmbedding(freq_dim=base_channels, embed_dim=emb_channels)
+
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(in_channels=c_in, out_channels=c_out, emb_channels=emb_channels,
+                            dropout=dropout, scale_shift=scale_shift, groups=groups)
+
+        def attn(c: int) -> SelfAttention2d:
+            return SelfAttention2d(channels=c, num_heads=num_heads, groups=groups)
+
+        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        ch = base_channels
+        skip_channels = [ch]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [res(ch, base_channels * mult)]
+                ch = base_channels * mult
+                if level in attention_levels:
+                    layers.append(attn(ch))
+                self.down.append(EmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(EmbedSequential(Downsample(channels=ch)))
+                skip_channels.append(ch)
+
+        self.middle = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), base_channels * mult)]
+                ch = base_channels * mult
+                if level in attention_levels:
+                    layers.append(attn(ch))
+                if level != 0 and i == num_res_blocks:
+                    layers.append(Upsample(channels=ch))
+                self.up.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            group_norm(ch, groups=groups),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (a fresh plain dict): ``UNet(**config)`` rebuilds this net."""
+        return dict(self._config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """x_t (B, C, H, W), timesteps t (B,) or scalar -> (B, out_channels, H, W)."""
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects x of shape (B, C, H, W), got {tuple(x.shape)}")
+        factor = 2 ** (self.num_levels - 1)
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(f"H and W must be divisible by {factor} for {self.num_levels} "
+                             f"levels, got {tuple(x.shape[-2:])}")
+        emb = self.time_embed(broadcast_timesteps(t, x))
+        h = self.input_conv(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)
+
