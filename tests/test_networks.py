@@ -163,6 +163,16 @@ def test_unet_channels_last_matches_contiguous():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+def test_unet_bf16_autocast_close_to_fp32():
+    net = randomize_zero_params(UNet(**{**TINY, "in_channels": 3})).eval()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0])
+    ref = net(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, t)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).norm() <= 0.05 * ref.norm()
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: UNet(**{**TINY, "dropout": 0.5}), (2, 1, 8, 8)),
     (lambda: MLPDenoiser(hidden=32, depth=2, dropout=0.5), (2, 2)),

@@ -1,0 +1,133 @@
+"""The only place where an experiment Config becomes objects: data, network, schedule, denoiser,
+trainer. Every invalid combination fails here with a ConfigError before anything is written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kuosan.config import Config, ConfigError
+from kuosan.data import DataError, load_dataset
+from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
+from kuosan.diffusion.parameterization import PREDICTIONS
+from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
+from kuosan.losses.diffusion import TARGETS, WEIGHTINGS
+from kuosan.networks import NETWORKS
+from kuosan.samplers import SAMPLERS
+
+
+def validate(cfg: Config) -> Config:
+    """Check every named choice and number of a config; raise ConfigError naming the key."""
+    d, tr, s = cfg.diffusion, cfg.train, cfg.sample
+    checks = [
+        (cfg.model.network in NETWORKS, "model.network", cfg.model.network, list(NETWORKS)),
+        (d.schedule in BETA_SCHEDULES, "diffusion.schedule", d.schedule, list(BETA_SCHEDULES)),
+        (d.prediction in TARGETS, "diffusion.prediction", d.prediction, list(TARGETS)),
+        (d.weighting in WEIGHTINGS, "diffusion.weighting", d.weighting, list(WEIGHTINGS)),
+        (tr.precision in ("fp32", "bf16"), "train.precision", tr.precision, ["fp32", "bf16"]),
+        (s.sampler in SAMPLERS, "sample.sampler", s.sampler, list(SAMPLERS)),
+        (s.grid in GRIDS, "sample.grid", s.grid, list(GRIDS)),
+    ]
+    for ok, key, val, choices in checks:
+        if not ok:
+            raise ConfigError(f"{key}={val!r} is not one of {', '.join(choices)}")
+    for key, val, lo in [("diffusion.T", d.T, 2), ("train.batch_size", tr.batch_size, 1),
+                         ("sample.steps", s.steps, 1), ("train.warmup_steps", tr.warmup_steps, 0)]:
+        if val < lo:
+            raise ConfigError(f"{key} must be at least {lo}, got {val}")
+    if s.steps > d.T and s.grid in ("leading", "linspace", "trailing"):
+        raise ConfigError(f"sample.steps={s.steps} is more than the {d.T} training timesteps")
+    if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
+        raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
+    return cfg
+
+
+def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
+    """The training tensor (N, ...) of the config's data set."""
+    name = cfg.data.name
+    if name == "digits":
+        return load_dataset("digits", split=split)
+    if name.startswith("toy2d:"):
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        return load_dataset(name, n=cfg.data.n, generator=g)
+    if name.startswith("folder:"):
+        return load_dataset(name, size=cfg.data.size, channels=cfg.data.channels)
+    return load_dataset(name)  # raises DataError listing the known names
+
+
+def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
+    params = dict(cfg.model.params)
+    if cfg.model.network == "unet":
+        if len(data_shape) != 3:
+            raise ConfigError(f"the unet needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
+        params.setdefault("in_channels", data_shape[0])
+        if params["in_channels"] != data_shape[0]:
+            raise ConfigError(f"model.params.in_channels={params['in_channels']} but the data have "
+                              f"{data_shape[0]} channels")
+        levels = len(params.get("channel_mult", (1, 2, 2)))
+        if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
+            raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
+                              f"(model.params.channel_mult has {levels} levels)")
+    else:
+        if len(data_shape) != 1:
+            raise ConfigError(f"the mlp needs vector data (D,), got samples of shape {tuple(data_shape)}")
+        params.setdefault("dim", data_shape[0])
+    try:
+        return NETWORKS[cfg.model.network](**params)
+    except TypeError as e:
+        raise ConfigError(f"model.params: {e}") from None
+
+
+def build_schedule(cfg: Config) -> DiscreteSchedule:
+    return DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.T)
+
+
+def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
+    """The network as a Denoiser D(x, sigma) -> x0_hat, with x0 clamping if ``clip`` (default: the
+    config's sample.clip)."""
+    den = VPDenoiser(net, build_schedule(cfg), cfg.diffusion.prediction)
+    return ClampDenoiser(den) if (cfg.sample.clip if clip is None else clip) else den
+
+
+def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None = None, progress: bool = True):
+    """Seeded network + Trainer for a config. Seeds torch's global RNG (initialisation, dropout):
+    the one place outside user code that does."""
+    from kuosan.pipeline import sample_fn_for
+    from kuosan.train import Trainer
+
+    validate(cfg)
+    data = build_data(cfg) if data is None else data
+    torch.manual_seed(cfg.train.seed)
+    net = build_network(cfg, tuple(data.shape[1:]))
+    tr = cfg.train
+    return Trainer(net, build_schedule(cfg), data, out_dir=out_dir, config=cfg.to_dict(),
+                   prediction=cfg.diffusion.prediction, weighting=cfg.diffusion.weighting,
+                   snr_gamma=cfg.diffusion.snr_gamma, batch_size=tr.batch_size, lr=tr.lr,
+                   weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
+                   grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
+                   precision=tr.precision, channels_last=tr.channels_last,
+                   checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
+                   seed=tr.seed, sample_fn=sample_fn_for(cfg, tuple(data.shape[1:])), progress=progress)
+
+
+def load_run(run_dir: str | Path, *, weights: str = "ema"):
+    """(config, network) of a trained run, the network in eval mode with its ``weights`` ("ema" or
+    "model") loaded from safetensors."""
+    from kuosan.train import checkpoint as ckpt
+
+    cfg = validate(Config.from_dict(ckpt.read_config(run_dir)))
+    state = ckpt.read_state(run_dir)
+    net = build_network(cfg, tuple(state["data_shape"]))
+    try:
+        net.load_state_dict(ckpt.load_tensors(run_dir, weights))
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"weights in {run_dir} do not fit the config's network: "
+                                   f"{str(e).splitlines()[0]}") from None
+    net.eval().requires_grad_(False)
+    net.data_shape = tuple(state["data_shape"])
+    return cfg, net
+
+
+__all__ = ["ConfigError", "DataError", "build_data", "build_denoiser", "build_network", "build_schedule",
+           "build_trainer", "load_run", "validate"]

@@ -1,0 +1,176 @@
+"""Typed experiment configuration: dataclasses, presets, files (TOML/JSON) and dotted overrides.
+
+Only ``build.py`` turns a Config into objects. A Config round-trips through ``to_dict``/``from_dict``
+(unknown keys are errors, so a typo never silently trains the wrong model).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: unknown key, wrong type, impossible value."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"             # "digits", "toy2d:<moons|swissroll|8gaussians|checkerboard>", "folder:<path>"
+    size: int | None = None          # image folder: resize/crop to size x size
+    channels: int = 1                # image folder: 1 (grayscale) or 3 (RGB)
+    n: int = 50_000                  # toy2d: number of points drawn once (with the run's seed)
+
+
+@dataclass
+class ModelConfig:
+    network: str = "unet"            # "unet" or "mlp"
+    params: dict = field(default_factory=dict)  # keyword arguments of the network's constructor
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"         # beta schedule: linear, cosine, sigmoid, scaled_linear
+    T: int = 1000
+    prediction: str = "eps"          # eps, x0, v
+    weighting: str = "none"          # none, min_snr
+    snr_gamma: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0           # max global gradient norm; 0 disables
+    ema_decay: float = 0.999
+    ema_warmup: bool = True          # decay min(ema_decay, (1 + step) / (10 + step))
+    steps: int | None = None         # total optimizer steps (the run stops at whichever comes first)
+    time_budget: float | None = None  # seconds of training in this invocation
+    precision: str = "fp32"          # fp32 or bf16 (autocast)
+    channels_last: bool = False
+    checkpoint_every: float = 60.0   # seconds between checkpoints (and one at the end)
+    sample_every: int = 0            # steps between sample grids (0: only at the end)
+    log_every: int = 25
+    seed: int = 0
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 20
+    grid: str = "trailing"
+    clip: bool = True                # clamp x0_hat to the data range [-1, 1]
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _from_dict(cls, d, "")
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known keys: {', '.join(prefix + k for k in fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        ftype = fields[name].type
+        sub = _SECTIONS.get(name) if cls is Config else None
+        kwargs[name] = _from_dict(sub, value, f"{prefix}{name}.") if sub else _coerce(value, ftype, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, ftype: str, key: str):
+    """Check a leaf value against its annotated type (the annotations are strings here)."""
+    if value is None:
+        if "None" in ftype:
+            return None
+        raise ConfigError(f"{key} may not be empty")
+    base = ftype.split("|")[0].strip()
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base == "tuple" and isinstance(value, (list, tuple)):
+        return tuple(value)
+    types = {"int": int, "str": str, "bool": bool, "dict": dict, "float": float}
+    want = types.get(base)
+    if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be {base}, got {value!r}")
+    return copy.deepcopy(value)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+             "sample": SampleConfig}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a TOML or JSON experiment file into a (possibly partial) config dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = p.read_text()
+        return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {p}: {e}") from None
+
+
+def parse_override(item: str) -> dict:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; the value is read as JSON when it parses
+    (numbers, true/false, null, lists), else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def resolve_config(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Preset, then file, then dotted overrides, each on top of the last."""
+    from kuosan.presets import PRESETS
+
+    d = Config().to_dict()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        d = _merge(d, PRESETS[preset])
+    if file is not None:
+        d = _merge(d, load_config_file(file))
+    for item in overrides:
+        d = _merge(d, parse_override(item))
+    return Config.from_dict(d)

@@ -1,0 +1,41 @@
+"""Generation: noise -> sampler -> samples, on top of the Denoiser contract and the sampler registry."""
+from __future__ import annotations
+
+import torch
+
+from kuosan.diffusion.schedules import make_sigmas
+from kuosan.samplers import get_sampler
+
+
+def prior_noise(shape: tuple[int, ...], sigma_max: float, *, generator=None) -> torch.Tensor:
+    """x at the first grid level for a VP-trained model: x_T ~ N(0, I) in VP scaling is
+    x = x_T / sqrt(abar_T) = x_T sqrt(1 + sigma_max^2) in the Denoiser's VE scaling."""
+    return torch.randn(shape, generator=generator) * (1 + sigma_max**2) ** 0.5
+
+
+@torch.inference_mode()
+def generate(denoiser, schedule, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 20,
+             grid: str = "trailing", generator: torch.Generator | None = None, batch_size: int = 1000,
+             **sampler_kwargs) -> torch.Tensor:
+    """n samples of per-sample ``shape`` from ``denoiser`` with the named sampler and grid, in batches."""
+    fn = get_sampler(sampler)
+    sigmas = make_sigmas(schedule, steps, grid)
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = prior_noise((b, *shape), float(sigmas[0]), generator=generator)
+        out.append(fn(denoiser, x, sigmas, generator=generator, **sampler_kwargs))
+    return torch.cat(out)
+
+
+def sample_fn_for(cfg, data_shape: tuple[int, ...]):
+    """The picture-drawing callback the Trainer takes: its config's sampler, steps and grid."""
+    from kuosan.build import build_denoiser, build_schedule
+
+    schedule = build_schedule(cfg)
+
+    def sample_fn(net, n, generator):
+        return generate(build_denoiser(cfg, net), schedule, data_shape, n, sampler=cfg.sample.sampler,
+                        steps=cfg.sample.steps, grid=cfg.sample.grid, generator=generator)
+
+    return sample_fn

@@ -1,0 +1,125 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else; nothing is ever unpickled.
+
+A run directory holds ``checkpoint/`` with
+
+    config.json        the experiment config (rebuilds the network and the diffusion)
+    model.safetensors  the trained weights        ema.safetensors  the EMA weights
+    state.safetensors  optimizer moments and RNG states       state.json  step, time, optimizer groups
+
+A checkpoint is written to ``checkpoint.tmp/`` and swapped in by renames, so a crash at any moment
+leaves either the old or the new checkpoint whole (``checkpoint.old/`` is used if the swap was cut).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete or corrupt checkpoint."""
+
+
+FILES = ("config.json", "model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+
+
+def _contiguous(sd: dict) -> dict:
+    return {k: v.detach().contiguous().clone() for k, v in sd.items()}
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Split an optimizer state dict into flat tensors ``opt.<param>.<key>`` and JSON metadata."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{key}"] = val.detach().contiguous().clone()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, val in tensors.items():
+        if name.startswith("opt."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = val
+    for name, val in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict, tensors: dict,
+                    state: dict) -> Path:
+    """Write a complete checkpoint atomically; returns its directory."""
+    run_dir = Path(run_dir)
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(_contiguous(model), str(tmp / "model.safetensors"))
+    save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+    save_file(_contiguous(tensors), str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(run_dir: str | Path) -> Path | None:
+    run_dir = Path(run_dir)
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / "config.json").is_file():
+            return run_dir / name
+    return None
+
+
+def read_config(run_dir: str | Path) -> dict:
+    ckpt = _require(run_dir)
+    try:
+        return json.loads((ckpt / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt {ckpt / 'config.json'}: {e}") from None
+
+
+def load_tensors(run_dir: str | Path, name: str) -> dict:
+    """Load one safetensors file of the checkpoint ("model", "ema" or "state")."""
+    path = _require(run_dir) / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"incomplete checkpoint: {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
+
+
+def read_state(run_dir: str | Path) -> dict:
+    path = _require(run_dir) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt or missing {path}: {e}") from None
+
+
+def _require(run_dir) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"no checkpoint in {run_dir} (expected {run_dir}/checkpoint/config.json)")
+    return ckpt

@@ -1,0 +1,201 @@
+"""The training loop: AdamW with warmup, gradient clipping, EMA, bf16 autocast, periodic pictures,
+a JSONL loss log, atomic checkpoints, exact resume, a wall-clock budget.
+
+Every random draw of training (batch indices, timesteps, noise) comes from one torch.Generator whose
+state is checkpointed together with the global RNG (dropout), so a resumed run takes bitwise the
+same steps as one that was never interrupted (same machine, same thread count).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kuosan.diffusion.schedules import DiscreteSchedule
+from kuosan.losses.diffusion import diffusion_loss
+from kuosan.train import checkpoint as ckpt
+from kuosan.train.ema import EMA
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Trainer:
+    """Train ``net`` to predict ``prediction`` on the discrete VP ``schedule`` from ``data`` (N, ...).
+
+    ``config`` is saved verbatim with every checkpoint (it must rebuild the network);
+    ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
+    """
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, data: torch.Tensor, *, out_dir: str | Path,
+                 config: dict, prediction: str = "eps", weighting: str = "none", snr_gamma: float = 5.0,
+                 batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.0,
+                 betas: tuple = (0.9, 0.999), warmup_steps: int = 100, grad_clip: float = 1.0,
+                 ema_decay: float = 0.999, ema_warmup: bool = True, precision: str = "fp32",
+                 channels_last: bool = False, checkpoint_every: float = 60.0, sample_every: int = 0,
+                 log_every: int = 25, seed: int = 0, sample_fn: Callable | None = None,
+                 progress: bool = True):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if data.shape[0] == 0:
+            raise ValueError("the training data set is empty")
+        self.net, self.schedule, self.data = net, schedule, data.contiguous()
+        self.out_dir, self.config = Path(out_dir), config
+        self.prediction, self.weighting, self.snr_gamma = prediction, weighting, snr_gamma
+        self.batch_size, self.lr, self.warmup_steps, self.grad_clip = batch_size, lr, warmup_steps, grad_clip
+        self.precision, self.channels_last = precision, channels_last and data.ndim == 4
+        self.checkpoint_every, self.sample_every, self.log_every = checkpoint_every, sample_every, log_every
+        self.sample_fn, self.progress = sample_fn, progress
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.abar = schedule.abar  # float64 table, indexed by integer t
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_loss = float("nan")
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over ``warmup_steps``, then constant."""
+        return self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+
+    def draw_batch(self):
+        g, B = self.generator, self.batch_size
+        idx = torch.randint(self.data.shape[0], (B,), generator=g)
+        x0 = self.data[idx]
+        t = torch.randint(self.schedule.T, (B,), generator=g)
+        eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        if self.channels_last:
+            x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
+        return x0, t, eps
+
+    def train_step(self) -> float:
+        x0, t, eps = self.draw_batch()
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.net.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = diffusion_loss(self.net, x0, t, self.abar[t], eps, prediction=self.prediction,
+                                  weighting=self.weighting, snr_gamma=self.snr_gamma).mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, last good checkpoint kept")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        self.opt.step()
+        self.step += 1
+        self.ema.update(self.net, self.step)
+        return value
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
+        tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"step": self.step, "train_seconds": self.train_seconds, "last_loss": self.last_loss,
+                 "data_shape": list(self.data.shape[1:]), "optimizer": opt_meta}
+        return ckpt.save_checkpoint(self.out_dir, config=self.config, model=self.net.state_dict(),
+                                    ema=self.ema.shadow.state_dict(), tensors=tensors, state=state)
+
+    def resume(self) -> None:
+        """Restore weights, EMA, optimizer, step, clocks and RNG states from ``out_dir``."""
+        state = ckpt.read_state(self.out_dir)
+        if list(state["data_shape"]) != list(self.data.shape[1:]):
+            raise ckpt.CheckpointError(f"the data have shape {tuple(self.data.shape[1:])} but the checkpoint in "
+                                       f"{self.out_dir} was trained on {tuple(state['data_shape'])}")
+        tensors = ckpt.load_tensors(self.out_dir, "state")
+        self.net.load_state_dict(ckpt.load_tensors(self.out_dir, "model"))
+        self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
+        ckpt.optimizer_from_tensors(self.opt, tensors, state["optimizer"])
+        self.generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def write_samples(self, n: int = 64) -> Path | None:
+        if self.sample_fn is None:
+            return None
+        from kuosan.imaging import save_samples_png
+
+        g = torch.Generator().manual_seed(1234)
+        samples = self.sample_fn(self.ema.shadow, n, g)
+        return save_samples_png(samples, self.out_dir / "samples" / f"step_{self.step:07d}.png")
+
+    def _log(self, path: Path, loss: float, seconds: float, steps_per_s: float, bar) -> None:
+        rec = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1), "seconds": round(seconds, 2),
+               "steps_per_s": round(steps_per_s, 2)}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", step=self.step)
+
+    def fit(self, *, steps: int | None = None, time_budget: float | None = None) -> dict:
+        """Train until ``steps`` total optimizer steps or ``time_budget`` seconds in this call, whichever
+        comes first; checkpoint periodically and at the end. Returns a summary dict."""
+        if steps is None and time_budget is None:
+            raise ValueError("give steps or time_budget (or both)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.out_dir / "log.jsonl"
+        start = time.perf_counter()
+        last_ckpt = last_log = start  # train_seconds is accounted up to last_ckpt
+        loss_sum, loss_n, step0 = 0.0, 0, self.step
+        bar = tqdm(total=steps if steps is not None else int(time_budget), initial=self.step if steps else 0,
+                   unit="step" if steps is not None else "s", disable=not self.progress, dynamic_ncols=True,
+                   desc="train")
+        interrupted = False
+        try:
+            while steps is None or self.step < steps:
+                now = time.perf_counter()
+                if time_budget is not None and now - start >= time_budget:
+                    break
+                value = self.train_step()
+                loss_sum, loss_n, self.last_loss = loss_sum + value, loss_n + 1, value
+                now = time.perf_counter()
+                if steps is not None:
+                    bar.update(1)
+                else:
+                    bar.n = min(int(now - start), int(time_budget))
+                    bar.refresh() if loss_n % 10 == 0 else None
+                if self.step % self.log_every == 0:
+                    self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
+                              loss_n / max(now - last_log, 1e-9), bar)
+                    loss_sum, loss_n, last_log = 0.0, 0, now
+                if self.sample_every and self.step % self.sample_every == 0:
+                    self.write_samples()
+                if now - last_ckpt >= self.checkpoint_every:
+                    self.train_seconds += now - last_ckpt
+                    self.save()
+                    last_ckpt = time.perf_counter()  # checkpoint I/O is not training time
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted at step %d; saving a checkpoint", self.step)
+        finally:
+            bar.close()
+        now = time.perf_counter()
+        if loss_n:
+            self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
+                      loss_n / max(now - last_log, 1e-9), bar)
+        self.train_seconds += now - last_ckpt
+        self.save()
+        self.write_samples()
+        summary = {"step": self.step, "steps_this_run": self.step - step0, "train_seconds": self.train_seconds,
+                   "last_loss": self.last_loss, "interrupted": interrupted, "out_dir": str(self.out_dir)}
+        log.info("trained to step %d (%.1f s)", self.step, self.train_seconds)
+        return summary

@@ -1,0 +1,99 @@
+"""Trainer behaviour: exact resume, EMA, checkpoints, divergence."""
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from kuosan.build import build_trainer, load_run
+from kuosan.config import resolve_config
+from kuosan.train import TrainingDiverged, ema_decay_at
+from kuosan.train import checkpoint as ckpt
+
+TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "model.params.dropout=0.1",
+        "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1"]
+
+
+def _cfg(*extra):
+    return resolve_config("digits", None, TINY + list(extra))
+
+
+def _weights(run):
+    return {name: ckpt.load_tensors(run, name) for name in ("model", "ema", "state")}
+
+
+def _digest(run: Path) -> dict:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted((run / "checkpoint").iterdir())}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_equals_uninterrupted(tmp_path, precision):
+    """3 steps, stop, resume for 3 more == 6 steps straight: weights, EMA, optimizer and RNG bitwise."""
+    cfg = _cfg(f"train.precision={precision}")
+    straight = build_trainer(cfg, tmp_path / "a", progress=False)
+    straight.fit(steps=6)
+    first = build_trainer(cfg, tmp_path / "b", progress=False)
+    first.fit(steps=3)
+    resumed = build_trainer(cfg, tmp_path / "b", progress=False)
+    resumed.resume()
+    assert resumed.step == 3
+    resumed.fit(steps=6)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    # and training really moved the weights
+    fresh = build_trainer(cfg, tmp_path / "c", progress=False)
+    assert not all(torch.equal(v, a["model"][k]) for k, v in fresh.net.state_dict().items())
+
+
+def test_ema_is_the_running_average(tmp_path):
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
+    tr = build_trainer(_cfg("train.ema_decay=0.5", "train.ema_warmup=false"), tmp_path, progress=False)
+    p0 = [p.detach().clone() for p in tr.net.parameters()]
+    tr.train_step()
+    for e, p, q in zip(tr.ema.shadow.parameters(), tr.net.parameters(), p0):
+        assert torch.allclose(e, 0.5 * q + 0.5 * p.detach(), atol=1e-7)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = _cfg()
+    tr = build_trainer(cfg, tmp_path, progress=False)
+    tr.fit(steps=2)
+    before = _digest(tmp_path)
+    data = tr.data.clone()
+    data[:] = float("nan")
+    bad = build_trainer(cfg, tmp_path, data=data, progress=False)
+    bad.resume()
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2"):
+        bad.fit(steps=5)
+    assert _digest(tmp_path) == before
+
+
+def test_checkpoint_swap_is_atomic(tmp_path):
+    tr = build_trainer(_cfg(), tmp_path, progress=False)
+    tr.fit(steps=1)
+    # a crash between the two renames leaves only checkpoint.old: it is found and loads
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
+    cfg, net = load_run(tmp_path)
+    assert net.data_shape == (1, 8, 8)
+    # a half-written new checkpoint (checkpoint.tmp) is never read
+    (tmp_path / "checkpoint.tmp").mkdir()
+    assert ckpt.find_checkpoint(tmp_path) == tmp_path / "checkpoint.old"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    tr = build_trainer(_cfg(), tmp_path, progress=False)
+    tr.fit(steps=1)
+    (tmp_path / "checkpoint" / "ema.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt checkpoint file"):
+        load_run(tmp_path)
+
+
+def test_log_and_pictures_are_written(tmp_path):
+    tr = build_trainer(_cfg("train.sample_every=2", "sample.steps=2"), tmp_path, progress=False)
+    tr.fit(steps=2)
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"loss"' in lines[0]
+    assert (tmp_path / "samples" / "step_0000002.png").is_file()
