@@ -1,0 +1,38 @@
+# kuosan: `make demo` trains and samples on the bundled digits; `make test` runs the test suite.
+# Both create the virtual environment .venv on first use. TORCH pins a CPU build of PyTorch that
+# installs from the local wheel store; override it elsewhere (e.g. TORCH='torch>=2.4').
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+DEMO_BUDGET ?= 300
+DEMO_OUT ?= runs/demo
+BIN := $(VENV)/bin
+
+.PHONY: install install-test demo test bench clean
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+
+# Trains the digits preset for DEMO_BUDGET seconds (replacing an earlier demo run), then writes
+# $(DEMO_OUT)/samples.png (a grid) and $(DEMO_OUT)/samples.npy (1000 samples in [-1, 1]).
+demo: $(VENV)/.core
+	rm -rf $(DEMO_OUT)
+	$(BIN)/kuosan train --preset digits --time-budget $(DEMO_BUDGET) --seed 0 --out $(DEMO_OUT)
+	$(BIN)/kuosan sample $(DEMO_OUT) -n 100 --seed 0 --out $(DEMO_OUT)/samples.png
+	$(BIN)/kuosan sample $(DEMO_OUT) -n 1000 --seed 1 --out $(DEMO_OUT)/samples.npy
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info
