@@ -39,3 +39,22 @@ def sample_fn_for(cfg, data_shape: tuple[int, ...]):
                         steps=cfg.sample.steps, grid=cfg.sample.grid, generator=generator)
 
     return sample_fn
+
+
+def sample_run(run_dir, n: int, *, sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+               clip: bool | None = None, seed: int = 0, weights: str = "ema", batch_size: int = 1000,
+               **sampler_kwargs) -> torch.Tensor:
+    """n samples from a trained run directory, clamped to [-1, 1]. Unset options take the run's
+    ``sample`` config; an impossible choice raises ConfigError naming it."""
+    from kuosan.build import build_denoiser, build_schedule, load_run, validate
+
+    cfg, net = load_run(run_dir, weights=weights)
+    for key, val in (("sampler", sampler), ("steps", steps), ("grid", grid), ("clip", clip)):
+        if val is not None:
+            setattr(cfg.sample, key, val)
+    validate(cfg)
+    g = torch.Generator().manual_seed(seed)
+    x = generate(build_denoiser(cfg, net), build_schedule(cfg), net.data_shape, n, sampler=cfg.sample.sampler,
+                 steps=cfg.sample.steps, grid=cfg.sample.grid, generator=g, batch_size=batch_size,
+                 **sampler_kwargs)
+    return x.clamp(-1, 1).float()
