@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import group_norm, zero_module
+from .blocks import normalization, zero_module
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     r"""softmax(q k^T / sqrt(d)) v over (B, heads, N, d), via ``scaled_dot_product_attention``.
 
     On CPU, half/bfloat16 inputs (e.g. under ``torch.autocast("cpu", torch.bfloat16)``) are
@@ -36,8 +36,8 @@ class SelfAttention2d(nn.Module):
         [Q, K, V] &= \mathrm{GN}(x)\, W_{qkv} \\
         \mathrm{out} &= x + \mathrm{softmax}\!\big(Q K^\top / \sqrt{d}\big)\, V\, W_o
 
-    computed per head with :func:`torch.nn.functional.scaled_dot_product_attention` (which picks
-    a fused/flash kernel when one is available). :math:`W_o` is zero-initialised, so a fresh block
+    computed per head by :func:`attend` (``scaled_dot_product_attention``, which picks a fused
+    kernel when one is available). :math:`W_o` is zero-initialised, so a fresh block
     is the identity. The projections are Linear layers on the (B, N, C) token layout, equivalent
     to 1x1 convolutions; for channels-last inputs that layout is free (no copy).
 
@@ -52,7 +52,7 @@ class SelfAttention2d(nn.Module):
         if num_heads < 1 or channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")
         self.num_heads = num_heads
-        self.norm = group_norm(channels, groups=groups)
+        self.norm = normalization(channels, groups=groups)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
@@ -63,6 +63,6 @@ class SelfAttention2d(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
         qkv = self.qkv(tokens).reshape(b, h * w, 3, heads, d).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
-        out = attention(q, k, v)
+        out = attend(q, k, v)
         out = self.proj_out(out.transpose(1, 2).reshape(b, h * w, c))  # (B, N, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)

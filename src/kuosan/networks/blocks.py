@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def num_groups(channels: int, groups: int) -> int:
+def clamp_groups(channels: int, groups: int) -> int:
     """Largest divisor of ``channels`` that is <= ``groups`` (GroupNorm needs groups | channels)."""
     if channels < 1 or groups < 1:
         raise ValueError(f"channels and groups must be >= 1, got {channels} and {groups}")
@@ -20,9 +20,9 @@ def num_groups(channels: int, groups: int) -> int:
     return 1  # unreachable: 1 divides every channel count
 
 
-def group_norm(channels: int, *, groups: int = 32) -> nn.GroupNorm:
+def normalization(channels: int, *, groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with ``groups`` clamped to a divisor of ``channels`` (eps 1e-6 as in DDPM)."""
-    return nn.GroupNorm(num_groups(channels, groups), channels, eps=1e-6)
+    return nn.GroupNorm(clamp_groups(channels, groups), channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -75,7 +75,7 @@ class ResBlock(nn.Module):
         out_channels = in_channels if out_channels is None else out_channels
         self.scale_shift = scale_shift
         self.in_layers = nn.Sequential(
-            group_norm(in_channels, groups=groups),
+            normalization(in_channels, groups=groups),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
         )
@@ -83,7 +83,7 @@ class ResBlock(nn.Module):
             nn.SiLU(),
             nn.Linear(emb_channels, 2 * out_channels if scale_shift else out_channels),
         )
-        self.out_norm = group_norm(out_channels, groups=groups)
+        self.out_norm = normalization(out_channels, groups=groups)
         self.out_layers = nn.Sequential(
             nn.SiLU(),
             nn.Dropout(dropout),
@@ -107,7 +107,11 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the spatial resolution with a stride-2 3x3 convolution (DDPM's ``downsample``)."""
+    """Halve the spatial resolution with a stride-2 3x3 convolution (DDPM's ``downsample``).
+
+    Padding is 1 on every side, as in improved-diffusion and diffusers (DDPM's TensorFlow "SAME"
+    padding puts it on the bottom/right only).
+    """
 
     def __init__(self, *, channels: int, out_channels: int | None = None):
         super().__init__()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .attention import SelfAttention2d
-from .blocks import Downsample, ResBlock, Upsample, group_norm, zero_module
+from .blocks import Downsample, ResBlock, Upsample, normalization, zero_module
 from .embeddings import TimestepEmbedding, broadcast_timesteps
 
 
@@ -131,7 +131,7 @@ class UNet(nn.Module):
                 self.up.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            group_norm(ch, groups=groups),
+            normalization(ch, groups=groups),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
