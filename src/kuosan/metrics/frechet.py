@@ -57,10 +57,21 @@ def _sym(a: np.ndarray) -> np.ndarray:
     return 0.5 * (a + a.T)
 
 
+def _clamp_eigenvalues(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with rounding noise removed: those <= D * eps * max(w) become 0.
+
+    The cut is numpy's ``matrix_rank`` tolerance. Below it an eigenvalue is indistinguishable from
+    rounding error, and its square root (~1e-8 relative) would otherwise leak into the trace term, making
+    the result depend on round-off (and slightly asymmetric) for rank-deficient covariances.
+    """
+    tol = w.shape[0] * np.finfo(np.float64).eps * max(float(w.max(initial=0.0)), 0.0)
+    return np.where(w > tol, w, 0.0)
+
+
 def _psd_sqrt(a: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric PSD matrix: V diag(sqrt(max(w, 0))) V^T from ``eigh``."""
+    """Square root of a symmetric PSD matrix: V diag(sqrt(w_clamped)) V^T from ``eigh``."""
     w, v = np.linalg.eigh(_sym(a))
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_clamp_eigenvalues(w))) @ v.T
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
@@ -71,7 +82,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         - 2 \sum_i \sqrt{\max(\lambda_i, 0)}, \quad
         \lambda_i = \operatorname{eig}\bigl(\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2}\bigr)
 
-    with :math:`\Sigma_1^{1/2}` from ``eigh`` (eigenvalues clamped at 0). Computed in float64; inputs
+    with :math:`\Sigma_1^{1/2}` from ``eigh``; eigenvalues are clamped at 0, and those within
+    round-off of 0 (<= D * eps * the largest) count as 0. Computed in float64; inputs
     may be tensors or arrays, sigmas are symmetrized. The exact value is >= 0, so rounding below 0 is
     returned as 0.0.
     """
@@ -88,7 +100,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     s1, s2 = _sym(s1), _sym(s2)
     root1 = _psd_sqrt(s1)
     lam = np.linalg.eigvalsh(_sym(root1 @ s2 @ root1))
-    tr_covmean = np.sqrt(np.clip(lam, 0.0, None)).sum()
+    tr_covmean = np.sqrt(_clamp_eigenvalues(lam)).sum()
     diff = m1 - m2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
     return max(value, 0.0)
