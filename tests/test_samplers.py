@@ -122,7 +122,7 @@ def _moments_match(x, oracle, n):
     assert torch.allclose(torch.cov(x.T), cov, atol=0.12), (torch.cov(x.T), cov)
 
 
-@pytest.mark.parametrize("name,steps", [("ddpm", 500), ("ddim", 50), ("heun", 25), ("dpmpp-2m", 25)])
+@pytest.mark.parametrize("name,steps", [("ddpm", 1000), ("ddim", 50), ("heun", 25), ("dpmpp-2m", 25)])
 def test_oracle_samplers_reproduce_mixture_moments(mixture2d, name, steps):
     """Driven by the exact denoiser, samplers reproduce the mixture's mean and covariance."""
     n = 4000
@@ -133,3 +133,30 @@ def test_oracle_samplers_reproduce_mixture_moments(mixture2d, name, steps):
     k = torch.cdist(out, mixture2d.means).argmin(1)
     share = torch.bincount(k, minlength=3).double() / n
     assert torch.allclose(share, mixture2d.log_w.exp(), atol=0.03), share
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_sampler_contract(mixture2d, name):
+    """Every sampler: shape kept, same generator -> same samples, the callback sees every step, each
+    step's x0_hat comes from the denoiser at that sigma, wrappers pass through, bad grids refused."""
+    fn = SAMPLERS[name]
+    sigmas = make_sigmas(SCH, 8, "karras")
+    x = torch.randn(16, 2, generator=_gen(11), dtype=F64) * float(sigmas[0])
+    seen = []
+    a = fn(mixture2d, x, sigmas, generator=_gen(12), callback=lambda d: seen.append(d["sigma_next"]))
+    b = fn(mixture2d, x, sigmas, generator=_gen(12))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert seen[-1] == 0 and len(seen) == 8
+    clamped = fn(ClampDenoiser(mixture2d, -0.1, 0.1), x, sigmas, generator=_gen(12))
+    assert clamped.abs().max() <= 0.1 + 1e-9  # the last step lands on x0_hat, which is clamped
+    with pytest.raises(ValueError, match="decreasing"):
+        fn(mixture2d, x, sigmas.flip(0), generator=_gen(12))
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_is_not(mixture2d):
+    sigmas = make_sigmas(SCH, 20, "trailing")
+    x = torch.randn(32, 2, generator=_gen(13), dtype=F64) * float(sigmas[0])
+    assert torch.equal(sample_ddim(mixture2d, x, sigmas, generator=_gen(1)),
+                       sample_ddim(mixture2d, x, sigmas, generator=_gen(2)))
+    assert not torch.equal(sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(1)),
+                           sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(2)))
