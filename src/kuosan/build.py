@@ -15,6 +15,7 @@ from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
 from kuosan.losses.diffusion import TARGETS, WEIGHTINGS
 from kuosan.networks import NETWORKS
 from kuosan.samplers import SAMPLERS
+from kuosan.utils import resolve_precision
 
 
 def validate(cfg: Config) -> Config:
@@ -25,7 +26,7 @@ def validate(cfg: Config) -> Config:
         (d.schedule in BETA_SCHEDULES, "diffusion.schedule", d.schedule, list(BETA_SCHEDULES)),
         (d.prediction in TARGETS, "diffusion.prediction", d.prediction, list(TARGETS)),
         (d.weighting in WEIGHTINGS, "diffusion.weighting", d.weighting, list(WEIGHTINGS)),
-        (tr.precision in ("fp32", "bf16"), "train.precision", tr.precision, ["fp32", "bf16"]),
+        (tr.precision in ("auto", "fp32", "bf16"), "train.precision", tr.precision, ["auto", "fp32", "bf16"]),
         (s.sampler in SAMPLERS, "sample.sampler", s.sampler, list(SAMPLERS)),
         (s.grid in GRIDS, "sample.grid", s.grid, list(GRIDS)),
     ]
@@ -106,7 +107,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
                    snr_gamma=cfg.diffusion.snr_gamma, batch_size=tr.batch_size, lr=tr.lr,
                    weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
                    grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
-                   precision=tr.precision, channels_last=tr.channels_last,
+                   precision=resolve_precision(tr.precision), channels_last=tr.channels_last,
                    checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
                    seed=tr.seed, sample_fn=sample_fn_for(cfg, tuple(data.shape[1:])), progress=progress)
 

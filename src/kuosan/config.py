@@ -53,7 +53,7 @@ class TrainConfig:
     ema_warmup: bool = True          # decay min(ema_decay, (1 + step) / (10 + step))
     steps: int | None = None         # total optimizer steps (the run stops at whichever comes first)
     time_budget: float | None = None  # seconds of training in this invocation
-    precision: str = "fp32"          # fp32 or bf16 (autocast)
+    precision: str = "auto"          # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
     channels_last: bool = False
     checkpoint_every: float = 60.0   # seconds between checkpoints (and one at the end)
     sample_every: int = 0            # steps between sample grids (0: only at the end)

@@ -13,7 +13,7 @@ PRESETS: dict[str, dict] = {
             "attention_levels": [1], "num_heads": 4, "dropout": 0.0}},
         "diffusion": {"schedule": "cosine", "T": 1000, "prediction": "eps"},
         "train": {"batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.999,
-                  "precision": "fp32", "sample_every": 0},
+                  "precision": "auto", "sample_every": 0},
         "sample": {"sampler": "ddim", "steps": 20, "grid": "trailing"},
     },
     "toy2d": {

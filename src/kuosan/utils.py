@@ -23,3 +23,21 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 def sum_flat(x: torch.Tensor) -> torch.Tensor:
     """Sum over all non-batch dimensions: (B, ...) -> (B,)."""
     return x.flatten(1).sum(1)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16), where bf16
+    autocast speeds training up; elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> "bf16" on CPUs with bf16 matrix units, else "fp32"; other values pass through."""
+    if precision == "auto":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return precision
