@@ -24,6 +24,7 @@ from kuosan.config import resolve_config
 from kuosan.data import load_digits
 from kuosan.metrics import digit_quality
 from kuosan.pipeline import generate
+from kuosan.utils import resolve_precision
 
 
 def machine() -> dict:
@@ -45,7 +46,7 @@ def run_kuosan(budget: float, n: int, seed: int, overrides: list[str]) -> dict:
         sample_s = time.perf_counter() - t0
     return {"system": "kuosan", "steps": summary["step"], "batch_size": cfg.train.batch_size,
             "params": sum(p.numel() for p in net.parameters()), "train_seconds": round(train_s, 1),
-            "sample_seconds": round(sample_s, 1), "precision": cfg.train.precision,
+            "sample_seconds": round(sample_s, 1), "precision": resolve_precision(cfg.train.precision),
             "schedule": cfg.diffusion.schedule, **digit_quality(x.clamp(-1, 1))}
 
 
@@ -110,17 +111,30 @@ def main():
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["kuosan", "diffusers"])
-    p.add_argument("--diffusers-precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--diffusers-precision", choices=["fp32", "bf16", "both"], default="both",
+                   help="diffusers' training precision (both: report each, its best counts)")
     p.add_argument("overrides", nargs="*", help="kuosan config overrides, e.g. train.lr=1e-3")
     args = p.parse_args()
     base = {"bench": "digits_quality", "budget_s": args.budget, "samples": args.samples, "sampler": "ddim-20",
             "machine": machine()}
+    results = []
     if args.only != "diffusers":
-        print(json.dumps({**base, **run_kuosan(args.budget, args.samples, args.seed, args.overrides)}), flush=True)
+        results.append(run_kuosan(args.budget, args.samples, args.seed, args.overrides))
+        print(json.dumps({**base, **results[-1]}), flush=True)
     if args.only != "kuosan":
         cfg = resolve_config("digits", None, args.overrides)
-        print(json.dumps({**base, **run_diffusers(args.budget, args.samples, args.seed, cfg.train.batch_size,
-                                                   cfg.train.lr, args.diffusers_precision)}), flush=True)
+        precisions = ["fp32", "bf16"] if args.diffusers_precision == "both" else [args.diffusers_precision]
+        for precision in precisions:
+            results.append(run_diffusers(args.budget, args.samples, args.seed, cfg.train.batch_size, cfg.train.lr,
+                                         precision))
+            print(json.dumps({**base, **results[-1]}), flush=True)
+    if len({r["system"] for r in results}) == 2:
+        ours = next(r for r in results if r["system"] == "kuosan")
+        best = min((r for r in results if r["system"] == "diffusers"), key=lambda r: r["fd"])
+        print(json.dumps({**base, "summary": True, "kuosan_fd": ours["fd"], "diffusers_best_fd": best["fd"],
+                          "diffusers_best_precision": best["precision"], "fd_ratio": ours["fd"] / best["fd"],
+                          "kuosan_confident": ours["confident"], "diffusers_confident": best["confident"],
+                          "fd_floor": ours["fd_floor"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from kuosan.data import DataError, load_dataset
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import PREDICTIONS
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
-from kuosan.losses.diffusion import TARGETS, WEIGHTINGS
+from kuosan.losses.diffusion import TARGETS, WEIGHTINGS, DiffusionObjective
 from kuosan.networks import NETWORKS
 from kuosan.samplers import SAMPLERS
 from kuosan.utils import resolve_precision
@@ -84,6 +84,13 @@ def build_schedule(cfg: Config) -> DiscreteSchedule:
     return DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.T)
 
 
+def build_objective(cfg: Config):
+    """The training objective: objective(net, x0, generator) -> per-sample loss (B,)."""
+    d = cfg.diffusion
+    return DiffusionObjective(build_schedule(cfg).abar, prediction=d.prediction, weighting=d.weighting,
+                              snr_gamma=d.snr_gamma)
+
+
 def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
     """The network as a Denoiser D(x, sigma) -> x0_hat, with x0 clamping if ``clip`` (default: the
     config's sample.clip)."""
@@ -102,9 +109,8 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, tuple(data.shape[1:]))
     tr = cfg.train
-    return Trainer(net, build_schedule(cfg), data, out_dir=out_dir, config=cfg.to_dict(),
-                   prediction=cfg.diffusion.prediction, weighting=cfg.diffusion.weighting,
-                   snr_gamma=cfg.diffusion.snr_gamma, batch_size=tr.batch_size, lr=tr.lr,
+    return Trainer(net, build_objective(cfg), data, out_dir=out_dir, config=cfg.to_dict(),
+                   batch_size=tr.batch_size, lr=tr.lr,
                    weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
                    grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
                    precision=resolve_precision(tr.precision), channels_last=tr.channels_last,

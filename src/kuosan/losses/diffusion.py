@@ -56,3 +56,20 @@ def diffusion_loss(net, x0: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, e
     if weighting == "min_snr":
         loss = loss * min_snr_weight(abar, prediction, snr_gamma).to(loss.dtype)
     return loss
+
+
+class DiffusionObjective:
+    """The DDPM training objective on a discrete VP schedule as the Trainer calls it:
+    ``objective(net, x0, generator) -> (B,)`` draws t ~ U{0..T-1} and eps ~ N(0, I) from ``generator``
+    and returns :func:`diffusion_loss`."""
+
+    def __init__(self, abar: torch.Tensor, *, prediction: str = "eps", weighting: str = "none",
+                 snr_gamma: float = 5.0):
+        self.abar, self.prediction, self.weighting, self.snr_gamma = abar, prediction, weighting, snr_gamma
+
+    def __call__(self, net, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+        t = torch.randint(self.abar.shape[0], (x0.shape[0],), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        return diffusion_loss(net, x0, t, self.abar[t], eps, prediction=self.prediction, weighting=self.weighting,
+                              snr_gamma=self.snr_gamma, **cond)
+

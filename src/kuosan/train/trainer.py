@@ -18,8 +18,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kuosan.diffusion.schedules import DiscreteSchedule
-from kuosan.losses.diffusion import diffusion_loss
 from kuosan.train import checkpoint as ckpt
 from kuosan.train.ema import EMA
 
@@ -31,15 +29,15 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """Train ``net`` to predict ``prediction`` on the discrete VP ``schedule`` from ``data`` (N, ...).
+    """Train ``net`` on ``data`` (N, ...) to minimise ``objective(net, x0, generator) -> (B,)`` (for
+    example ``losses.DiffusionObjective``), averaged over the batch.
 
     ``config`` is saved verbatim with every checkpoint (it must rebuild the network);
     ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
     """
 
-    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, data: torch.Tensor, *, out_dir: str | Path,
-                 config: dict, prediction: str = "eps", weighting: str = "none", snr_gamma: float = 5.0,
-                 batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.0,
+    def __init__(self, net: nn.Module, objective: Callable, data: torch.Tensor, *, out_dir: str | Path,
+                 config: dict, batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.0,
                  betas: tuple = (0.9, 0.999), warmup_steps: int = 100, grad_clip: float = 1.0,
                  ema_decay: float = 0.999, ema_warmup: bool = True, precision: str = "fp32",
                  channels_last: bool = False, checkpoint_every: float = 60.0, sample_every: int = 0,
@@ -49,9 +47,8 @@ class Trainer:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if data.shape[0] == 0:
             raise ValueError("the training data set is empty")
-        self.net, self.schedule, self.data = net, schedule, data.contiguous()
+        self.net, self.objective, self.data = net, objective, data.contiguous()
         self.out_dir, self.config = Path(out_dir), config
-        self.prediction, self.weighting, self.snr_gamma = prediction, weighting, snr_gamma
         self.batch_size, self.lr, self.warmup_steps, self.grad_clip = batch_size, lr, warmup_steps, grad_clip
         self.precision, self.channels_last = precision, channels_last and data.ndim == 4
         self.checkpoint_every, self.sample_every, self.log_every = checkpoint_every, sample_every, log_every
@@ -61,7 +58,6 @@ class Trainer:
         self.opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.generator = torch.Generator().manual_seed(seed)
-        self.abar = schedule.abar  # float64 table, indexed by integer t
         self.step = 0
         self.train_seconds = 0.0
         self.last_loss = float("nan")
@@ -72,24 +68,17 @@ class Trainer:
         """Linear warmup over ``warmup_steps``, then constant."""
         return self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
 
-    def draw_batch(self):
-        g, B = self.generator, self.batch_size
-        idx = torch.randint(self.data.shape[0], (B,), generator=g)
-        x0 = self.data[idx]
-        t = torch.randint(self.schedule.T, (B,), generator=g)
-        eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        if self.channels_last:
-            x0, eps = (v.contiguous(memory_format=torch.channels_last) for v in (x0, eps))
-        return x0, t, eps
+    def draw_batch(self) -> torch.Tensor:
+        x0 = self.data[torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)]
+        return x0.contiguous(memory_format=torch.channels_last) if self.channels_last else x0
 
     def train_step(self) -> float:
-        x0, t, eps = self.draw_batch()
+        x0 = self.draw_batch()
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.net.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            loss = diffusion_loss(self.net, x0, t, self.abar[t], eps, prediction=self.prediction,
-                                  weighting=self.weighting, snr_gamma=self.snr_gamma).mean()
+            loss = self.objective(self.net, x0, self.generator).mean()
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, last good checkpoint kept")
@@ -156,9 +145,10 @@ class Trainer:
         start = time.perf_counter()
         last_ckpt = last_log = start  # train_seconds is accounted up to last_ckpt
         loss_sum, loss_n, step0 = 0.0, 0, self.step
-        bar = tqdm(total=steps if steps is not None else int(time_budget), initial=self.step if steps else 0,
-                   unit="step" if steps is not None else "s", disable=not self.progress, dynamic_ncols=True,
-                   desc="train")
+        by_time = steps is None
+        bar = tqdm(total=int(time_budget) if by_time else steps, initial=0 if by_time else self.step,
+                   unit="s" if by_time else "step", disable=not self.progress, dynamic_ncols=True, desc="train",
+                   bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if by_time else None)
         interrupted = False
         try:
             while steps is None or self.step < steps:
