@@ -34,7 +34,8 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(choices)}")
     for key, val, lo in [("diffusion.T", d.T, 2), ("train.batch_size", tr.batch_size, 1),
-                         ("sample.steps", s.steps, 1), ("train.warmup_steps", tr.warmup_steps, 0)]:
+                         ("sample.steps", s.steps, 1), ("train.warmup_steps", tr.warmup_steps, 0),
+                         ("train.grad_accum", tr.grad_accum, 1)]:
         if val < lo:
             raise ConfigError(f"{key} must be at least {lo}, got {val}")
     if s.steps > d.T and s.grid in ("leading", "linspace", "trailing"):
@@ -104,13 +105,19 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     from kuosan.pipeline import sample_fn_for
     from kuosan.train import Trainer
 
+    from kuosan.train.distributed import rank_and_world
+
     validate(cfg)
+    world = rank_and_world()[1]
+    if cfg.train.batch_size % (world * cfg.train.grad_accum):
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
+                          f"train.grad_accum={cfg.train.grad_accum}")
     data = build_data(cfg) if data is None else data
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, tuple(data.shape[1:]))
     tr = cfg.train
     return Trainer(net, build_objective(cfg), data, out_dir=out_dir, config=cfg.to_dict(),
-                   batch_size=tr.batch_size, lr=tr.lr,
+                   batch_size=tr.batch_size, grad_accum=tr.grad_accum, lr=tr.lr,
                    weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
                    grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
                    precision=resolve_precision(tr.precision), channels_last=tr.channels_last,

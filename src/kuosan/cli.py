@@ -79,12 +79,20 @@ def cmd_train(args) -> int:
         raise UserError("give --steps or --time-budget (or train.steps / train.time_budget in the config)")
     if budget is not None and budget <= 0:
         raise UserError(f"--time-budget must be positive, got {budget}")
-    trainer = build_trainer(cfg, out, progress=not args.no_progress)
-    if args.resume:
-        trainer.resume()
-        print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
-    summary = trainer.fit(steps=steps, time_budget=budget)
-    print(json.dumps(summary))
+    from kuosan.train import distributed
+
+    distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
+    try:
+        trainer = build_trainer(cfg, out, progress=not args.no_progress)
+        if args.resume:
+            trainer.resume()
+            if trainer.rank == 0:
+                print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
+        summary = trainer.fit(steps=steps, time_budget=budget)
+    finally:
+        distributed.shutdown()
+    if trainer.rank == 0:
+        print(json.dumps(summary))
     return 130 if summary["interrupted"] else 0
 
 

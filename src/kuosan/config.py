@@ -43,7 +43,8 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 128
+    batch_size: int = 128            # the global batch (split over processes under torchrun)
+    grad_accum: int = 1              # micro-batches per process and step
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)

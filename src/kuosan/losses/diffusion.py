@@ -10,6 +10,7 @@ import torch
 
 from kuosan.diffusion import gaussian as G
 from kuosan.diffusion.schedules import snr_from_abar
+from kuosan.losses.objective import Objective
 from kuosan.utils import mean_flat
 
 TARGETS = ("eps", "x0", "v")
@@ -58,18 +59,18 @@ def diffusion_loss(net, x0: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, e
     return loss
 
 
-class DiffusionObjective:
-    """The DDPM training objective on a discrete VP schedule as the Trainer calls it:
-    ``objective(net, x0, generator) -> (B,)`` draws t ~ U{0..T-1} and eps ~ N(0, I) from ``generator``
-    and returns :func:`diffusion_loss`."""
+class DiffusionObjective(Objective):
+    """DDPM's training objective on a discrete VP schedule: draw t ~ U{0..T-1} and eps ~ N(0, I),
+    then :func:`diffusion_loss` per sample."""
 
     def __init__(self, abar: torch.Tensor, *, prediction: str = "eps", weighting: str = "none",
                  snr_gamma: float = 5.0):
         self.abar, self.prediction, self.weighting, self.snr_gamma = abar, prediction, weighting, snr_gamma
 
-    def __call__(self, net, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         t = torch.randint(self.abar.shape[0], (x0.shape[0],), generator=generator)
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-        return diffusion_loss(net, x0, t, self.abar[t], eps, prediction=self.prediction, weighting=self.weighting,
-                              snr_gamma=self.snr_gamma, **cond)
+        return {"t": t, "eps": torch.randn(x0.shape, generator=generator, dtype=x0.dtype)}
 
+    def loss(self, net, x0: torch.Tensor, *, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return diffusion_loss(net, x0, t, self.abar[t], eps, prediction=self.prediction, weighting=self.weighting,
+                              snr_gamma=self.snr_gamma)

@@ -7,6 +7,7 @@ same steps as one that was never interrupted (same machine, same thread count).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,9 +17,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kuosan.train import checkpoint as ckpt
+from kuosan.train import distributed
 from kuosan.train.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -29,32 +32,41 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """Train ``net`` on ``data`` (N, ...) to minimise ``objective(net, x0, generator) -> (B,)`` (for
-    example ``losses.DiffusionObjective``), averaged over the batch.
+    """Train ``net`` on ``data`` (N, ...) to minimise an objective (``losses.objective.Objective``:
+    ``draw(x0, generator)`` then ``loss(net, x0, **drawn) -> (B,)``), averaged over the batch.
 
+    ``batch_size`` is the global batch: under torchrun each of the W processes evaluates its slice
+    of it, in ``grad_accum`` micro-batches (DistributedDataParallel averages the gradients).
     ``config`` is saved verbatim with every checkpoint (it must rebuild the network);
     ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
     """
 
-    def __init__(self, net: nn.Module, objective: Callable, data: torch.Tensor, *, out_dir: str | Path,
-                 config: dict, batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.0,
-                 betas: tuple = (0.9, 0.999), warmup_steps: int = 100, grad_clip: float = 1.0,
-                 ema_decay: float = 0.999, ema_warmup: bool = True, precision: str = "fp32",
-                 channels_last: bool = False, checkpoint_every: float = 60.0, sample_every: int = 0,
-                 log_every: int = 25, seed: int = 0, sample_fn: Callable | None = None,
+    def __init__(self, net: nn.Module, objective, data: torch.Tensor, *, out_dir: str | Path,
+                 config: dict, batch_size: int = 128, grad_accum: int = 1, lr: float = 2e-3,
+                 weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), warmup_steps: int = 100,
+                 grad_clip: float = 1.0, ema_decay: float = 0.999, ema_warmup: bool = True,
+                 precision: str = "fp32", channels_last: bool = False, checkpoint_every: float = 60.0,
+                 sample_every: int = 0, log_every: int = 25, seed: int = 0, sample_fn: Callable | None = None,
                  progress: bool = True):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if data.shape[0] == 0:
             raise ValueError("the training data set is empty")
+        self.rank, self.world = distributed.rank_and_world()
+        if batch_size % (self.world * grad_accum):
+            raise ValueError(f"batch_size={batch_size} is not divisible by {self.world} processes x "
+                             f"grad_accum={grad_accum}")
         self.net, self.objective, self.data = net, objective, data.contiguous()
         self.out_dir, self.config = Path(out_dir), config
-        self.batch_size, self.lr, self.warmup_steps, self.grad_clip = batch_size, lr, warmup_steps, grad_clip
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
         self.precision, self.channels_last = precision, channels_last and data.ndim == 4
         self.checkpoint_every, self.sample_every, self.log_every = checkpoint_every, sample_every, log_every
-        self.sample_fn, self.progress = sample_fn, progress
+        self.sample_fn, self.progress = sample_fn, progress and self.rank == 0
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # DDP broadcasts rank 0's initial weights; gradients are averaged over processes
+        self.model = DistributedDataParallel(net) if self.world > 1 else net
         self.opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.generator = torch.Generator().manual_seed(seed)
@@ -68,22 +80,36 @@ class Trainer:
         """Linear warmup over ``warmup_steps``, then constant."""
         return self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
 
-    def draw_batch(self) -> torch.Tensor:
+    def draw_batch(self) -> tuple[torch.Tensor, dict]:
+        """This process's slice of the global batch and of the objective's random draw (every
+        process draws the same global batch from the same generator)."""
         x0 = self.data[torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)]
-        return x0.contiguous(memory_format=torch.channels_last) if self.channels_last else x0
+        drawn = self.objective.draw(x0, self.generator)
+        per_rank = self.batch_size // self.world
+        part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        x0 = x0[part].contiguous(memory_format=torch.channels_last) if self.channels_last else x0[part]
+        return x0, {k: v[part] for k, v in drawn.items()}
 
     def train_step(self) -> float:
-        x0 = self.draw_batch()
+        x0, drawn = self.draw_batch()
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        self.net.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            loss = self.objective(self.net, x0, self.generator).mean()
-        value = loss.item()
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        micro = x0.shape[0] // self.grad_accum
+        local = 0.0
+        for m in range(self.grad_accum):
+            part = slice(m * micro, (m + 1) * micro)
+            sync = self.world == 1 or m == self.grad_accum - 1
+            with (contextlib.nullcontext() if sync else self.model.no_sync()):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    loss = self.objective.loss(self.model, x0[part], **{k: v[part] for k, v in drawn.items()})
+                    loss = loss.mean() / self.grad_accum
+                loss.backward()
+            local += loss.item()
+        value = distributed.all_sum([local])[0] / self.world
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, last good checkpoint kept")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.opt.step()
@@ -93,17 +119,23 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; every process takes part, to gather its RNG state)."""
+        rng = distributed.all_gather_bytes(torch.get_rng_state())
+        if self.rank != 0:
+            return None
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
         tensors["rng.generator"] = self.generator.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update({f"rng.torch.{r}": state for r, state in enumerate(rng)})
         state = {"step": self.step, "train_seconds": self.train_seconds, "last_loss": self.last_loss,
-                 "data_shape": list(self.data.shape[1:]), "optimizer": opt_meta}
+                 "data_shape": list(self.data.shape[1:]), "world_size": self.world, "optimizer": opt_meta}
         return ckpt.save_checkpoint(self.out_dir, config=self.config, model=self.net.state_dict(),
                                     ema=self.ema.shadow.state_dict(), tensors=tensors, state=state)
 
     def resume(self) -> None:
-        """Restore weights, EMA, optimizer, step, clocks and RNG states from ``out_dir``."""
+        """Restore weights, EMA, optimizer, step, clocks and RNG states from ``out_dir``. With another
+        number of processes than the checkpoint's, the data stream continues exactly; dropout masks
+        (the per-process global RNG) do not."""
         state = ckpt.read_state(self.out_dir)
         if list(state["data_shape"]) != list(self.data.shape[1:]):
             raise ckpt.CheckpointError(f"the data have shape {tuple(self.data.shape[1:])} but the checkpoint in "
@@ -113,7 +145,7 @@ class Trainer:
         self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
         ckpt.optimizer_from_tensors(self.opt, tensors, state["optimizer"])
         self.generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors.get(f"rng.torch.{self.rank}", tensors["rng.torch.0"]))
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.last_loss = float(state.get("last_loss", float("nan")))
 
@@ -135,12 +167,21 @@ class Trainer:
             fh.write(json.dumps(rec) + "\n")
         bar.set_postfix(loss=f"{loss:.4f}", step=self.step)
 
+    def _agree(self, stop: bool, checkpoint: bool) -> tuple[bool, bool]:
+        """Rank 0's clock decides when to stop and to checkpoint; every process follows it."""
+        if self.world == 1:
+            return stop, checkpoint
+        flags = distributed.all_sum([float(stop and self.rank == 0), float(checkpoint and self.rank == 0)])
+        return flags[0] > 0, flags[1] > 0
+
     def fit(self, *, steps: int | None = None, time_budget: float | None = None) -> dict:
         """Train until ``steps`` total optimizer steps or ``time_budget`` seconds in this call, whichever
         comes first; checkpoint periodically and at the end. Returns a summary dict."""
         if steps is None and time_budget is None:
             raise ValueError("give steps or time_budget (or both)")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        main = self.rank == 0
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "log.jsonl"
         start = time.perf_counter()
         last_ckpt = last_log = start  # train_seconds is accounted up to last_ckpt
@@ -153,39 +194,44 @@ class Trainer:
         try:
             while steps is None or self.step < steps:
                 now = time.perf_counter()
-                if time_budget is not None and now - start >= time_budget:
+                out_of_time = time_budget is not None and now - start >= time_budget
+                stop, checkpoint = self._agree(out_of_time, now - last_ckpt >= self.checkpoint_every)
+                if stop:
                     break
-                value = self.train_step()
-                loss_sum, loss_n, self.last_loss = loss_sum + value, loss_n + 1, value
-                now = time.perf_counter()
-                if steps is not None:
-                    bar.update(1)
-                else:
-                    bar.n = min(int(now - start), int(time_budget))
-                    bar.refresh() if loss_n % 10 == 0 else None
-                if self.step % self.log_every == 0:
-                    self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
-                              loss_n / max(now - last_log, 1e-9), bar)
-                    loss_sum, loss_n, last_log = 0.0, 0, now
-                if self.sample_every and self.step % self.sample_every == 0:
-                    self.write_samples()
-                if now - last_ckpt >= self.checkpoint_every:
+                if checkpoint and self.step > step0:
                     self.train_seconds += now - last_ckpt
                     self.save()
                     last_ckpt = time.perf_counter()  # checkpoint I/O is not training time
+                value = self.train_step()
+                loss_sum, loss_n, self.last_loss = loss_sum + value, loss_n + 1, value
+                now = time.perf_counter()
+                if by_time:
+                    bar.n = min(int(now - start), int(time_budget))
+                    bar.refresh() if loss_n % 10 == 0 else None
+                else:
+                    bar.update(1)
+                if main and self.step % self.log_every == 0:
+                    self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
+                              loss_n / max(now - last_log, 1e-9), bar)
+                    loss_sum, loss_n, last_log = 0.0, 0, now
+                if main and self.sample_every and self.step % self.sample_every == 0:
+                    self.write_samples()
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted at step %d; saving a checkpoint", self.step)
         finally:
             bar.close()
         now = time.perf_counter()
-        if loss_n:
+        if main and loss_n:
             self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
                       loss_n / max(now - last_log, 1e-9), bar)
         self.train_seconds += now - last_ckpt
         self.save()
-        self.write_samples()
+        if main:
+            self.write_samples()
+        distributed.barrier()
         summary = {"step": self.step, "steps_this_run": self.step - step0, "train_seconds": self.train_seconds,
-                   "last_loss": self.last_loss, "interrupted": interrupted, "out_dir": str(self.out_dir)}
+                   "last_loss": self.last_loss, "interrupted": interrupted, "out_dir": str(self.out_dir),
+                   "processes": self.world}
         log.info("trained to step %d (%.1f s)", self.step, self.train_seconds)
         return summary
