@@ -24,12 +24,14 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 # Trains the digits preset for DEMO_BUDGET seconds (replacing an earlier demo run), then writes
-# $(DEMO_OUT)/samples.png (a grid) and $(DEMO_OUT)/samples.npy (1000 samples in [-1, 1]).
+# $(DEMO_OUT)/samples.png (a grid) and $(DEMO_OUT)/samples.npy (1000 samples in [-1, 1]), and ends by
+# printing every digit metric of those samples (kept in $(DEMO_OUT)/metrics.json).
 demo: $(VENV)/.core
 	rm -rf $(DEMO_OUT)
 	$(BIN)/kuosan train --preset digits --time-budget $(DEMO_BUDGET) --seed 0 --out $(DEMO_OUT)
 	$(BIN)/kuosan sample $(DEMO_OUT) -n 100 --seed 0 --out $(DEMO_OUT)/samples.png
 	$(BIN)/kuosan sample $(DEMO_OUT) -n 1000 --seed 1 --out $(DEMO_OUT)/samples.npy
+	$(BIN)/kuosan eval $(DEMO_OUT)/samples.npy --dataset digits --out $(DEMO_OUT)/metrics.json
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q

@@ -10,22 +10,44 @@ from torch import nn
 from kuosan.config import Config, ConfigError
 from kuosan.data import DataError, load_dataset
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
-from kuosan.diffusion.parameterization import PREDICTIONS
+from kuosan.diffusion.parameterization import PREDICTIONS, ScoreDenoiser
+from kuosan.diffusion.sde import VESDE, geometric_sigmas
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
 from kuosan.losses.diffusion import TARGETS, WEIGHTINGS, DiffusionObjective
+from kuosan.losses.score_matching import AnnealedDSMObjective
+from kuosan.losses.vlb import LOSSES, TIMESTEP_SAMPLERS, VLBObjective
 from kuosan.networks import NETWORKS
 from kuosan.samplers import SAMPLERS
 from kuosan.utils import resolve_precision
+
+
+KINDS = ("vp", "ncsn")  # diffusion.kind: DDPM on a beta schedule, or a noise-conditional score network
+
+
+def _validate_ncsn(cfg: Config) -> None:
+    d = cfg.diffusion
+    if not 0 < d.sigma_min < d.sigma_max:
+        raise ConfigError(f"diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got "
+                          f"{d.sigma_min} and {d.sigma_max}")
+    if d.num_scales < 2:
+        raise ConfigError(f"diffusion.num_scales must be at least 2, got {d.num_scales}")
+    if d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.weighting != "none":
+        raise ConfigError("diffusion.kind=ncsn trains with annealed DSM: diffusion.loss, learn_sigma, "
+                          "timestep_sampler and weighting must keep their defaults")
 
 
 def validate(cfg: Config) -> Config:
     """Check every named choice and number of a config; raise ConfigError naming the key."""
     d, tr, s = cfg.diffusion, cfg.train, cfg.sample
     checks = [
+        (d.kind in KINDS, "diffusion.kind", d.kind, list(KINDS)),
         (cfg.model.network in NETWORKS, "model.network", cfg.model.network, list(NETWORKS)),
         (d.schedule in BETA_SCHEDULES, "diffusion.schedule", d.schedule, list(BETA_SCHEDULES)),
         (d.prediction in TARGETS, "diffusion.prediction", d.prediction, list(TARGETS)),
         (d.weighting in WEIGHTINGS, "diffusion.weighting", d.weighting, list(WEIGHTINGS)),
+        (d.loss in LOSSES, "diffusion.loss", d.loss, list(LOSSES)),
+        (d.timestep_sampler in TIMESTEP_SAMPLERS, "diffusion.timestep_sampler", d.timestep_sampler,
+         list(TIMESTEP_SAMPLERS)),
         (tr.precision in ("auto", "fp32", "bf16"), "train.precision", tr.precision, ["auto", "fp32", "bf16"]),
         (s.sampler in SAMPLERS, "sample.sampler", s.sampler, list(SAMPLERS)),
         (s.grid in GRIDS, "sample.grid", s.grid, list(GRIDS)),
@@ -38,8 +60,20 @@ def validate(cfg: Config) -> Config:
                          ("train.grad_accum", tr.grad_accum, 1)]:
         if val < lo:
             raise ConfigError(f"{key} must be at least {lo}, got {val}")
-    if s.steps > d.T and s.grid in ("leading", "linspace", "trailing"):
-        raise ConfigError(f"sample.steps={s.steps} is more than the {d.T} training timesteps")
+    if d.kind == "ncsn":
+        _validate_ncsn(cfg)
+    levels, what = (d.num_scales, "noise levels") if d.kind == "ncsn" else (d.T, "training timesteps")
+    if s.steps > levels and s.grid in ("leading", "linspace", "trailing"):
+        raise ConfigError(f"sample.steps={s.steps} is more than the {levels} {what}")
+    if d.learn_sigma and d.loss == "simple":
+        raise ConfigError("diffusion.learn_sigma=true needs diffusion.loss=hybrid or vlb (L_simple does not train "
+                          "the variance)")
+    if d.loss == "hybrid" and not d.learn_sigma:
+        raise ConfigError("diffusion.loss=hybrid trains a learned variance: set diffusion.learn_sigma=true")
+    if d.learn_sigma and cfg.model.network != "unet":
+        raise ConfigError("diffusion.learn_sigma=true needs model.network=unet (2x output channels)")
+    if d.dequantize and cfg.data.name.startswith("toy2d:"):
+        raise ConfigError("diffusion.dequantize=true needs data on a grid (digits or an image folder)")
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
     return cfg
@@ -67,6 +101,10 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
         if params["in_channels"] != data_shape[0]:
             raise ConfigError(f"model.params.in_channels={params['in_channels']} but the data have "
                               f"{data_shape[0]} channels")
+        if cfg.diffusion.learn_sigma:  # the prediction's channels, then the variance's
+            params.setdefault("out_channels", 2 * data_shape[0])
+            if params["out_channels"] != 2 * data_shape[0]:
+                raise ConfigError(f"diffusion.learn_sigma needs model.params.out_channels={2 * data_shape[0]}")
         levels = len(params.get("channel_mult", (1, 2, 2)))
         if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
             raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
@@ -82,12 +120,40 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
 
 
 def build_schedule(cfg: Config) -> DiscreteSchedule:
-    return DiscreteSchedule.from_name(cfg.diffusion.schedule, cfg.diffusion.T)
+    """The discrete schedule of the run's noise levels: a beta schedule, or for ncsn the L geometric
+    levels sigma_min .. sigma_max as a schedule whose ``sigmas`` they are (so every sampling grid works)."""
+    d = cfg.diffusion
+    if d.kind == "ncsn":
+        return VESDE(d.sigma_min, d.sigma_max, d.num_scales).discrete_schedule()
+    return DiscreteSchedule.from_name(d.schedule, d.T)
+
+
+def data_bin_width(cfg: Config) -> float | None:
+    """Width of the data's grid in [-1, 1] (for discretized likelihoods): digits 2/16, 8-bit image
+    folders 2/255; None for continuous (toy 2-D) data."""
+    from kuosan.data import DIGITS_BIN_WIDTH
+
+    if cfg.data.name == "digits":
+        return DIGITS_BIN_WIDTH
+    if cfg.data.name.startswith("folder:"):
+        return 2.0 / 255
+    return None
 
 
 def build_objective(cfg: Config):
-    """The training objective: objective(net, x0, generator) -> per-sample loss (B,)."""
+    """The training objective: objective(net, x0, generator) -> per-sample loss (B,). DDPM's
+    L_simple (DiffusionObjective), or, for a hybrid/VLB loss, a learned variance, importance-sampled
+    timesteps or dequantized data, the likelihood-aware VLBObjective (losses/vlb.py)."""
     d = cfg.diffusion
+    if d.kind == "ncsn":  # NCSN's annealed DSM over the geometric levels, lambda(sigma) = sigma^2
+        return AnnealedDSMObjective(geometric_sigmas(d.num_scales, d.sigma_min, d.sigma_max))
+    if d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.dequantize:
+        if d.weighting != "none":
+            raise ConfigError("diffusion.weighting applies to diffusion.loss=simple on uniform timesteps only")
+        bin_width = data_bin_width(cfg)
+        return VLBObjective(build_schedule(cfg), prediction=d.prediction, loss=d.loss, learn_sigma=d.learn_sigma,
+                            vlb_weight=d.vlb_weight, timestep_sampler=d.timestep_sampler, bin_width=bin_width,
+                            dequantize_bin_width=bin_width if d.dequantize else None)
     return DiffusionObjective(build_schedule(cfg).abar, prediction=d.prediction, weighting=d.weighting,
                               snr_gamma=d.snr_gamma)
 
@@ -95,7 +161,10 @@ def build_objective(cfg: Config):
 def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
     """The network as a Denoiser D(x, sigma) -> x0_hat, with x0 clamping if ``clip`` (default: the
     config's sample.clip)."""
-    den = VPDenoiser(net, build_schedule(cfg), cfg.diffusion.prediction)
+    if cfg.diffusion.kind == "ncsn":
+        den = ScoreDenoiser(net)
+    else:
+        den = VPDenoiser(net, build_schedule(cfg), cfg.diffusion.prediction, learn_sigma=cfg.diffusion.learn_sigma)
     return ClampDenoiser(den) if (cfg.sample.clip if clip is None else clip) else den
 
 
@@ -144,4 +213,4 @@ def load_run(run_dir: str | Path, *, weights: str = "ema"):
 
 
 __all__ = ["ConfigError", "DataError", "build_data", "build_denoiser", "build_network", "build_schedule",
-           "build_trainer", "load_run", "validate"]
+           "build_trainer", "data_bin_width", "load_run", "validate"]

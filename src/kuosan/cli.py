@@ -1,4 +1,4 @@
-"""The ``kuosan`` command line: train, sample, info."""
+"""The ``kuosan`` command line: train, sample, info, eval, nll."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,7 @@ class UserError(Exception):
 def _add_train(sub):
     p = sub.add_parser("train", help="train a diffusion model",
                        description="Train a diffusion model; `section.key=value` overrides any config entry.")
-    p.add_argument("--preset", help="named preset: digits, toy2d")
+    p.add_argument("--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn")
     p.add_argument("--config", help="experiment file (TOML or JSON)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
     p.add_argument("--time-budget", type=float, help="seconds of training")
@@ -36,10 +36,16 @@ def _add_sample(sub):
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's; docs/samplers.md "
+                                     "says which to use: unipc with --grid kuosan for 5-20 steps)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the run's; heun and dpmpp-2s evaluate "
+                                             "the network twice per step)")
     p.add_argument("--grid", help=f"noise-level grid: {', '.join(GRIDS)} (default: the run's)")
-    p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity")
+    p.add_argument("--eta", type=float, help="stochasticity of ddim, euler-ancestral, dpmpp-2s, dpmpp-2m-sde, "
+                                             "dpmpp-3m-sde")
+    p.add_argument("--langevin-steps", type=int,
+                   help="annealed-langevin: Langevin steps per noise level; pc: corrector steps per step")
+    p.add_argument("--snr", type=float, help="pc: the Langevin corrector's signal-to-noise ratio")
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
@@ -109,6 +115,12 @@ def cmd_sample(args) -> int:
     if args.num < 1:
         raise UserError(f"-n must be at least 1, got {args.num}")
     kwargs = {"eta": args.eta} if args.eta is not None else {}
+    if args.langevin_steps is not None:
+        if args.langevin_steps < 1:
+            raise UserError(f"--langevin-steps must be at least 1, got {args.langevin_steps}")
+        kwargs["langevin_steps"] = args.langevin_steps
+    if args.snr is not None:
+        kwargs["snr"] = args.snr
     try:
         x = sample_run(args.run, args.num, sampler=args.sampler, steps=args.steps, grid=args.grid,
                        clip=False if args.no_clip else None, seed=args.seed, weights=args.weights,
@@ -140,6 +152,169 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _add_eval(sub):
+    from kuosan.metrics.inception import RESIZE_POLICIES
+
+    p = sub.add_parser("eval", help="every sample-quality metric of a samples file, as JSON",
+                       description="FD/KID/precision/recall/IS on the in-house classifier and a memorisation "
+                                   "check against the data set's train split (held-out reference: test split).")
+    p.add_argument("samples", help="FILE.npy: array (N, C, H, W) in [-1, 1] (what `kuosan sample` writes)")
+    p.add_argument("--dataset", default="digits", help="bundled data set the samples imitate: digits")
+    p.add_argument("--inception-weights", help="FID Inception-v3 weights (.pth or .safetensors) to add the "
+                                               "standard FID (fid_inception); nothing is downloaded")
+    p.add_argument("--resize", default="tf1-bilinear", choices=RESIZE_POLICIES, help="Inception resize policy")
+    p.add_argument("--stats-cache", help="FILE.npz caching the reference statistics of the Inception FID")
+    p.add_argument("--out", help="also write the JSON report to this file")
+
+
+def _add_nll(sub):
+    p = sub.add_parser("nll", help="test-set likelihood of a trained run in bits/dim",
+                       description="Bits/dim of the data (discrete levels; see docs/evaluation.md): the "
+                                   "variational bound (vlb) or the probability-flow ODE on dequantized data (ode).")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="test", help="data split: test, train (digits), all")
+    p.add_argument("--method", default="vlb", choices=["vlb", "ode"])
+    p.add_argument("-n", "--num", type=int, help="use the first N images of the split (default: all)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise, dequantization and probes")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--variance", default="auto", choices=["auto", "fixed_small", "fixed_large", "learned_range"],
+                   help="vlb: reverse variance (auto: learned_range for learn_sigma runs, else fixed_small)")
+    p.add_argument("--no-clip", action="store_true", help="vlb: do not clamp x0_hat to the data range")
+    p.add_argument("--dequantize", default="auto", choices=["auto", "yes", "no"],
+                   help="vlb: start the chain from dequantized data (auto: as the run was trained)")
+    p.add_argument("--steps", type=int, help="vlb: bound of the model respaced to this many timesteps "
+                                             "(default: all T, improved-diffusion's calc_bpd_loop)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="ode: relative tolerance of the RK45 solver")
+    p.add_argument("--atol", type=float, default=1e-5, help="ode: absolute tolerance of the RK45 solver")
+    p.add_argument("--trace", default="hutchinson", choices=["hutchinson", "exact"], help="ode: divergence")
+    p.add_argument("--probe", default="rademacher", choices=["rademacher", "gaussian"], help="ode: Hutchinson probe")
+    p.add_argument("--out", help="FILE.npy: also save the per-image bits/dim")
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+    import torch
+
+    from kuosan.metrics.evaluate import DATASETS, evaluate_samples
+
+    if args.dataset not in DATASETS:
+        raise UserError(f"--dataset {args.dataset!r}: available: {', '.join(DATASETS)}")
+    path = Path(args.samples)
+    if not path.is_file():
+        raise UserError(f"samples file not found: {path}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot read {path} as a .npy array: {e}") from None
+    if x.dtype.kind != "f" or x.ndim != 4 or x.shape[1:] != (1, 8, 8) or len(x) < 10:
+        raise UserError(f"{path}: expected digit samples, a float array (N >= 10, 1, 8, 8) in [-1, 1]; got "
+                        f"{x.dtype} {x.shape}")
+    if not np.isfinite(x).all():
+        raise UserError(f"{path} holds non-finite values")
+    if args.inception_weights and not Path(args.inception_weights).is_file():
+        raise UserError(f"--inception-weights: file not found: {args.inception_weights}")
+    try:
+        report = evaluate_samples(torch.from_numpy(x.astype(np.float32)), args.dataset,
+                                  inception_weights=args.inception_weights, resize=args.resize,
+                                  stats_cache=args.stats_cache)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    report = {"samples": str(path), "dataset": args.dataset, **report}
+    text = json.dumps(report)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _nll_data(cfg, split: str):
+    """The evaluation images of a run's data set: digits splits, the whole image folder, fresh toy draws."""
+    import torch
+
+    from kuosan.build import build_data
+    from kuosan.data import DIGITS_SPLITS, load_dataset
+
+    name = cfg.data.name
+    if name == "digits":
+        if split not in DIGITS_SPLITS:
+            raise UserError(f"--split {split!r}: digits has {', '.join(DIGITS_SPLITS)}")
+        return build_data(cfg, split=split)
+    if name.startswith("toy2d:"):  # "test": a fresh draw the model never saw
+        seed = cfg.train.seed + (1 if split == "test" else 0)
+        return load_dataset(name, n=10_000, generator=torch.Generator().manual_seed(seed))
+    if split not in ("all", "train"):
+        raise UserError(f"--split {split!r}: an image folder has no test split; use --split all")
+    return build_data(cfg)
+
+
+def cmd_nll(args) -> int:
+    import time
+
+    import numpy as np
+    import torch
+
+    from kuosan.build import build_denoiser, build_schedule, data_bin_width, load_run
+    from kuosan.diffusion.likelihood import ode_bpd, respaced_schedule, vlb_bpd
+
+    cfg, net = load_run(args.run, weights=args.weights)
+    x = _nll_data(cfg, args.split)
+    if args.num is not None:
+        if args.num < 1:
+            raise UserError(f"-n must be at least 1, got {args.num}")
+        x = x[: args.num]
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    schedule = build_schedule(cfg)
+    denoiser = build_denoiser(cfg, net, clip=False)  # no clamping: the ODE needs the model's own vector field
+    if args.method == "vlb" and getattr(cfg.diffusion, "kind", "vp") != "vp":
+        raise UserError("--method vlb needs a DDPM (VP) run; use --method ode")
+    bin_width = data_bin_width(cfg)
+    variance = args.variance
+    if variance == "auto":
+        variance = "learned_range" if cfg.diffusion.learn_sigma else "fixed_small"
+    if variance == "learned_range" and not cfg.diffusion.learn_sigma:
+        raise UserError("--variance learned_range: this run's network has no learned variance")
+    dequantized = cfg.diffusion.dequantize if args.dequantize == "auto" else args.dequantize == "yes"
+    if dequantized and bin_width is None:
+        raise UserError("--dequantize: this run's data are continuous")
+    vlb_schedule = schedule
+    if args.steps is not None:
+        if not 2 <= args.steps <= schedule.T:
+            raise UserError(f"--steps must be between 2 and T={schedule.T}, got {args.steps}")
+        vlb_schedule = respaced_schedule(schedule, args.steps)
+    g = torch.Generator().manual_seed(args.seed)
+    t0, parts, extra = time.perf_counter(), [], {}
+    for chunk in x.split(args.batch_size):
+        if args.method == "vlb":
+            out = vlb_bpd(denoiser, chunk, vlb_schedule, variance=variance, bin_width=bin_width,
+                          clip_denoised=not args.no_clip, dequantized=dequantized, generator=g)
+            extra.setdefault("prior_bpd", []).append(out["prior_bpd"])
+            extra.setdefault("decoder_bpd", []).append(out["terms"][:, 0])
+        else:
+            out = ode_bpd(denoiser, chunk, bin_width=bin_width, generator=g, rtol=args.rtol, atol=args.atol,
+                          trace=args.trace, probe=args.probe, sigma_min=schedule.sigma_min,
+                          sigma_max=schedule.sigma_max)
+            extra.setdefault("nfe", []).append(out["nfe"])
+        parts.append(out["bpd"])
+    bpd = torch.cat(parts)
+    result = {"run": str(args.run), "split": args.split, "method": args.method, "n": len(bpd),
+              "bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None,
+              "bin_width": bin_width, "seconds": round(time.perf_counter() - t0, 1), "seed": args.seed}
+    if args.method == "vlb":
+        result.update(variance=variance, clip_denoised=not args.no_clip, dequantized=dequantized,
+                      steps=vlb_schedule.T,
+                      prior_bpd=float(torch.cat(extra["prior_bpd"]).mean()),
+                      decoder_bpd=float(torch.cat(extra["decoder_bpd"]).mean()))
+    else:
+        result.update(rtol=args.rtol, atol=args.atol, trace=args.trace, probe=args.probe,
+                      nfe_per_batch=extra["nfe"], sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+    if args.out:
+        np.save(args.out, bpd.numpy())
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from kuosan.config import ConfigError
     from kuosan.data import DataError
@@ -152,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_sample(sub)
     p = sub.add_parser("info", help="describe a trained run")
     p.add_argument("run")
+    _add_eval(sub)
+    _add_nll(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if OVERRIDE.match(a)]
     args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
@@ -159,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.command != "train":
         parser.error(f"config overrides ({overrides[0]}) are only for `kuosan train`")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}
+    commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval, "nll": cmd_nll}
     try:
         return commands[args.command](args)
     except (UserError, ConfigError, DataError, CheckpointError) as e:

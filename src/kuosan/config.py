@@ -34,11 +34,20 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
+    kind: str = "vp"                 # vp (DDPM on a beta schedule) or ncsn (score network, annealed DSM)
+    sigma_min: float = 0.01          # ncsn: the smallest of the geometric noise levels
+    sigma_max: float = 10.0          # ncsn: the largest (NCSNv2: about the largest distance between data points)
+    num_scales: int = 25             # ncsn: number of levels L (the sampling grid's steps by default)
     schedule: str = "cosine"         # beta schedule: linear, cosine, sigmoid, scaled_linear
     T: int = 1000
     prediction: str = "eps"          # eps, x0, v
     weighting: str = "none"          # none, min_snr
     snr_gamma: float = 5.0
+    loss: str = "simple"             # simple (L_simple), hybrid (L_simple + vlb_weight * L_vlb), vlb
+    learn_sigma: bool = False        # network outputs 2x channels: prediction, then the variance (learned range)
+    vlb_weight: float = 0.001        # lambda of the hybrid loss (Nichol & Dhariwal 2021, Eq. 16)
+    timestep_sampler: str = "uniform"  # uniform, loss-second-moment (importance sampling, Eq. 18)
+    dequantize: bool = False         # train on uniformly dequantized data (for PF-ODE likelihoods)
 
 
 @dataclass
