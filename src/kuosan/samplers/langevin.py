@@ -141,7 +141,7 @@ def _ve_predictor(name: str, x, score, sigma: float, sigma_next: float):
 
 
 @torch.no_grad()
-def sample_pc(denoiser, x, sigmas, *, predictor: str = "reverse-diffusion", corrector: str = "langevin",
+def sample_pc(denoiser, x, sigmas, *, predictor: str = "ancestral", corrector: str = "langevin",
               snr: float = 0.16, langevin_steps: int = 1, generator=None, callback=None, extra_args=None):
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3) on the Denoiser contract, i.e.
     for the VE SDE with the grid's noise levels. At each level sigma_i: ``langevin_steps`` corrector
@@ -156,6 +156,10 @@ def sample_pc(denoiser, x, sigmas, *, predictor: str = "reverse-diffusion", corr
     s = (D(x, sigma_i) - x) / sigma_i^2. The step to sigma = 0 is the denoising step x = D(x, sigma_L)
     for every predictor (reverse diffusion and ancestral give exactly that; score_sde's
     ``denoise=True``). 1 + langevin_steps evaluations per step (with a corrector).
+
+    The default predictor is ancestral (the exact posterior step for Gaussian data), not score_sde's
+    reverse diffusion: score_sde runs N = 1000 levels, where the two agree, while kuosan's grids have
+    10-50, where reverse diffusion is biased (tests/test_langevin.py and docs/score_models.md).
 
     The Langevin corrector's step is capped at sigma_1^2, the prior's variance (no step of a
     sampler started from N(0, sigma_1^2 I) needs more). For a trained model the step is about
