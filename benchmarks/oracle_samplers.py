@@ -4,13 +4,16 @@ With an analytic denoiser the error is the sampler's alone. Two Gaussian-mixture
 E[x0 | x] for every noise level): one fitted to the 8x8 digits (64-D, dequantized) and one fitted
 to the 2-D swiss roll. Each is wrapped once as an eps-model on the discrete DDPM linear schedule
 (T = 1000, ``EpsFromDenoiser``); kuosan's samplers see it through ``VPDenoiser`` and diffusers'
-schedulers call it directly, in the same run, from the same x_T ~ N(0, I) (common random numbers).
+schedulers call it directly, in the same run, from the same x_T ~ N(0, I) (common random numbers,
+drawn quasi-randomly: ``prior_draws``).
 
 Figures per (system, sampler/scheduler, grid/options, NFE), NFE counted by a counter on the
 eps-model (so both libraries are counted the same way):
 
 - ``fd``: Frechet distance between the Gaussian fitted to the samples and the true mixture's exact
-  mean and covariance; ``fd_floor`` is the same for as many exact draws (sampling noise alone);
+  mean and covariance; ``fd_floor`` is the same for as many i.i.d. exact draws (sampling noise
+  alone), ``fd_flow`` for the exact probability-flow ODE from the same x_T (what every sampler
+  converges to; below fd_floor thanks to the quasi-random x_T);
 - ``nll_gap``: mean negative log-likelihood of the samples under the true mixture minus that of
   exact draws (nats): negative = collapsed (too concentrated), positive = noisy or off-manifold.
 
@@ -225,12 +228,31 @@ def machine() -> dict:
             "torch": torch.__version__, "cores": os.cpu_count()}
 
 
+def prior_draws(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """x_T ~ N(0, I), n draws as scrambled-Sobol quasi-random normals (inverse CDF): the same points
+    for every sampler of both libraries. The output moments of a smooth map of x_T then carry far
+    less sampling noise than with i.i.d. draws (on the exact flow: FD ~1e-7 instead of ~1e-4 in 2-D,
+    0.009 instead of 0.022 in 64-D), so the FD measures the sampler, not the draw."""
+    d = math.prod(shape)
+    u = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed).draw(n, dtype=F64)
+    return torch.special.ndtri(u.clamp(1e-12, 1 - 1e-12)).reshape(n, *shape)
+
+
+def flow_reference(oracle, x_T: torch.Tensor) -> torch.Tensor:
+    """What every sampler converges to from x_T: the probability-flow ODE solved accurately (UniPC-3,
+    200 log-uniform steps from sigma_max to sigma_min), then x = D(x, sigma_min)."""
+    sigmas = make_sigmas(SCH, 200, "exponential")
+    return SAMPLERS["unipc-3"](oracle, x_T * (1 + float(sigmas[0]) ** 2) ** 0.5, sigmas)
+
+
 def bench_oracle(name: str, nfes: list[int], n: int, seed: int, diffusers_on: bool):
     oracle = ORACLES[name]()
     judge = Judge(oracle, n, seed)
     eps = CountingEps(oracle)
-    x_T = torch.randn(n, *oracle.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    base = {"bench": "oracle_samplers", "oracle": name, "samples": n, "seed": seed, "fd_floor": judge.fd_floor}
+    x_T = prior_draws(n, oracle.shape, seed)
+    flow = judge(flow_reference(oracle, x_T))
+    base = {"bench": "oracle_samplers", "oracle": name, "samples": n, "seed": seed, "fd_floor": judge.fd_floor,
+            "fd_flow": flow["fd"], "nll_gap_flow": flow["nll_gap"]}
     rows = []
     for nfe in nfes:
         for sampler, grid in KUOSAN_RUNS:
@@ -259,7 +281,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             if k is None or d is None:
                 continue
             out.append({"bench": "oracle_samplers", "summary": True, "oracle": oracle, "nfe": nfe,
-                        "fd_floor": k["fd_floor"], "kuosan_fd": k["fd"], "kuosan_best": f"{k['sampler']}/{k['grid']}",
+                        "fd_floor": k["fd_floor"], "fd_flow": k["fd_flow"], "kuosan_fd": k["fd"], "kuosan_best": f"{k['sampler']}/{k['grid']}",
                         "kuosan_nll_gap": k["nll_gap"], "diffusers_fd": d["fd"],
                         "diffusers_best": f"{d['scheduler']}{json.dumps(d['options'])}",
                         "diffusers_nll_gap": d["nll_gap"], "fd_ratio": k["fd"] / d["fd"]})
@@ -267,10 +289,12 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def fit_grid(nfes: list[int], seed: int = 11) -> None:
-    """The measurement behind the "kuosan" grid: FD of UniPC on each oracle (training noise, not the
+    """The measurement behind the "kuosan" grid: FD of UniPC on each oracle (noise seed 11, not the
     benchmark's) for sigma_max -> log-uniform from sigma_hi to sigma_lo, over a (sigma_hi, sigma_lo)
-    grid; prints every point and, per NFE, the best by the sum of log FDs over the two oracles (with
-    |NLL gap| <= 1 nat required from 20 NFE on)."""
+    grid; prints every point and, per NFE, the best by the sum of log FDs over the two oracles (each
+    oracle's relative error counts the same), among the points whose NLL gap is within 3 nats on
+    both oracles at 10-19 NFE and within 1 nat from 20 NFE on (no constraint at 5: collapse is the
+    price of 5 evaluations)."""
     import itertools
 
     from kuosan.samplers import sample_unipc
@@ -279,7 +303,7 @@ def fit_grid(nfes: list[int], seed: int = 11) -> None:
     setups = {}
     for name, n in (("digits", 2000), ("2d", 20_000)):
         oracle = ORACLES[name]()
-        x_T = torch.randn(n, *oracle.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        x_T = prior_draws(n, oracle.shape, seed)
         setups[name] = (oracle, Judge(oracle, n, seed), x_T)
     for nfe in nfes:
         scores = {}
@@ -291,7 +315,7 @@ def fit_grid(nfes: list[int], seed: int = 11) -> None:
                 print(json.dumps({"bench": "oracle_samplers", "fit_grid": True, "oracle": name, "nfe": nfe,
                                   "sigma_hi": hi, "sigma_lo": lo, **r}), flush=True)
                 total += math.log(r["fd"])
-                ok &= nfe < 20 or abs(r["nll_gap"]) <= 1
+                ok &= abs(r["nll_gap"]) <= (math.inf if nfe < 10 else 3.0 if nfe < 20 else 1.0)
             if ok:
                 scores[(hi, lo)] = total
         (hi, lo), best = min(scores.items(), key=lambda kv: kv[1])

@@ -118,9 +118,9 @@ def model_x0_and_log_variance(denoiser, x_t: torch.Tensor, t: torch.Tensor, sche
                               variance: str = "fixed_small", clip: float | None = 1.0, **cond):
     """(x0_hat, log Sigma_t) of a Denoiser at VP input x_t and integer timesteps t (B,): x0_hat =
     D(x_t / sqrt(abar_t), sigma_t), clamped to [-clip, clip] unless ``clip`` is None (improved-diffusion
-    clips to the data range [-1, 1] by default). ``variance="learned_range"`` reads the network's variance channels through the adapter's
-    ``forward_with_variance`` (a :class:`~kuosan.diffusion.parameterization.VPDenoiser` with
-    ``learn_sigma``)."""
+    clips to the data range [-1, 1] by default). ``variance="learned_range"`` reads the network's
+    variance channels through the adapter's ``forward_with_variance`` (a
+    :class:`~kuosan.diffusion.parameterization.VPDenoiser` with ``learn_sigma``)."""
     t = t.long()
     abar, sigma = schedule.abar[t], schedule.sigmas[t]
     dtype = _model_dtype(denoiser)

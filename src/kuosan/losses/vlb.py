@@ -134,11 +134,12 @@ class VLBObjective(Objective):
             return G.x0_from_v(x_t, out, abar)
         raise ValueError(f"unknown prediction {self.prediction!r}")
 
-    def vlb_bpd(self, out: torch.Tensor, v: torch.Tensor | None, x0: torch.Tensor, y: torch.Tensor,
-                x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """L_t in bits/dim (B,) of the network output at x_t ~ q(x_t | y): the KL to the posterior given
-        y for t > 0, the decoder at t = 0: discretized on x0's bin, or, when training on dequantized y,
-        a Gaussian density of y (:func:`~kuosan.diffusion.likelihood.vlb_term_bpd`)."""
+    def vlb_bpd(self, out: torch.Tensor, v: torch.Tensor | None, y: torch.Tensor, x_t: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
+        """L_t in bits/dim (B,) of the network output at x_t ~ q(x_t | y), y the (possibly dequantized)
+        data: the KL to the posterior given y for t > 0, the decoder at t = 0: discretized on y's bin,
+        or, when training on dequantized y, a Gaussian density of y
+        (:func:`~kuosan.diffusion.likelihood.vlb_term_bpd`)."""
         abar = self.abar[t]
         x0_hat = self._x0_hat(out.to(F64), x_t.to(F64), abar)
         kind = "learned_range" if self.learn_sigma else "fixed_small"
@@ -159,10 +160,10 @@ class VLBObjective(Objective):
         if self.loss_type in ("simple", "hybrid"):
             terms = terms + l_simple(out, diffusion_target(self.prediction, y, eps, abar).float()).to(F64)
         if self.loss_type == "hybrid":
-            vb = self.vlb_bpd(out.detach(), v, x0, y, x_t, t)
+            vb = self.vlb_bpd(out.detach(), v, y, x_t, t)
             terms = terms + self.vlb_weight * self.schedule.T * vb
         elif self.loss_type == "vlb":
-            terms = terms + self.schedule.T * self.vlb_bpd(out, v, x0, y, x_t, t)
+            terms = terms + self.schedule.T * self.vlb_bpd(out, v, y, x_t, t)
         if self.sampler is not None:
             self.sampler.update(_all_gather_cat(t), _all_gather_cat(terms.detach()))
         return (terms * weight.to(F64)).float()

@@ -39,20 +39,26 @@ class DigitsFeatureExtractor:
     (N, 1, 8, 8) digits in [-1, 1] (clamped)."""
 
     def __init__(self, classifier=None, *, batch_size: int = 512):
-        from kuosan.metrics.digits_classifier import WEIGHTS_PATH, load_digit_classifier
+        from kuosan.metrics.digits_classifier import load_digit_classifier
 
         self.model = classifier if classifier is not None else load_digit_classifier()
         self.model.eval()
         self.batch_size = batch_size
-        self.name = "digits-classifier" if classifier is not None else f"digits-classifier:{_sha256_file(WEIGHTS_PATH)}"
+        self.name = f"digits-classifier:{_state_fingerprint(self.model)}"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model.features(c.clamp(-1, 1).float()) for c in images.detach().cpu().split(self.batch_size)])
+        chunks = images.detach().cpu().split(self.batch_size)
+        return torch.cat([self.model.features(c.clamp(-1, 1).float()) for c in chunks])
 
 
-def _sha256_file(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+def _state_fingerprint(model: torch.nn.Module) -> str:
+    """First 12 hex digits of the SHA-256 of a module's weights (names its feature space)."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def data_fingerprint(images: torch.Tensor) -> str:

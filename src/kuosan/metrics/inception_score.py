@@ -47,7 +47,8 @@ def digits_inception_score(samples: torch.Tensor, *, classifier=None, splits: in
 
     model = classifier if classifier is not None else load_digit_classifier()
     model.eval()
-    probs = torch.cat([model(chunk.clamp(-1, 1).float()).softmax(1) for chunk in samples.detach().cpu().split(batch_size)])
+    chunks = samples.detach().cpu().split(batch_size)
+    probs = torch.cat([model(chunk.clamp(-1, 1).float()).softmax(1) for chunk in chunks])
     return inception_score_from_probs(probs, splits=min(splits, len(probs)))
 
 
