@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kuosan.samplers.common import ancestral_step, check_sigmas, noise_like, sigma_batch, to_d
+from kuosan.samplers.common import ancestral_step, check_sigmas, denoise, noise_like, to_d
 
 
 @torch.no_grad()
@@ -17,9 +17,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, eta: float = 1.0, generator=N
     extra_args = extra_args or {}
     s = check_sigmas(sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = x + (sigma_down - sigma) * to_d(x, sigma, x0_hat)
         if sigma_up > 0:
@@ -41,9 +39,7 @@ def sample_ddpm(denoiser, x, sigmas, *, variance: str = "small", generator=None,
     extra_args = extra_args or {}
     s = check_sigmas(sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         sigma_mean, posterior_std = ancestral_step(sigma, sigma_next, 1.0)
         x = x + (sigma_mean - sigma) * to_d(x, sigma, x0_hat)  # = mu~ / sqrt(abar_s)
         if sigma_next > 0:

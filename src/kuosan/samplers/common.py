@@ -43,5 +43,15 @@ def check_sigmas(sigmas: torch.Tensor) -> list[float]:
     return s
 
 
+def denoise(denoiser, x: torch.Tensor, sigma: float, extra_args: dict | None, callback=None, i: int = 0,
+            sigma_next: float | None = None) -> torch.Tensor:
+    """x0_hat = D(x, sigma) for the whole batch, reported to ``callback`` (if any) as the dict
+    {"i", "x", "sigma", "sigma_next", "x0_hat"} every sampler emits once per step."""
+    x0_hat = denoiser(x, sigma_batch(x, sigma), **(extra_args or {}))
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+    return x0_hat
+
+
 def expand(x: torch.Tensor, c) -> torch.Tensor:
     return append_dims(torch.as_tensor(c, dtype=x.dtype, device=x.device), x.ndim)

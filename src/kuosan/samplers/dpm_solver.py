@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from kuosan.samplers.common import check_sigmas, noise_like, sigma_batch
+from kuosan.samplers.common import check_sigmas, denoise, noise_like, sigma_batch
 
 
 def exp_weights(h: float, p: int) -> list[float]:
@@ -97,9 +97,7 @@ def sample_dpmpp_multistep(denoiser, x, sigmas, *, order: int = 3, eta: float = 
     hist_x0: list[torch.Tensor] = []
     hist_lam: list[float] = []
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         lam = -math.log(sigma)
         hist_x0 = ([x0_hat] + hist_x0)[:order]
         hist_lam = ([lam] + hist_lam)[:order]
@@ -132,9 +130,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, extra
     s = check_sigmas(sigmas)
     old_x0, h_last = None, None
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         if sigma_next == 0:
             x = x0_hat
             break
@@ -193,9 +189,7 @@ def sample_dpmpp_2s(denoiser, x, sigmas, *, eta: float = 0.0, s_noise: float = 1
     extra_args = extra_args or {}
     s = check_sigmas(sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta) if eta > 0 else (sigma_next, 0.0)
         if sigma_down == 0:
             x = x0_hat

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from kuosan.samplers.common import check_sigmas, noise_like, sigma_batch, to_d
+from kuosan.samplers.common import check_sigmas, denoise, noise_like, sigma_batch, to_d
 
 
 @torch.no_grad()
@@ -12,9 +12,7 @@ def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, extra_ar
     extra_args = extra_args or {}
     s = check_sigmas(sigmas)
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         x = x + (sigma_next - sigma) * to_d(x, sigma, x0_hat)
     return x
 
@@ -35,9 +33,7 @@ def sample_heun(denoiser, x, sigmas, *, s_churn: float = 0.0, s_tmin: float = 0.
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + noise_like(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        x0_hat = denoiser(x, sigma_batch(x, sigma_hat), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma_hat, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma_hat, extra_args, callback, i, sigma_next)
         d = to_d(x, sigma_hat, x0_hat)
         x_next = x + (sigma_next - sigma_hat) * d
         if sigma_next > 0:

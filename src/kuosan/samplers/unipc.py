@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from kuosan.samplers.common import check_sigmas, sigma_batch
+from kuosan.samplers.common import check_sigmas, denoise
 from kuosan.samplers.dpm_solver import _order_schedule, exp_weights
 
 VARIANTS = ("bh1", "bh2")
@@ -79,9 +79,7 @@ def sample_unipc(denoiser, x, sigmas, *, order: int = 2, variant: str = "bh2", c
     lam_hist: list[float] = []
     x_prev = None
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
-        x0_hat = denoiser(x, sigma_batch(x, sigma), **extra_args)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "x0_hat": x0_hat})
+        x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         if corrector and x_prev is not None:  # UniC: correct x_i with the evaluation just made at it
             x = _unipc_update(x_prev, m_hist[0], s[i - 1], sigma, lam_hist[1:], m_hist[1:], orders[i - 1],
                               variant, m_t=x0_hat)
