@@ -19,7 +19,7 @@ from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from kuosan.diffusion import EpsFromDenoiser, VPDenoiser
 from kuosan.diffusion.schedules import DiscreteSchedule, make_sigmas
-from kuosan.samplers import EVALS_PER_STEP, SAMPLERS
+from kuosan.samplers import SAMPLERS, network_evaluations
 from kuosan.samplers.dpm_solver import exp_weights, sample_dpmpp_multistep
 
 F64 = torch.float64
@@ -123,9 +123,11 @@ def test_exp_weights_closed_form():
             assert math.isclose(w[1], h - 1 + math.exp(-h), rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS) + list(STOCHASTIC))
-def test_evals_per_step_counts_every_call(mixture2d, name):
-    """NFE accounting: k evaluations per step, one on the last (to sigma = 0), as EVALS_PER_STEP says."""
+@pytest.mark.parametrize("name,options", [(name, {}) for name in SAMPLERS] + [
+    ("annealed-langevin", {"langevin_steps": 3, "final_denoise": False}), ("pc", {"corrector": "none"}),
+    ("pc", {"predictor": "none", "langevin_steps": 2}), ("pc", {"langevin_steps": 3}), ("heun", {"s_churn": 1.0})])
+def test_network_evaluations_counts_every_call(mixture2d, name, options):
+    """NFE accounting: network_evaluations(name, n, **options) is the number of denoiser calls."""
     calls = []
 
     def counted(x, sigma, **cond):
@@ -135,8 +137,8 @@ def test_evals_per_step_counts_every_call(mixture2d, name):
     n = 7
     sigmas = make_sigmas(DiscreteSchedule.from_name("linear"), n, "karras")
     SAMPLERS[name](counted, torch.randn(4, 2, dtype=F64) * float(sigmas[0]), sigmas,
-                   generator=torch.Generator().manual_seed(0))
-    assert len(calls) == EVALS_PER_STEP[name] * (n - 1) + 1
+                   generator=torch.Generator().manual_seed(0), **options)
+    assert len(calls) == network_evaluations(name, n, **options)
 
 
 @pytest.mark.parametrize("name", ["dpmpp-2m-sde", "dpmpp-3m-sde"])

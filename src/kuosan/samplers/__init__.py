@@ -26,9 +26,29 @@ SAMPLERS = {
     "pc": sample_pc,
 }
 
-# Network evaluations per step (Heun's last step to sigma = 0 is a single Euler evaluation).
-# Annealed Langevin: langevin_steps (5) per level, +1 final denoising; PC: 1 corrector + 1 predictor.
-EVALS_PER_STEP = {name: 1 for name in SAMPLERS} | {"heun": 2, "dpmpp-2s": 2, "annealed-langevin": 5, "pc": 2}
+# Network evaluations per step of the samplers that spend more than one (Heun's and DPM++(2S)'s last
+# step, to sigma = 0, is a single evaluation); see ``network_evaluations``.
+EVALS_PER_STEP = {name: 1 for name in SAMPLERS} | {"heun": 2, "dpmpp-2s": 2}
+
+
+def network_evaluations(name: str, steps: int, **options) -> int:
+    """Denoiser calls of sampler ``name`` on a grid of ``steps`` steps, with its keyword ``options``
+    (the figure an NFE budget counts):
+
+    - one-evaluation solvers: ``steps``; Heun and DPM++(2S): 2 per step but the last (heun with
+      s_churn evaluates the same);
+    - annealed Langevin: ``langevin_steps`` (5) per level, + 1 for the final denoising step;
+    - PC: one predictor evaluation per level + ``langevin_steps`` (1) corrector evaluations (none with
+      ``corrector="none"``; with ``predictor="none"`` the corrector's last evaluation is reused)."""
+    get_sampler(name)
+    if name == "annealed-langevin":
+        return options.get("langevin_steps", 5) * steps + int(options.get("final_denoise", True))
+    if name == "pc":
+        corrector = options.get("langevin_steps", 1) if options.get("corrector", "langevin") != "none" else 0
+        if options.get("predictor", "ancestral") == "none" and corrector:
+            return corrector * steps + 1
+        return (corrector + 1) * steps
+    return EVALS_PER_STEP[name] * (steps - 1) + 1
 
 
 def get_sampler(name: str):
@@ -37,7 +57,7 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "EVALS_PER_STEP", "get_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
+__all__ = ["SAMPLERS", "EVALS_PER_STEP", "get_sampler", "network_evaluations", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde", "sample_dpmpp_2s", "sample_dpmpp_3m", "sample_dpmpp_3m_sde", "sample_euler",
            "sample_euler_ancestral", "sample_heun", "sample_unipc", "sample_unipc_3", "sample_annealed_langevin",
            "sample_pc"]
