@@ -10,13 +10,14 @@ from torch import nn
 from kuosan.config import Config, ConfigError
 from kuosan.data import DataError, load_dataset
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
-from kuosan.diffusion.parameterization import PREDICTIONS, ScoreDenoiser
+from kuosan.diffusion.parameterization import ScoreDenoiser
 from kuosan.diffusion.sde import VESDE, geometric_sigmas
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
+from kuosan.losses.autoencoder import RECON_LOSSES, AutoencoderObjective
 from kuosan.losses.diffusion import TARGETS, WEIGHTINGS, DiffusionObjective
 from kuosan.losses.score_matching import AnnealedDSMObjective
 from kuosan.losses.vlb import LOSSES, TIMESTEP_SAMPLERS, VLBObjective
-from kuosan.networks import NETWORKS
+from kuosan.networks import AUTOENCODERS, NETWORKS
 from kuosan.samplers import SAMPLERS
 from kuosan.utils import resolve_precision
 
@@ -76,7 +77,28 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("diffusion.dequantize=true needs data on a grid (digits or an image folder)")
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
+    if cfg.text.encoder or cfg.latent.autoencoder:
+        _validate_conditional(cfg)
+    if cfg.model.network in AUTOENCODERS:
+        _validate_autoencoder(cfg)
     return cfg
+
+
+def _validate_autoencoder(cfg: Config) -> None:
+    """An autoencoder run (model.network vae or ae) trains the first stage on images; the diffusion
+    and sample sections are unused."""
+    a, net = cfg.autoencoder, cfg.model.network
+    if a.recon not in RECON_LOSSES:
+        raise ConfigError(f"autoencoder.recon={a.recon!r} is not one of {', '.join(RECON_LOSSES)}")
+    if not a.kl_weight >= 0:
+        raise ConfigError(f"autoencoder.kl_weight must be >= 0, got {a.kl_weight}")
+    if net == "ae" and a.kl_weight != 0:
+        raise ConfigError(f"model.network=ae has no KL term: set autoencoder.kl_weight=0 (got {a.kl_weight}) "
+                          "or use model.network=vae")
+    if cfg.data.name.startswith("toy2d:"):
+        raise ConfigError(f"model.network={net} is an image autoencoder; data.name={cfg.data.name!r} is 2-D points")
+    if cfg.diffusion.dequantize:
+        raise ConfigError(f"diffusion.dequantize=true: model.network={net} trains an autoencoder, not a diffusion")
 
 
 def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
@@ -89,6 +111,13 @@ def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
         return load_dataset(name, n=cfg.data.n, generator=g)
     if name.startswith("folder:"):
         return load_dataset(name, size=cfg.data.size, channels=cfg.data.channels)
+    if name == "shapes":  # training images from the run's seed; "val"/"test" are the fixed evaluation sets
+        from kuosan.data.shapes import SHAPES_EVAL_SEEDS
+
+        if split != "train" and split not in SHAPES_EVAL_SEEDS:
+            raise DataError(f"unknown shapes split {split!r}; expected train, {', '.join(SHAPES_EVAL_SEEDS)}")
+        seed = cfg.train.seed if split == "train" else SHAPES_EVAL_SEEDS[split]
+        return load_dataset("shapes", n=cfg.data.n, seed=seed)
     return load_dataset(name)  # raises DataError listing the known names
 
 
@@ -109,6 +138,8 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
         if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
             raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
                               f"(model.params.channel_mult has {levels} levels)")
+    elif cfg.model.network in AUTOENCODERS:
+        _check_autoencoder_shape(params, data_shape)
     else:
         if len(data_shape) != 1:
             raise ConfigError(f"the mlp needs vector data (D,), got samples of shape {tuple(data_shape)}")
@@ -117,6 +148,19 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
         return NETWORKS[cfg.model.network](**params)
     except TypeError as e:
         raise ConfigError(f"model.params: {e}") from None
+
+
+def _check_autoencoder_shape(params: dict, data_shape: tuple[int, ...]) -> None:
+    """Fill in and check the image channels of an autoencoder's params; H, W must halve L - 1 times."""
+    if len(data_shape) != 3:
+        raise ConfigError(f"an autoencoder needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
+    params.setdefault("in_channels", data_shape[0])
+    if params["in_channels"] != data_shape[0]:
+        raise ConfigError(f"model.params.in_channels={params['in_channels']} but the data have {data_shape[0]} channels")
+    levels = len(params.get("block_out_channels", (32, 64, 64)))
+    if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
+        raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
+                          f"(model.params.block_out_channels has {levels} levels)")
 
 
 def build_schedule(cfg: Config) -> DiscreteSchedule:
@@ -175,23 +219,175 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     from kuosan.train import Trainer
 
     from kuosan.train.distributed import rank_and_world
+    from kuosan.pipelines import conditional_sample_fn
 
     validate(cfg)
     world = rank_and_world()[1]
     if cfg.train.batch_size % (world * cfg.train.grad_accum):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
                           f"train.grad_accum={cfg.train.grad_accum}")
-    data = build_data(cfg) if data is None else data
+    if cfg.text.encoder or cfg.latent.autoencoder:  # text and/or latent diffusion: dict data, wrapped objective
+        data, objective, extras = build_conditional_training(cfg, data)
+        x_shape = tuple(data["x"].shape[1:])
+        sample_fn = conditional_sample_fn(cfg, x_shape, **extras)
+    else:
+        data = build_data(cfg) if data is None else data
+        x_shape = tuple(data.shape[1:])
+        objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
     torch.manual_seed(cfg.train.seed)
-    net = build_network(cfg, tuple(data.shape[1:]))
+    net = build_network(cfg, x_shape)
+    if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
+        objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train
-    return Trainer(net, build_objective(cfg), data, out_dir=out_dir, config=cfg.to_dict(),
+    return Trainer(net, objective, data, out_dir=out_dir, config=cfg.to_dict(),
                    batch_size=tr.batch_size, grad_accum=tr.grad_accum, lr=tr.lr,
                    weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
                    grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
                    precision=resolve_precision(tr.precision), channels_last=tr.channels_last,
                    checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
-                   seed=tr.seed, sample_fn=sample_fn_for(cfg, tuple(data.shape[1:])), progress=progress)
+                   seed=tr.seed, sample_fn=sample_fn, progress=progress)
+
+
+# --- text-conditional and latent diffusion (docs/latent_diffusion.md) -------------------------------------
+
+
+def _validate_conditional(cfg: Config) -> None:
+    """Checks of the ``text`` and ``latent`` sections (text and/or latent diffusion)."""
+    t, d = cfg.text, cfg.diffusion
+    if cfg.model.network != "unet":
+        raise ConfigError("text.encoder / latent.autoencoder need model.network=unet")
+    if d.kind != "vp" or d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.dequantize:
+        raise ConfigError("text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "
+                          "learn_sigma, timestep_sampler or dequantize)")
+    if t.encoder and cfg.data.name != "shapes":
+        raise ConfigError(f"text.encoder needs captioned data (data.name=shapes), got data.name={cfg.data.name!r}")
+    for key, value in (("text.cond_drop", t.cond_drop), ("text.inpaint_fraction", t.inpaint_fraction)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
+    if t.max_length < 2:
+        raise ConfigError(f"text.max_length must be at least 2, got {t.max_length}")
+    if cfg.latent.scale_factor < 0:
+        raise ConfigError(f"latent.scale_factor must be positive (or 0: computed from the data), got "
+                          f"{cfg.latent.scale_factor}")
+
+
+def build_text_encoder(cfg: Config):
+    """The frozen text encoder of ``text.encoder`` (ConfigError naming the key if it cannot be loaded)."""
+    from kuosan.networks.text_encoder import TextEncoder
+
+    try:
+        return TextEncoder(cfg.text.encoder, max_length=cfg.text.max_length)
+    except ValueError as e:
+        raise ConfigError(f"text.encoder={cfg.text.encoder!r}: {e}") from None
+
+
+def load_latent_autoencoder(cfg: Config) -> nn.Module:
+    """The trained autoencoder of ``latent.autoencoder`` (frozen, eval mode); a one-line ConfigError
+    saying how to train it when the directory holds none."""
+    from kuosan.train import checkpoint as ckpt
+
+    path = Path(cfg.latent.autoencoder)
+    if not path.is_dir() or not ckpt.find_checkpoint(path):
+        raise ConfigError(f"latent.autoencoder={str(path)!r} holds no trained autoencoder; train one first: "
+                          f"kuosan train --preset shapes-vae --out {path}")
+    _, ae = load_autoencoder(path)
+    return ae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_posterior(autoencoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256):
+    """(mean, std) of the autoencoder's posterior q(z | x) for every image, in batches; a plain
+    autoencoder's z with std None (a point posterior)."""
+    means, stds = [], []
+    for chunk in images.split(batch_size):
+        out = autoencoder.encode(chunk)
+        if isinstance(out, torch.Tensor):
+            means.append(out.float())
+        else:
+            means.append(out.mean.float())
+            stds.append(out.std.float())
+    return torch.cat(means), (torch.cat(stds) if stds else None)
+
+
+def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
+    """(data dict, ConditionalObjective, sample-picture extras) of a text and/or latent diffusion run.
+
+    Encodes once what is frozen: every distinct caption with the text encoder, every training image
+    with the autoencoder (posterior mean and std, so each step draws a fresh latent). Fills in the
+    config what the checkpoint must remember: ``latent.scale_factor`` (when 0) and the U-Net's
+    conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
+    from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
+
+    captions = None
+    if images is None:
+        if cfg.data.name == "shapes":
+            from kuosan.data.shapes import make_shapes
+
+            batch = make_shapes(cfg.data.n, cfg.train.seed)
+            images, captions = batch.images, batch.captions
+        else:
+            images = build_data(cfg)
+    data: dict[str, torch.Tensor] = {}
+    autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
+    if autoencoder is not None:
+        mean, std = encode_posterior(autoencoder, images)
+        if not cfg.latent.scale_factor:
+            cfg.latent.scale_factor = latent_scale_from_posterior(mean, torch.zeros_like(mean) if std is None else std)
+        data["x"] = cfg.latent.scale_factor * mean
+        if std is not None:
+            data["x_std"] = cfg.latent.scale_factor * std
+    else:
+        data["x"] = images
+    prompts = uncond = None
+    params = cfg.model.params
+    if cfg.text.encoder:
+        if captions is None:
+            raise ConfigError("text.encoder needs captions: data.name=shapes")
+        encoder = build_text_encoder(cfg)
+        distinct = sorted(set(captions))
+        where = {c: i for i, c in enumerate(distinct)}
+        data["caption"] = torch.tensor([where[c] for c in captions])
+        prompts, uncond = encoder.encode(distinct), encoder.encode([""])
+        params.setdefault("context_dim", encoder.dim)
+        params.setdefault("pooled_dim", encoder.dim)
+    if cfg.text.inpaint_fraction > 0:
+        params.setdefault("cond_channels", 1 + data["x"].shape[1])
+    objective = ConditionalObjective(build_objective(cfg), prompts=prompts, uncond=uncond,
+                                     cond_drop=cfg.text.cond_drop, inpaint_fraction=cfg.text.inpaint_fraction)
+    extras = {"prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
+              "uncond": uncond, "autoencoder": autoencoder}
+    return data, objective, extras
+
+
+def build_autoencoder_objective(cfg: Config, net: nn.Module, data_shape: tuple[int, ...]) -> AutoencoderObjective:
+    """Reconstruction (+ kl_weight * KL for the VAE, whose draw is the reparameterisation noise of the
+    latent's shape) of ``losses/autoencoder.py``."""
+    a = cfg.autoencoder
+    latent_shape = net.latent_shape(data_shape) if cfg.model.network == "vae" else None
+    return AutoencoderObjective(recon=a.recon, kl_weight=a.kl_weight, latent_shape=latent_shape)
+
+
+def reconstruction_fn(data: torch.Tensor):
+    """The Trainer's picture callback for autoencoders: the first n/2 training images (fixed), each row
+    of 8 over the row of its reconstructions."""
+    from kuosan.metrics.reconstruction import reconstruction_pairs
+
+    def sample_fn(net, n, generator):
+        return reconstruction_pairs(net, data[: max(1, n // 2)], nrow=8)
+
+    return sample_fn
+
+
+def load_autoencoder(run_dir: str | Path, *, weights: str = "ema"):
+    """(config, autoencoder) of a trained first-stage run (model.network vae or ae), in eval mode with
+    requires_grad False; ``net.data_shape`` is the image shape it was trained on."""
+    from kuosan.train import checkpoint as ckpt
+
+    kind = ckpt.read_config(run_dir).get("model", {}).get("network")
+    if kind not in AUTOENCODERS:
+        raise ckpt.CheckpointError(f"{run_dir} is not an autoencoder run (model.network={kind!r}, expected one of "
+                                   f"{', '.join(AUTOENCODERS)})")
+    return load_run(run_dir, weights=weights)
 
 
 def load_run(run_dir: str | Path, *, weights: str = "ema"):
@@ -213,4 +409,4 @@ def load_run(run_dir: str | Path, *, weights: str = "ema"):
 
 
 __all__ = ["ConfigError", "DataError", "build_data", "build_denoiser", "build_network", "build_schedule",
-           "build_trainer", "data_bin_width", "load_run", "validate"]
+           "build_trainer", "data_bin_width", "load_autoencoder", "load_run", "validate"]

@@ -1,4 +1,4 @@
-"""The ``kuosan`` command line: train, sample, info, eval, nll."""
+"""The ``kuosan`` command line: train, sample, info, eval, nll, reconstruct, txt2img, img2img, inpaint."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +19,8 @@ class UserError(Exception):
 def _add_train(sub):
     p = sub.add_parser("train", help="train a diffusion model",
                        description="Train a diffusion model; `section.key=value` overrides any config entry.")
-    p.add_argument("--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn")
+    p.add_argument("--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn, shapes-vae, shapes-ldm, "
+                                    "shapes-pixel")
     p.add_argument("--config", help="experiment file (TOML or JSON)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
     p.add_argument("--time-budget", type=float, help="seconds of training")
@@ -112,6 +113,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"--out must end in .npy or .png, got {out.name}")
+    _refuse_autoencoder(args.run)
     if args.num < 1:
         raise UserError(f"-n must be at least 1, got {args.num}")
     kwargs = {"eta": args.eta} if args.eta is not None else {}
@@ -148,6 +150,8 @@ def cmd_info(args) -> int:
     info = {"run": str(args.run), "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
             "last_loss": state.get("last_loss"), "data_shape": state["data_shape"],
             "parameters": sum(p.numel() for p in net.parameters()), "config": cfg.to_dict()}
+    if hasattr(net, "latent_shape"):  # a first-stage autoencoder
+        info["latent_shape"] = list(net.latent_shape(state["data_shape"]))
     print(json.dumps(info, indent=2))
     return 0
 
@@ -257,6 +261,7 @@ def cmd_nll(args) -> int:
     from kuosan.build import build_denoiser, build_schedule, data_bin_width, load_run
     from kuosan.diffusion.likelihood import ode_bpd, respaced_schedule, vlb_bpd
 
+    _refuse_autoencoder(args.run)
     cfg, net = load_run(args.run, weights=args.weights)
     x = _nll_data(cfg, args.split)
     if args.num is not None:
@@ -315,6 +320,172 @@ def cmd_nll(args) -> int:
     return 0
 
 
+def _refuse_autoencoder(run) -> None:
+    """A one-line error for generating from (or taking the likelihood of) a first-stage autoencoder run."""
+    from kuosan.networks import AUTOENCODERS
+    from kuosan.train import checkpoint as ckpt
+
+    network = ckpt.read_config(run).get("model", {}).get("network")
+    if network in AUTOENCODERS:
+        raise UserError(f"{run} is an autoencoder run (model.network={network}): it reconstructs, it does not "
+                        f"generate; use `kuosan reconstruct {run}`, or train a latent diffusion model on it")
+
+
+def _add_reconstruct(sub):
+    p = sub.add_parser("reconstruct", help="reconstruction PSNR of a trained autoencoder run, and a picture",
+                       description="Encode and decode the run's evaluation images (shapes: the fixed test set; "
+                                   "digits: the test split); print PSNR, KL per latent dimension and the latent "
+                                   "scale factor as JSON; draw originals over reconstructions.")
+    p.add_argument("run", help="run directory of a vae or ae run")
+    p.add_argument("-n", "--num", type=int, default=64, help="images in the picture")
+    p.add_argument("--out", help="FILE.png: originals (rows) over their reconstructions")
+    p.add_argument("--split", default="test", help="evaluation split: test or val (shapes), test (digits)")
+    p.add_argument("--eval-n", type=int, default=2000, help="shapes: number of evaluation images")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--sample", action="store_true", help="decode posterior draws instead of the posterior mean")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from kuosan.build import build_data, load_autoencoder
+    from kuosan.imaging import save_samples_png
+    from kuosan.metrics.reconstruction import reconstruction_pairs, reconstruction_report
+
+    if args.out is not None and not args.out.endswith(".png"):
+        raise UserError(f"--out must end in .png, got {args.out}")
+    for flag, value in (("-n", args.num), ("--eval-n", args.eval_n), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    cfg, net = load_autoencoder(args.run, weights=args.weights)
+    if cfg.data.name == "shapes":
+        from kuosan.data import load_dataset
+        from kuosan.data.shapes import SHAPES_EVAL_SEEDS
+
+        if args.split not in SHAPES_EVAL_SEEDS:
+            raise UserError(f"--split {args.split!r}: shapes has {', '.join(SHAPES_EVAL_SEEDS)}")
+        x = load_dataset("shapes", n=args.eval_n, seed=SHAPES_EVAL_SEEDS[args.split])
+    elif cfg.data.name == "digits":
+        x = build_data(cfg, split=args.split)
+    else:
+        raise UserError(f"no evaluation split for data.name={cfg.data.name!r} (shapes or digits)")
+    with torch.inference_mode():
+        report = reconstruction_report(net, x, batch_size=args.batch_size, sample=args.sample, seed=args.seed)
+        result = {"run": str(args.run), "split": args.split, "weights": args.weights, "sample": args.sample, **report}
+        if args.out:
+            save_samples_png(reconstruction_pairs(net, x[: args.num], nrow=8), args.out, nrow=8)
+            result["out"] = args.out
+    print(json.dumps(result))
+    return 0
+
+
+def _add_generation_options(p, *, prompt_help: str) -> None:
+    from kuosan.samplers import SAMPLERS
+
+    p.add_argument("prompt", help=prompt_help)
+    p.add_argument("-n", "--num", type=int, default=1, help="images per prompt")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: no guidance)")
+    p.add_argument("--negative", default="", help="negative prompt (the unconditional half of guidance)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy (array (N, C, H, W) in [-1, 1])")
+
+
+def _add_text_to_image(sub):
+    p = sub.add_parser("txt2img", help="images from a text prompt (a text-conditional run)")
+    p.add_argument("run", help="run directory of a text-conditional model")
+    _add_generation_options(p, prompt_help='the prompt, e.g. "a red circle in the top left"')
+    p = sub.add_parser("img2img", help="re-draw an image after a prompt (SDEdit, diffusers' strength)")
+    p.add_argument("run", help="run directory of a text-conditional model")
+    p.add_argument("image", help="input image (PNG/JPEG) of the run's image size")
+    _add_generation_options(p, prompt_help="the prompt")
+    p.add_argument("--strength", type=float, default=0.6, help="0: the input's reconstruction; 1: ignore the input")
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask after a prompt")
+    p.add_argument("run", help="run directory of a text-conditional model")
+    p.add_argument("image", help="input image (PNG/JPEG) of the run's image size")
+    p.add_argument("mask", help="mask image of the same size: white = repaint, black = keep")
+    _add_generation_options(p, prompt_help="the prompt for the repainted region")
+    p.add_argument("--method", default="auto", choices=["auto", "concat", "replace"],
+                   help="concat: a model trained to inpaint; replace: any model (known region replaced each step)")
+
+
+def _read_image(path: str, *, mask: bool = False):
+    """An image file as a (1, 3, H, W) tensor in [-1, 1], or a mask as (1, 1, H, W) in {0, 1} (white = 1)."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{'mask' if mask else 'image'} file not found: {p}")
+    try:
+        with Image.open(p) as img:
+            arr = np.asarray(img.convert("L" if mask else "RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"cannot read {p} as an image: {e}") from None
+    if mask:
+        return torch.from_numpy(arr > 127.5).float()[None, None]
+    return torch.from_numpy(arr / 127.5 - 1).permute(2, 0, 1)[None]
+
+
+def cmd_text_to_image(args) -> int:
+    import numpy as np
+    import torch
+
+    from kuosan.imaging import save_samples_png
+    from kuosan.pipelines import TextToImagePipeline
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise UserError(f"--out must end in .npy or .png, got {out.name}")
+    if args.num < 1:
+        raise UserError(f"-n must be at least 1, got {args.num}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not 0 <= strength <= 1:
+        raise UserError(f"--strength must be in [0, 1], got {strength}")
+    image = _read_image(args.image) if args.command in ("img2img", "inpaint") else None
+    mask = _read_image(args.mask, mask=True) if args.command == "inpaint" else None
+    if mask is not None and mask.shape[-2:] != image.shape[-2:]:
+        raise UserError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image {image.shape[-1]}x{image.shape[-2]}")
+    _quiet_transformers()
+    pipe = TextToImagePipeline.from_run(args.run, weights=args.weights)
+    prompts = [args.prompt] * args.num
+    common = dict(guidance=args.guidance, negative=args.negative or None, steps=args.steps, sampler=args.sampler,
+                  generator=torch.Generator().manual_seed(args.seed))
+    try:
+        if args.command == "txt2img":
+            x = pipe.txt2img(prompts, **common)
+        elif args.command == "img2img":
+            x = pipe.img2img(image, prompts, strength=strength, **common)
+        else:
+            x = pipe.inpaint(image, mask, prompts, method=args.method, **common)
+    except ValueError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    else:
+        save_samples_png(x, out)
+    print(json.dumps({"out": str(out), "shape": list(x.shape), "prompt": args.prompt}))
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """No progress bars from transformers' weight loading on the command line."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from kuosan.config import ConfigError
     from kuosan.data import DataError
@@ -329,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     _add_eval(sub)
     _add_nll(sub)
+    _add_reconstruct(sub)
+    _add_text_to_image(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if OVERRIDE.match(a)]
     args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
@@ -336,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.command != "train":
         parser.error(f"config overrides ({overrides[0]}) are only for `kuosan train`")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval, "nll": cmd_nll}
+    commands = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "eval": cmd_eval, "nll": cmd_nll,
+                "reconstruct": cmd_reconstruct, "txt2img": cmd_text_to_image, "img2img": cmd_text_to_image,
+                "inpaint": cmd_text_to_image}
     try:
         return commands[args.command](args)
     except (UserError, ConfigError, DataError, CheckpointError) as e:

@@ -20,10 +20,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"             # "digits", "toy2d:<moons|swissroll|8gaussians|checkerboard>", "folder:<path>"
+    name: str = "digits"             # "digits", "toy2d:<moons|swissroll|8gaussians|checkerboard>", "folder:<path>", "shapes"
     size: int | None = None          # image folder: resize/crop to size x size
     channels: int = 1                # image folder: 1 (grayscale) or 3 (RGB)
-    n: int = 50_000                  # toy2d: number of points drawn once (with the run's seed)
+    n: int = 50_000                  # toy2d / shapes: number of points / images drawn once (with the run's seed)
 
 
 @dataclass
@@ -80,12 +80,35 @@ class SampleConfig:
 
 
 @dataclass
+class LatentConfig:
+    autoencoder: str = ""            # run directory of a trained autoencoder; "" = pixel-space diffusion
+    scale_factor: float = 0.0        # latents are multiplied by it; 0 = 1/std of the training latents (saved)
+
+
+@dataclass
+class TextConfig:
+    encoder: str = ""                # "minilm", "clip:PATH", "path:DIR"; "" = no text conditioning
+    max_length: int = 24             # prompt tokens (longer prompts are truncated)
+    cond_drop: float = 0.1           # share of training prompts replaced by the empty prompt (for CFG)
+    inpaint_fraction: float = 0.0    # share of training examples given a random mask + masked image (0 = txt2img only)
+
+
+@dataclass
+class AutoencoderConfig:
+    recon: str = "l2"                # reconstruction term, summed over pixels: l2 or l1 (losses/autoencoder.py)
+    kl_weight: float = 1e-6          # vae: weight of KL(q(z|x) || N(0, I)) in nats (LDM's 1e-6); ae: must be 0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,7 +152,8 @@ def _coerce(value: Any, ftype: str, key: str):
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-             "sample": SampleConfig}
+             "sample": SampleConfig, "latent": LatentConfig, "text": TextConfig,
+             "autoencoder": AutoencoderConfig}
 
 
 def _merge(base: dict, update: dict) -> dict:

@@ -57,8 +57,12 @@ def sample_run(run_dir, n: int, *, sampler: str | None = None, steps: int | None
     """n samples from a trained run directory, images clamped to [-1, 1]. Unset options take the run's
     ``sample`` config; an impossible choice raises ConfigError naming it."""
     from kuosan.build import build_denoiser, build_schedule, load_run, validate
+    from kuosan.config import ConfigError
 
     cfg, net = load_run(run_dir, weights=weights)
+    if cfg.text.encoder or cfg.latent.autoencoder:
+        raise ConfigError(f"{run_dir} is a text-conditional or latent diffusion run: use kuosan txt2img (or "
+                          "kuosan.pipelines.TextToImagePipeline)")
     for key, val in (("sampler", sampler), ("steps", steps), ("grid", grid), ("clip", clip)):
         if val is not None:
             setattr(cfg.sample, key, val)

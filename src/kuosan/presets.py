@@ -46,4 +46,49 @@ PRESETS: dict[str, dict] = {
         "train": {"batch_size": 512, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.999},
         "sample": {"sampler": "annealed-langevin", "steps": 50, "grid": "trailing", "clip": False},
     },
+    # The first stage of latent diffusion on the captioned shapes (docs/latent_diffusion.md, "Autoencoders"):
+    # a KL-regularised VAE 32x32x3 -> 8x8x4 (widths 32, 64, 64; f = 4), L2 summed over pixels + 1e-6 KL
+    # (LDM's weight; L2 reached 25.9 dB test PSNR after 300 steps where L1 had 19.7), bf16 autocast where
+    # the CPU has bf16 units (benchmarks/shapes_vae.py measures it).
+    "shapes-vae": {
+        "data": {"name": "shapes", "n": 20_000},
+        "model": {"network": "vae", "params": {
+            "in_channels": 3, "latent_channels": 4, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+            "groups": 32, "mid_attention": True}},
+        "autoencoder": {"recon": "l2", "kl_weight": 1e-6},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "ema_decay": 0.999, "grad_clip": 0.0,
+                  "precision": "auto", "sample_every": 0},
+    },
+    # Text-to-image latent diffusion on the captioned shapes (docs/latent_diffusion.md, "Latent diffusion"):
+    # the shapes-vae's 8x8x4 latents (train it first: kuosan train --preset shapes-vae --out runs/shapes-vae),
+    # frozen all-MiniLM-L6-v2 prompts (16 tokens cover every caption), cross-attention at 4x4, 10%
+    # prompt dropout for classifier-free guidance, a quarter of the examples masked so one model also inpaints
+    # (benchmarks/shapes_ldm.py measures prompt accuracy against guidance).
+    "shapes-ldm": {
+        "data": {"name": "shapes", "n": 20_000},
+        "model": {"network": "unet", "params": {
+            "base_channels": 64, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
+            "num_heads": 4, "dropout": 0.0}},
+        # v-prediction: latents are not clamped, and an eps-model's x0_hat = x - sigma eps_hat at the cosine
+        # schedule's sigma_max = 2e4 amplifies any error 2e4-fold (pixel models are rescued by x0 clipping)
+        "diffusion": {"schedule": "cosine", "T": 1000, "prediction": "v"},
+        "latent": {"autoencoder": "runs/shapes-vae", "scale_factor": 0.0},
+        "text": {"encoder": "minilm", "max_length": 16, "cond_drop": 0.1, "inpaint_fraction": 0.25},
+        "train": {"batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999,
+                  "precision": "auto", "sample_every": 0},
+        "sample": {"sampler": "ddim", "steps": 20, "grid": "trailing", "clip": False},
+    },
+    # The same text-to-image model in pixel space (32x32x3, three levels 32/16/8): the anchor that
+    # benchmarks/shapes_ldm.py compares latent diffusion's cost with.
+    "shapes-pixel": {
+        "data": {"name": "shapes", "n": 20_000},
+        "model": {"network": "unet", "params": {
+            "base_channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_levels": [1, 2],
+            "num_heads": 4, "dropout": 0.0}},
+        "diffusion": {"schedule": "cosine", "T": 1000, "prediction": "eps"},
+        "text": {"encoder": "minilm", "max_length": 16, "cond_drop": 0.1, "inpaint_fraction": 0.0},
+        "train": {"batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999,
+                  "precision": "auto", "sample_every": 0},
+        "sample": {"sampler": "ddim", "steps": 20, "grid": "trailing", "clip": True},
+    },
 }

@@ -1,11 +1,13 @@
 """Datasets, each held fully in memory as one float32 tensor (the trainer indexes batches from it).
 
 One file per source: ``digits`` (sklearn's 8x8 digits), ``toy2d`` (2-D toy distributions),
-``image_folder`` (a folder of image files). ``load_dataset`` picks one by name:
+``image_folder`` (a folder of image files), ``shapes`` (captioned synthetic shapes). ``load_dataset``
+picks one by name:
 
 - ``"digits"``: ``load_digits(**kwargs)`` (kwargs: ``split``, ``test_fraction``, ``split_seed``);
 - ``"toy2d:<name>"``: ``sample_toy2d(name, n, generator=...)`` (kwargs: ``n`` (required), ``generator``);
-- ``"folder:<path>"``: ``load_image_folder(path, **kwargs)`` (kwargs: ``size``, ``channels``, ``crop``).
+- ``"folder:<path>"``: ``load_image_folder(path, **kwargs)`` (kwargs: ``size``, ``channels``, ``crop``);
+- ``"shapes"``: ``make_shapes(n, seed).images``, images only (kwargs: ``n`` and ``seed``, both required).
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from kuosan.data.digits import (
 )
 from kuosan.data.errors import DataError
 from kuosan.data.image_folder import IMAGE_EXTENSIONS, find_images, load_image_folder
+from kuosan.data.shapes import make_shapes
 from kuosan.data.toy2d import TOY2D_NAMES, sample_toy2d
 
-DATASET_NAMES = ("digits", *(f"toy2d:{name}" for name in TOY2D_NAMES), "folder:<path>")
+DATASET_NAMES = ("digits", *(f"toy2d:{name}" for name in TOY2D_NAMES), "folder:<path>", "shapes")
 
 __all__ = [
     "DATASET_NAMES",
@@ -39,6 +42,7 @@ __all__ = [
     "load_digits",
     "load_digits_with_labels",
     "load_image_folder",
+    "make_shapes",
     "sample_toy2d",
 ]
 
@@ -54,4 +58,10 @@ def load_dataset(name: str, **kwargs: Any) -> torch.Tensor:
         return sample_toy2d(argument, **kwargs)
     if source == "folder" and argument:
         return load_image_folder(argument, **kwargs)
+    if name == "shapes":
+        unknown = set(kwargs) - {"n", "seed"}
+        if "n" not in kwargs or "seed" not in kwargs or unknown:
+            given = ", ".join(sorted(kwargs)) or "none"
+            raise DataError(f"dataset 'shapes' takes exactly n= and seed=, got {given}")
+        return make_shapes(kwargs["n"], kwargs["seed"]).images
     raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")

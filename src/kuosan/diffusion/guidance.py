@@ -1,4 +1,11 @@
-"""Denoiser wrappers that are themselves Denoisers, so every sampler gets them for free."""
+"""Denoiser wrappers that are themselves Denoisers, so every sampler gets them for free: x0 clamping,
+classifier-free guidance, and two kinds of inpainting.
+
+Notation: the contract D(x, sigma, **cond) -> x0_hat in VE scaling (x = x0 + sigma * eps); ``cond``
+is the conditioning a network takes (e.g. ``context``, ``context_mask``, ``pooled``, ``cond_image``),
+batch-first. ``mask`` m (B or 1, 1, H, W) is 1 where the image is to be (re)generated and 0 where the
+known content ``x0_known`` is kept (Stable Diffusion's inpainting convention: white = repaint).
+"""
 from __future__ import annotations
 
 import torch
@@ -14,3 +21,102 @@ class ClampDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         return self.denoiser(x, sigma, **cond).clamp(self.lo, self.hi)
+
+
+def _batch(value: torch.Tensor, b: int, name: str) -> torch.Tensor:
+    """A batch-first tensor of batch b, or a batch-1 one repeated to b."""
+    if value.shape[0] == b:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(b, *value.shape[1:])
+    raise ValueError(f"{name} has batch {value.shape[0]}, expected {b} or 1")
+
+
+def cfg_combine(d_uncond: torch.Tensor, d_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6, written for x0_hat):
+    D = D_u + s (D_c - D_u); s = 1 is the conditional model, s = 0 the unconditional one."""
+    return d_uncond + scale * (d_cond - d_uncond)
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance as a Denoiser: ``forward(x, sigma, **cond)`` evaluates the wrapped
+    denoiser once on the doubled batch [x, x] with conditioning [uncond, cond] and returns
+    :func:`cfg_combine` of the two halves.
+
+    ``uncond`` holds the unconditional versions of the conditioning keys (the empty prompt's encoding,
+    or a negative prompt's), batch 1 or B. Keys of ``cond`` that ``uncond`` lacks (e.g. an inpainting
+    ``cond_image``) are shared by both halves. ``scale == 1`` skips the unconditional half.
+    """
+
+    def __init__(self, denoiser, uncond: dict[str, torch.Tensor], scale: float):
+        super().__init__()
+        self.denoiser, self.uncond, self.scale = denoiser, dict(uncond), float(scale)
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        if self.scale == 1.0:
+            return self.denoiser(x, sigma, **cond)
+        b = x.shape[0]
+        missing = sorted(set(self.uncond) - set(cond))
+        if missing:
+            raise ValueError(f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the unconditional half)")
+        both = {}
+        for key, value in cond.items():
+            c = _batch(value, b, key)
+            u = _batch(self.uncond[key], b, f"uncond {key}") if key in self.uncond else c
+            both[key] = torch.cat([u, c])
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        sigma = torch.cat([sigma.expand(b)] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
+        d_uncond, d_cond = self.denoiser(torch.cat([x, x]), sigma, **both).chunk(2)
+        return cfg_combine(d_uncond, d_cond, self.scale)
+
+
+def inpaint_cond_image(mask: torch.Tensor, x0_known: torch.Tensor) -> torch.Tensor:
+    """The extra input of a concatenation-conditioned inpainting network (Stable Diffusion's inpainting
+    U-Net: 1 mask + C masked-image channels): concat(m, (1 - m) * x0_known) along channels."""
+    return torch.cat([mask.to(x0_known.dtype), (1 - mask.to(x0_known.dtype)) * x0_known], dim=1)
+
+
+class ConcatInpaintDenoiser(nn.Module):
+    """Inpainting with a model trained for it (concatenation conditioning): every call supplies
+    ``cond_image = inpaint_cond_image(mask, x0_known)``; the network itself fills the hole."""
+
+    def __init__(self, denoiser, mask: torch.Tensor, x0_known: torch.Tensor):
+        super().__init__()
+        self.denoiser = denoiser
+        self.cond_image = inpaint_cond_image(mask, x0_known)
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        return self.denoiser(x, sigma, cond_image=_batch(self.cond_image, x.shape[0], "cond_image"), **cond)
+
+
+def replace_known(x: torch.Tensor, sigma, mask: torch.Tensor, x0_known: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """The replacement step of RePaint (Lugmayr et al. 2022, Eq. 8, without resampling) and of Stable
+    Diffusion's legacy inpainting: x <- m * x + (1 - m) * (x0_known + sigma * noise), the known region
+    set to the known content noised to the current level (VE scaling)."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    sigma = sigma.reshape(-1, *([1] * (x.ndim - 1))) if sigma.ndim else sigma
+    return mask * x + (1 - mask) * (x0_known + sigma * noise)
+
+
+class ReplaceInpaintDenoiser(nn.Module):
+    """Inpainting with any model, the replacement method (RePaint with r = 1 resampling, i.e. Stable
+    Diffusion's legacy / diffusers' ``StableDiffusionInpaintPipelineLegacy`` blending):
+
+        D'(x, sigma) = m * D(x~, sigma) + (1 - m) * x0_known,   x~ = replace_known(x, sigma, ...)
+
+    The known region is noised with one fixed ``noise`` draw for the whole trajectory (as the legacy
+    pipeline's ``add_noise(init_latents, noise, t)``), so along a deterministic sampler it stays
+    exactly x0_known + sigma * noise and lands on x0_known at sigma = 0. The hole sees the noised
+    known content through the network's receptive field; nothing else ties the two regions together.
+    """
+
+    def __init__(self, denoiser, mask: torch.Tensor, x0_known: torch.Tensor, noise: torch.Tensor):
+        super().__init__()
+        self.denoiser, self.mask, self.x0_known, self.noise = denoiser, mask, x0_known, noise
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        b = x.shape[0]
+        mask, known = _batch(self.mask, b, "mask").to(x.dtype), _batch(self.x0_known, b, "x0_known").to(x.dtype)
+        x_tilde = replace_known(x, sigma, mask, known, _batch(self.noise, b, "noise").to(x.dtype))
+        return mask * self.denoiser(x_tilde, sigma, **cond) + (1 - mask) * known

@@ -14,15 +14,13 @@ Network (x: (B, 1, 8, 8) in [-1, 1]):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from kuosan.metrics.frechet import frechet_distance, gaussian_stats
+from kuosan.metrics.shipped import load_shipped
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "digits_classifier.safetensors"
 CONFIDENCE_THRESHOLD = 0.9
@@ -60,21 +58,8 @@ class DigitClassifier(nn.Module):
 
 def load_digit_classifier(path: str | Path | None = None) -> DigitClassifier:
     """The trained classifier in eval mode, from ``path`` (default: the shipped weights)."""
-    path = Path(path) if path is not None else WEIGHTS_PATH
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"digit classifier weights not found at {path}; the package ships them at "
-            f"kuosan/metrics/weights/digits_classifier.safetensors (re-create them with "
-            f"scripts/train_digit_classifier.py)"
-        )
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    config = json.loads(metadata.get("config", "{}"))
-    if "channels" in config:
-        config["channels"] = tuple(config["channels"])
-    model = DigitClassifier(**config)
-    model.load_state_dict(load_file(str(path)))
-    return model.eval()
+    return load_shipped(Path(path) if path is not None else WEIGHTS_PATH, lambda config, _: DigitClassifier(**config),
+                        what="digit classifier", script="scripts/train_digit_classifier.py")
 
 
 @torch.no_grad()

@@ -6,22 +6,37 @@ rebuilds it from a checkpoint.
 """
 from __future__ import annotations
 
-from .attention import SelfAttention2d
+from .attention import CrossAttention, SelfAttention2d, SpatialTransformer
+from .autoencoder import Autoencoder, AutoencoderKL, DiagonalGaussian, encode_latents, latent_scale_factor
+from .autoencoder_diffusers import autoencoder_from_diffusers, load_diffusers_vae
 from .blocks import Downsample, ResBlock, Upsample
 from .embeddings import TimestepEmbedding, timestep_embedding
 from .mlp import MLPDenoiser
+from .text_encoder import TextEncoder
 from .unet import UNet
 
-NETWORKS = {"unet": UNet, "mlp": MLPDenoiser}
+NETWORKS = {"unet": UNet, "mlp": MLPDenoiser, "vae": AutoencoderKL, "ae": Autoencoder}
+AUTOENCODERS = ("vae", "ae")  # NETWORKS entries that are first-stage autoencoders, not denoisers
 
 __all__ = [
+    "AUTOENCODERS",
     "NETWORKS",
+    "Autoencoder",
+    "AutoencoderKL",
+    "CrossAttention",
+    "DiagonalGaussian",
     "Downsample",
     "MLPDenoiser",
     "ResBlock",
     "SelfAttention2d",
+    "SpatialTransformer",
+    "TextEncoder",
     "TimestepEmbedding",
     "UNet",
     "Upsample",
+    "autoencoder_from_diffusers",
+    "encode_latents",
+    "latent_scale_factor",
+    "load_diffusers_vae",
     "timestep_embedding",
 ]

@@ -15,6 +15,17 @@ Layout, with L = len(channel_mult) levels; level ``i`` works at resolution (H / 
     up:     per level (reversed), (num_res_blocks + 1) x [concat(skip), ResBlock (+ SelfAttention2d)],
             then Upsample (not after level 0)
     out:    GroupNorm, SiLU, conv 3x3 (zero-initialised: a fresh net outputs exactly 0)
+
+Conditioning (all optional; without it the net is DDPM's unconditional U-Net, unchanged):
+
+- text tokens (Rombach et al. 2022, Sec. 3.3): with ``context_dim`` set, every attention layer is
+  a :class:`SpatialTransformer` (self-attention, cross-attention to ``context`` (B, L, context_dim)
+  with padding mask ``context_mask`` (B, L), GEGLU feed-forward) instead of ``SelfAttention2d``;
+- a pooled vector (B, pooled_dim) (SDXL's ``add_embedding``): Linear, SiLU, Linear to the time
+  embedding's width, added to it;
+- spatial conditions by concatenation (SD's inpainting U-Net: 4 latent + 1 mask + 4 masked-image
+  latent channels): the input conv sees concat(x_t, cond_image) with ``cond_channels`` extra
+  channels; the output still has ``out_channels``.
 """
 from __future__ import annotations
 
@@ -23,17 +34,24 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .attention import SelfAttention2d
+from .attention import SelfAttention2d, SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, normalization, zero_module
 from .embeddings import TimestepEmbedding, broadcast_timesteps
 
 
 class EmbedSequential(nn.Sequential):
-    """A Sequential that passes the timestep embedding to the layers that take one (ResBlocks)."""
+    """A Sequential that passes the timestep embedding to the layers that take one (ResBlocks) and
+    the context tokens to the SpatialTransformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
         return x
 
 
@@ -56,6 +74,9 @@ class UNet(nn.Module):
         dropout: dropout in every ResBlock.
         scale_shift: FiLM (scale-shift) timestep conditioning in the ResBlocks.
         groups: GroupNorm groups, clamped to a divisor of each channel count.
+        context_dim: width of the text tokens for cross-attention (None: no cross-attention).
+        pooled_dim: width of a pooled conditioning vector added to the time embedding (None: none).
+        cond_channels: extra input channels concatenated to x_t (0: none).
 
     ``self.config`` holds these arguments as a plain dict, so ``UNet(**net.config)`` rebuilds the
     same architecture (also after a JSON round trip).
@@ -74,6 +95,9 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         scale_shift: bool = True,
         groups: int = 32,
+        context_dim: int | None = None,
+        pooled_dim: int | None = None,
+        cond_channels: int = 0,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -90,18 +114,31 @@ class UNet(nn.Module):
             attention_levels=attention_levels, num_heads=num_heads, dropout=dropout,
             scale_shift=scale_shift, groups=groups,
         )
+        if cond_channels < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
+        # conditioning keys only when used, so an unconditional net's config is what it always was
+        for key, value in (("context_dim", context_dim), ("pooled_dim", pooled_dim), ("cond_channels", cond_channels)):
+            if value:
+                self._config[key] = int(value)
+        self.context_dim, self.pooled_dim, self.cond_channels = context_dim, pooled_dim, int(cond_channels)
         emb_channels = 4 * base_channels
         self.num_levels = len(channel_mult)
         self.time_embed = TimestepEmbedding(freq_dim=base_channels, embed_dim=emb_channels)
+        if pooled_dim:
+            self.pooled_embed = nn.Sequential(nn.Linear(pooled_dim, emb_channels), nn.SiLU(),
+                                              nn.Linear(emb_channels, emb_channels))
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(in_channels=c_in, out_channels=c_out, emb_channels=emb_channels,
                             dropout=dropout, scale_shift=scale_shift, groups=groups)
 
-        def attn(c: int) -> SelfAttention2d:
+        def attn(c: int) -> nn.Module:
+            if context_dim:
+                return SpatialTransformer(channels=c, context_dim=context_dim, num_heads=num_heads, groups=groups,
+                                          dropout=dropout)
             return SelfAttention2d(channels=c, num_heads=num_heads, groups=groups)
 
-        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         ch = base_channels
         skip_channels = [ch]
         self.down = nn.ModuleList()
@@ -141,22 +178,44 @@ class UNet(nn.Module):
         """Constructor arguments (a fresh plain dict): ``UNet(**config)`` rebuilds this net."""
         return dict(self._config)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """x_t (B, C, H, W), timesteps t (B,) or scalar -> (B, out_channels, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, *, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+                cond_image: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t (B, C, H, W), timesteps t (B,) or scalar -> (B, out_channels, H, W); the conditioning
+        inputs the net was built for: ``context`` (B, L, context_dim) with ``context_mask`` (B, L),
+        ``pooled`` (B, pooled_dim), ``cond_image`` (B, cond_channels, H, W)."""
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape (B, C, H, W), got {tuple(x.shape)}")
+        self._check_conditioning(x, context, pooled, cond_image)
         factor = 2 ** (self.num_levels - 1)
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(f"H and W must be divisible by {factor} for {self.num_levels} "
                              f"levels, got {tuple(x.shape[-2:])}")
         emb = self.time_embed(broadcast_timesteps(t, x))
-        h = self.input_conv(x)
+        if self.pooled_dim:
+            emb = emb + self.pooled_embed(pooled.to(emb.dtype))
+        h = self.input_conv(torch.cat([x, cond_image.to(x.dtype)], dim=1) if self.cond_channels else x)
         skips = [h]
         for block in self.down:
-            h = block(h, emb)
+            h = block(h, emb, context, context_mask)
             skips.append(h)
-        h = self.middle(h, emb)
+        h = self.middle(h, emb, context, context_mask)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
+
+    def _check_conditioning(self, x, context, pooled, cond_image) -> None:
+        """ValueError naming a missing, unexpected or misshapen conditioning input."""
+        b = x.shape[0]
+        wanted = (("context", context, self.context_dim, (b, None, self.context_dim)),
+                  ("pooled", pooled, self.pooled_dim, (b, self.pooled_dim)),
+                  ("cond_image", cond_image, self.cond_channels, (b, self.cond_channels, *x.shape[2:])))
+        for name, value, used, shape in wanted:
+            if not used and value is not None:
+                raise ValueError(f"this UNet was built without {name} conditioning but got {name}=")
+            if used and value is None:
+                raise ValueError(f"this UNet needs {name}= (built with {name} conditioning)")
+            if used and (value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape))):
+                raise ValueError(f"{name} must have shape {tuple('L' if s is None else s for s in shape)}, "
+                                 f"got {tuple(value.shape)}")
 

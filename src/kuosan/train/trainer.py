@@ -31,9 +31,27 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _split_data(data) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(x, conditioning) of the training data: a tensor is x alone; a dict has x under "x"."""
+    if not isinstance(data, dict):
+        return data, {}
+    if "x" not in data:
+        raise ValueError(f"dict training data need the key 'x' (what is diffused), got keys {sorted(data)}")
+    x = data["x"]
+    cond = {k: v.contiguous() for k, v in data.items() if k != "x"}
+    bad = sorted(k for k, v in cond.items() if v.shape[:1] != x.shape[:1])
+    if bad:
+        raise ValueError(f"training data {bad[0]!r} has {cond[bad[0]].shape[0]} rows but 'x' has {x.shape[0]}")
+    return x, cond
+
+
 class Trainer:
     """Train ``net`` on ``data`` (N, ...) to minimise an objective (``losses.objective.Objective``:
     ``draw(x0, generator)`` then ``loss(net, x0, **drawn) -> (B,)``), averaged over the batch.
+
+    ``data`` may also be a dict of batch-first tensors: key "x" is what is diffused, the others are
+    per-example conditioning (caption indices, posterior std, ...), drawn with the same batch indices
+    and handed to ``objective.draw(x0, generator, **cond)``, whose draw carries them on to the loss.
 
     ``batch_size`` is the global batch: under torchrun each of the W processes evaluates its slice
     of it, in ``grad_accum`` micro-batches (DistributedDataParallel averages the gradients).
@@ -41,7 +59,7 @@ class Trainer:
     ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
     """
 
-    def __init__(self, net: nn.Module, objective, data: torch.Tensor, *, out_dir: str | Path,
+    def __init__(self, net: nn.Module, objective, data: torch.Tensor | dict[str, torch.Tensor], *, out_dir: str | Path,
                  config: dict, batch_size: int = 128, grad_accum: int = 1, lr: float = 2e-3,
                  weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), warmup_steps: int = 100,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, ema_warmup: bool = True,
@@ -50,6 +68,7 @@ class Trainer:
                  progress: bool = True):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        data, self.cond_data = _split_data(data)
         if data.shape[0] == 0:
             raise ValueError("the training data set is empty")
         self.rank, self.world = distributed.rank_and_world()
@@ -83,8 +102,12 @@ class Trainer:
     def draw_batch(self) -> tuple[torch.Tensor, dict]:
         """This process's slice of the global batch and of the objective's random draw (every
         process draws the same global batch from the same generator)."""
-        x0 = self.data[torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)]
-        drawn = self.objective.draw(x0, self.generator)
+        index = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)
+        x0 = self.data[index]
+        if self.cond_data:
+            drawn = self.objective.draw(x0, self.generator, **{k: v[index] for k, v in self.cond_data.items()})
+        else:
+            drawn = self.objective.draw(x0, self.generator)
         per_rank = self.batch_size // self.world
         part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         x0 = x0[part].contiguous(memory_format=torch.channels_last) if self.channels_last else x0[part]
