@@ -289,19 +289,19 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def fit_grid(nfes: list[int], seed: int = 11) -> None:
-    """The measurement behind the "kuosan" grid: FD of UniPC on each oracle (noise seed 11, not the
-    benchmark's) for sigma_max -> log-uniform from sigma_hi to sigma_lo, over a (sigma_hi, sigma_lo)
-    grid; prints every point and, per NFE, the best by the sum of log FDs over the two oracles (each
-    oracle's relative error counts the same), among the points whose NLL gap is within 3 nats on
-    both oracles at 10-19 NFE and within 1 nat from 20 NFE on (no constraint at 5: collapse is the
-    price of 5 evaluations)."""
+    """The measurement behind the "kuosan" grid: FD of UniPC on each oracle (as many samples as the
+    benchmark; noise seed 11, not the benchmark's) for sigma_max -> log-uniform from sigma_hi to
+    sigma_lo, over a (sigma_hi, sigma_lo) grid; prints every point and, per NFE, the point of least
+    FD on the digits oracle (64-D, the image-like case the grid is for) among those whose NLL gap
+    there is within 3 nats at 10-19 NFE and within 1 nat from 20 NFE on (no constraint at 5:
+    collapse is the price of 5 evaluations). The 2-D oracle is printed to show the grid transfers."""
     import itertools
 
     from kuosan.samplers import sample_unipc
 
-    his, los = (2.0, 3.0, 5.0, 8.0, 15.0, 30.0, 50.0), (0.01, 0.02, 0.03, 0.05, 0.1, 0.16)
+    his, los = (2.0, 3.0, 5.0, 8.0, 15.0, 30.0), (0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.16)
     setups = {}
-    for name, n in (("digits", 2000), ("2d", 20_000)):
+    for name, n in SAMPLES.items():
         oracle = ORACLES[name]()
         x_T = prior_draws(n, oracle.shape, seed)
         setups[name] = (oracle, Judge(oracle, n, seed), x_T)
@@ -309,18 +309,15 @@ def fit_grid(nfes: list[int], seed: int = 11) -> None:
         scores = {}
         for hi, lo in itertools.product(his, los):
             sig = make_sigmas(SCH, nfe, "kuosan", sigma_hi=hi, sigma_lo=lo)
-            total, ok = 0.0, True
             for name, (oracle, judge, x_T) in setups.items():
                 r = judge(sample_unipc(oracle, x_T * (1 + float(sig[0]) ** 2) ** 0.5, sig))
                 print(json.dumps({"bench": "oracle_samplers", "fit_grid": True, "oracle": name, "nfe": nfe,
                                   "sigma_hi": hi, "sigma_lo": lo, **r}), flush=True)
-                total += math.log(r["fd"])
-                ok &= abs(r["nll_gap"]) <= (math.inf if nfe < 10 else 3.0 if nfe < 20 else 1.0)
-            if ok:
-                scores[(hi, lo)] = total
+                if name == "digits" and abs(r["nll_gap"]) <= (math.inf if nfe < 10 else 3.0 if nfe < 20 else 1.0):
+                    scores[(hi, lo)] = r["fd"]
         (hi, lo), best = min(scores.items(), key=lambda kv: kv[1])
         print(json.dumps({"bench": "oracle_samplers", "fit_grid": True, "nfe": nfe, "best_sigma_hi": hi,
-                          "best_sigma_lo": lo, "sum_log_fd": best}), flush=True)
+                          "best_sigma_lo": lo, "digits_fd": best}), flush=True)
 
 
 def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
@@ -363,7 +360,8 @@ def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
                "kuosan_10_fd": first["fd"], "kuosan_10": f"{first['sampler']}/{first['grid']}",
                "kuosan_10_best_fd": ours["fd"], "kuosan_10_best": f"{ours['sampler']}/{ours['grid']}",
                "ddim_50_best_fd": ddim["fd"], "ddim_50_best": f"ddim/{ddim['grid']}",
-               "kuosan_10_at_least_as_good": first["fd"] <= ddim["fd"]}
+               "kuosan_10_best_at_least_as_good": ours["fd"] <= ddim["fd"],
+               "kuosan_grid_10_at_least_as_good": first["fd"] <= ddim["fd"]}
     print(json.dumps(summary), flush=True)
     return rows + [summary]
 

@@ -15,9 +15,11 @@
    budget: wall-clock seconds, or optimizer steps with --steps (same network, batch and step cost,
    so equal steps are equal compute, the fair budget on a shared machine). digits-ncsn is sampled
    by annealed Langevin (its preset), PC and DDIM-20 (the contract lets any sampler drive it), the
-   DDPM preset by DDIM-20 (its preset); all judged by ``kuosan.metrics.digit_quality``.
+   DDPM preset by DDIM-20 (its preset); all judged by ``kuosan.metrics.digit_quality``. ``--runs``
+   evaluates runs trained elsewhere (``kuosan train --preset ... --steps N``) instead.
 
     python benchmarks/score_models.py [--part mixture|fisher|digits|all] [--budget 120 | --steps N]
+    python benchmarks/score_models.py --part digits --runs digits=RUN_A digits-ncsn=RUN_B
 """
 from __future__ import annotations
 
@@ -187,9 +189,26 @@ def run_fisher(steps: int, batch: int, seed: int, sigma: float = 0.1) -> None:
 
 # --- 3. digits: NCSN against DDPM at the same budget -----------------------------------------------
 
-def run_digits(budget: float | None, steps: int | None, n: int, seed: int, save_dir: str | None = None) -> None:
-    from kuosan.build import build_denoiser, build_schedule, build_trainer
+def _train_or_load(preset: str, run_dir: str | None, budget: float | None, steps: int | None, seed: int):
+    """(config, EMA network, {"step", "train_seconds"}) of a preset trained here, or of a trained run."""
+    from kuosan.build import build_trainer, load_run
     from kuosan.config import resolve_config
+    from kuosan.train import checkpoint as ckpt
+
+    if run_dir:
+        cfg, net = load_run(run_dir)
+        state = ckpt.read_state(run_dir)
+        return cfg, net, {"step": state["step"], "train_seconds": state["train_seconds"]}
+    cfg = resolve_config(preset, None, [f"train.seed={seed}"])
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(cfg, out, progress=False)
+        summary = trainer.fit(steps=steps, time_budget=budget)
+    return cfg, trainer.ema.shadow.eval(), summary
+
+
+def run_digits(budget: float | None, steps: int | None, n: int, seed: int, save_dir: str | None = None,
+               run_dirs: dict | None = None) -> None:
+    from kuosan.build import build_denoiser, build_schedule
     from kuosan.metrics import digit_quality, load_digit_classifier
     from kuosan.pipeline import generate, prior_for
 
@@ -197,11 +216,7 @@ def run_digits(budget: float | None, steps: int | None, n: int, seed: int, save_
     runs = {"digits": [("ddim", 20, {})],
             "digits-ncsn": [("annealed-langevin", 25, {}), ("pc", 25, {}), ("ddim", 20, {})]}
     for preset, samplers in runs.items():
-        cfg = resolve_config(preset, None, [f"train.seed={seed}"])
-        with tempfile.TemporaryDirectory() as out:
-            trainer = build_trainer(cfg, out, progress=False)
-            summary = trainer.fit(steps=steps, time_budget=budget)
-            net = trainer.ema.shadow.eval()
+        cfg, net, summary = _train_or_load(preset, (run_dirs or {}).get(preset), budget, steps, seed)
         for sampler, n_steps, kwargs in samplers:
             t0 = time.perf_counter()
             x = generate(build_denoiser(cfg, net), build_schedule(cfg), (1, 8, 8), n, sampler=sampler, steps=n_steps,
@@ -232,6 +247,9 @@ def main():
     p.add_argument("--fisher-steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-dir", help="digits: also write a PNG grid of each sampler's first 100 samples here")
+    p.add_argument("--runs", nargs="*", default=[], metavar="PRESET=RUN_DIR",
+                   help="digits: evaluate these trained runs (e.g. digits=runs/a digits-ncsn=runs/b) instead of "
+                        "training the presets")
     args = p.parse_args()
     emit({"bench": "score_models", "machine": machine()})
     if args.part in ("mixture", "all"):
@@ -239,8 +257,9 @@ def main():
     if args.part in ("fisher", "all"):
         run_fisher(args.fisher_steps, 256, args.seed)
     if args.part in ("digits", "all"):
-        budget = 120.0 if args.budget is None and args.steps is None else args.budget
-        run_digits(budget, args.steps, args.samples, args.seed, args.save_dir)
+        budget = 120.0 if args.budget is None and args.steps is None and not args.runs else args.budget
+        run_dirs = dict(item.split("=", 1) for item in args.runs)
+        run_digits(budget, args.steps, args.samples, args.seed, args.save_dir, run_dirs)
 
 
 if __name__ == "__main__":

@@ -230,9 +230,9 @@ def test_kuosan_grid_shape():
         assert s.shape == (n + 1,) and s[-1] == 0 and torch.all(s[:-1] > s[1:]) and s[0] == sch.sigma_max
     s = make_sigmas(sch, 10, "kuosan")
     hi, lo = kuosan_range(10, sch.sigma_min, sch.sigma_max)
-    assert math.isclose(hi, 3.0) and math.isclose(lo, 0.1)
-    assert math.isclose(kuosan_range(50, sch.sigma_min, sch.sigma_max)[0], 8.0)
-    assert math.isclose(kuosan_range(14, 0.0, 100.0)[1], 0.1 * 0.1 ** math.log2(1.4))  # log-log interpolation
+    assert math.isclose(hi, 5.0) and math.isclose(lo, 0.03)
+    assert math.isclose(kuosan_range(50, sch.sigma_min, sch.sigma_max)[0], 30.0)
+    assert math.isclose(kuosan_range(14, 0.0, 100.0)[1], 0.03 * (1 / 3) ** math.log2(1.4))  # log-log interpolation
     assert kuosan_range(2000, sch.sigma_min, sch.sigma_max) == (sch.sigma_max, sch.sigma_min)
     assert math.isclose(s[1], hi) and math.isclose(s[-2], lo)
     steps = s[1:-1].log().diff()

@@ -189,11 +189,13 @@ def sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tens
     return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=F64).exp())
 
 
-# kuosan's grid, fitted on exact Gaussian-mixture oracles (benchmarks/oracle_samplers.py --fit-grid): the
-# (sigma_hi, sigma_lo) minimising UniPC's Frechet distance on the digits (64-D) and the 2-D oracle together
-# at n steps (from 20 steps on among those within 1 nat of the true likelihood). Between the rows
-# log sigma is interpolated linearly in log n; beyond the last row sigma_hi = 0.16 n, sigma_lo the same.
-KUOSAN_TABLE = ((5, 3.0, 0.16), (10, 3.0, 0.1), (20, 3.0, 0.01), (50, 8.0, 0.01))
+# kuosan's grid, fitted on an exact Gaussian-mixture oracle of the digits (64-D; benchmarks/oracle_samplers.py
+# --fit-grid): the (sigma_hi, sigma_lo) of least Frechet distance of UniPC samples at n steps, among those
+# whose likelihood gap is within 3 nats (10 steps) or 1 nat (20 and more); it transfers to the 2-D oracle (a
+# trained network may prefer a larger sigma_lo: docs/samplers.md). Between the rows log sigma is interpolated
+# linearly in log n;
+# beyond the last row sigma_hi = 0.6 n (up to sigma_max), sigma_lo the same.
+KUOSAN_TABLE = ((5, 3.0, 0.1), (10, 5.0, 0.03), (20, 15.0, 0.01), (50, 30.0, 0.01))
 
 
 def kuosan_range(n: int, sigma_min: float, sigma_max: float) -> tuple[float, float]:
@@ -223,8 +225,8 @@ def sigmas_kuosan(n: int, sigma_min: float, sigma_max: float, sigma_hi: float | 
     resolved: steps are even in log sigma there (Lu et al. 2022's logSNR spacing). The last level
     sigma_lo trades the final denoising x = D(x, sigma_lo), which collapses directions of variance
     below sigma_lo^2, against resolution: with few steps it pays to stop earlier. As n grows sigma_lo
-    -> sigma_min and sigma_hi -> sigma_max: (sigma_hi, sigma_lo) = (3, 0.16) at 5 steps, (3, 0.1) at
-    10, (3, 0.01) at 20, (8, 0.01) at 50, interpolated in log n (``kuosan_range``; for data scaled to
+    -> sigma_min and sigma_hi -> sigma_max: (sigma_hi, sigma_lo) = (3, 0.1) at 5 steps, (5, 0.03) at
+    10, (15, 0.01) at 20, (30, 0.01) at 50, interpolated in log n (``kuosan_range``; for data scaled to
     about [-1, 1]; pass sigma_hi / sigma_lo to override)."""
     if n < 1:
         raise ValueError(f"steps must be at least 1, got {n}")
