@@ -115,7 +115,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--shapes", default="32x32x3:32,8x8x1:128", help="HxWxC:batch,...")
-    p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl")
+    p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl,compile-bf16")
     p.add_argument("--one", nargs=4, metavar=("SYSTEM", "SHAPE", "BATCH", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:

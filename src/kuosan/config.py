@@ -65,6 +65,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training in this invocation
     precision: str = "auto"          # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
     channels_last: bool = False
+    compile: bool = False            # torch.compile the network for training (compiles on the first steps)
     checkpoint_every: float = 60.0   # seconds between checkpoints (and one at the end)
     sample_every: int = 0            # steps between sample grids (0: only at the end)
     log_every: int = 25

@@ -63,7 +63,8 @@ class Trainer:
                  config: dict, batch_size: int = 128, grad_accum: int = 1, lr: float = 2e-3,
                  weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), warmup_steps: int = 100,
                  grad_clip: float = 1.0, ema_decay: float = 0.999, ema_warmup: bool = True,
-                 precision: str = "fp32", channels_last: bool = False, checkpoint_every: float = 60.0,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                 checkpoint_every: float = 60.0,
                  sample_every: int = 0, log_every: int = 25, seed: int = 0, sample_fn: Callable | None = None,
                  progress: bool = True):
         if precision not in ("fp32", "bf16"):
@@ -86,6 +87,8 @@ class Trainer:
             self.net.to(memory_format=torch.channels_last)
         # DDP broadcasts rank 0's initial weights; gradients are averaged over processes
         self.model = DistributedDataParallel(net) if self.world > 1 else net
+        if compile:  # the compiled module shares net's parameters; EMA, checkpoints and pictures use net
+            self.model = torch.compile(self.model)
         self.opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.generator = torch.Generator().manual_seed(seed)
