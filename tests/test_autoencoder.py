@@ -2,8 +2,6 @@
 config, training through the CLI, exact resume, latent scaling, bad input."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,26 +22,13 @@ from kuosan.networks import (
     load_diffusers_vae,
 )
 from kuosan.train import CheckpointError
-from kuosan.train import checkpoint as ckpt
+
+from cli_helpers import fails_cleanly, kuosan
+from train_helpers import assert_resume_equals_uninterrupted
 
 TINY = {"block_out_channels": (8, 16, 16), "latent_channels": 4, "layers_per_block": 1, "groups": 4}
 TINY_OVERRIDES = ["data.n=48", "model.params.block_out_channels=[8,16,16]", "model.params.groups=4",
                   "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1"]
-
-
-def kuosan(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "kuosan", *map(str, args)], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"kuosan {' '.join(map(str, args))} failed:\n{r.stderr}")
-    return r
-
-
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kuosan"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 # --- networks --------------------------------------------------------------------------------------------
@@ -278,20 +263,7 @@ def test_resume_equals_uninterrupted(tmp_path, network, precision):
     extra = [f"model.network={network}", f"train.precision={precision}"]
     if network == "ae":
         extra.append("autoencoder.kl_weight=0")
-    cfg = resolve_config("shapes-vae", None, TINY_OVERRIDES + extra)
-    straight = build_trainer(cfg, tmp_path / "a", progress=False)
-    straight.fit(steps=6)
-    first = build_trainer(cfg, tmp_path / "b", progress=False)
-    first.fit(steps=3)
-    resumed = build_trainer(cfg, tmp_path / "b", progress=False)
-    resumed.resume()
-    resumed.fit(steps=6)
-    for name in ("model", "ema", "state"):
-        a, b = ckpt.load_tensors(tmp_path / "a", name), ckpt.load_tensors(tmp_path / "b", name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    fresh = build_trainer(cfg, tmp_path / "c", progress=False)
-    trained = ckpt.load_tensors(tmp_path / "a", "model")
-    assert not all(torch.equal(v, trained[k]) for k, v in fresh.net.state_dict().items())
+    assert_resume_equals_uninterrupted(lambda: resolve_config("shapes-vae", None, TINY_OVERRIDES + extra), tmp_path)
     # the pictures are originals over reconstructions: 64 tiles of 32x32 (8 rows of 8) in the PNG
     assert (tmp_path / "a" / "samples" / "step_0000006.png").is_file()
 
@@ -309,7 +281,7 @@ def test_cli_trains_reconstructs_and_refuses_to_sample(tmp_path, capsys):
     r = json.loads(kuosan("reconstruct", run, "--eval-n", 40, "-n", 16, "--out", tmp_path / "rec.png").stdout)
     assert r["n"] == 40 and 5 < r["psnr_db"] < 60 and r["kl_per_latent_dim"] > 0 and r["latent_scale_factor"] > 0
     assert (tmp_path / "rec.png").is_file()
-    _one_line_error(kuosan("sample", run, "--out", tmp_path / "s.png", check=False), "autoencoder run",
+    fails_cleanly(kuosan("sample", run, "--out", tmp_path / "s.png", check=False), "autoencoder run",
                     "kuosan reconstruct")
     capsys.readouterr()
     assert main(["info", str(run)]) == 0

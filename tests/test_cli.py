@@ -1,36 +1,20 @@
 """The command line as a user runs it (subprocess), including bad input."""
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import fails_cleanly, kuosan
+
 TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8",
         "sample.steps=3"]
 
 
-def kuosan(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "kuosan", *map(str, args)], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"kuosan {' '.join(map(str, args))} failed:\n{r.stderr}")
-    return r
-
-
 def _digest(run: Path) -> dict:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted((run / "checkpoint").iterdir())}
-
-
-def _fails_cleanly(r, *needles):
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kuosan"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,32 +57,32 @@ def test_toy2d_preset(tmp_path):
 
 def test_bad_sampler_steps_and_output(run, tmp_path):
     before = _digest(run)
-    _fails_cleanly(kuosan("sample", run, "--sampler", "nope", "--out", tmp_path / "a.npy", check=False),
+    fails_cleanly(kuosan("sample", run, "--sampler", "nope", "--out", tmp_path / "a.npy", check=False),
                    "--sampler 'nope'", "ddim")
-    _fails_cleanly(kuosan("sample", run, "--steps", 1001, "--out", tmp_path / "a.npy", check=False),
+    fails_cleanly(kuosan("sample", run, "--steps", 1001, "--out", tmp_path / "a.npy", check=False),
                    "more than the 1000")
-    _fails_cleanly(kuosan("sample", run, "--out", tmp_path / "a.txt", check=False), ".npy or .png")
-    _fails_cleanly(kuosan("sample", tmp_path / "missing", "--out", tmp_path / "a.npy", check=False),
+    fails_cleanly(kuosan("sample", run, "--out", tmp_path / "a.txt", check=False), ".npy or .png")
+    fails_cleanly(kuosan("sample", tmp_path / "missing", "--out", tmp_path / "a.npy", check=False),
                    "not found")
     assert _digest(run) == before and not (tmp_path / "a.npy").exists()
 
 
 def test_bad_config(run, tmp_path):
     before = _digest(run)
-    _fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
+    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
                           "train.lrr=1", check=False), "unknown config key 'train.lrr'")
-    _fails_cleanly(kuosan("train", "--preset", "nope", "--steps", 1, "--out", tmp_path / "x", check=False),
+    fails_cleanly(kuosan("train", "--preset", "nope", "--steps", 1, "--out", tmp_path / "x", check=False),
                    "unknown preset")
-    _fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
+    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
                           "diffusion.prediction=score", check=False), "diffusion.prediction")
-    _fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
+    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
                           "model.params.widht=3", check=False), "widht")
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nlr = 1")
-    _fails_cleanly(kuosan("train", "--config", bad, "--steps", 1, "--out", tmp_path / "x", check=False),
+    fails_cleanly(kuosan("train", "--config", bad, "--steps", 1, "--out", tmp_path / "x", check=False),
                    "cannot parse")
     # an existing run is never overwritten by a new one
-    _fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", run, check=False),
+    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", run, check=False),
                    "already holds a checkpoint")
     assert _digest(run) == before
 
@@ -114,12 +98,12 @@ def test_image_folder_errors(tmp_path):
     args = ["train", "--preset", "digits", "--steps", 2, "--no-progress", *TINY]
     empty = tmp_path / "empty"
     empty.mkdir()
-    _fails_cleanly(kuosan(*args, "--out", tmp_path / "r0", f"data.name=folder:{empty}", check=False),
+    fails_cleanly(kuosan(*args, "--out", tmp_path / "r0", f"data.name=folder:{empty}", check=False),
                    "no images")
     corrupt = tmp_path / "corrupt"
     _write_pngs(corrupt, 2, 8)
     (corrupt / "broken.png").write_bytes(b"\x89PNG garbage")
-    _fails_cleanly(kuosan(*args, "--out", tmp_path / "r1", f"data.name=folder:{corrupt}", check=False),
+    fails_cleanly(kuosan(*args, "--out", tmp_path / "r1", f"data.name=folder:{corrupt}", check=False),
                    "broken.png")
     # train on 8x8 images, then resume on a folder whose images are 16x16: refused, checkpoint untouched
     folder = tmp_path / "imgs"
@@ -127,6 +111,6 @@ def test_image_folder_errors(tmp_path):
     kuosan(*args, "--out", tmp_path / "r2", f"data.name=folder:{folder}")
     before = _digest(tmp_path / "r2")
     _write_pngs(folder, 4, 16)
-    _fails_cleanly(kuosan("train", "--resume", "--out", tmp_path / "r2", "--steps", 4, check=False),
+    fails_cleanly(kuosan("train", "--resume", "--out", tmp_path / "r2", "--steps", 4, check=False),
                    "(1, 16, 16)", "(1, 8, 8)")
     assert _digest(tmp_path / "r2") == before

@@ -10,6 +10,8 @@ from kuosan.config import resolve_config
 from kuosan.train import TrainingDiverged, ema_decay_at
 from kuosan.train import checkpoint as ckpt
 
+from train_helpers import assert_resume_equals_uninterrupted, checkpoint_tensors
+
 TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "model.params.dropout=0.1",
         "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1"]
 
@@ -17,9 +19,6 @@ TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "model.
 def _cfg(*extra):
     return resolve_config("digits", None, TINY + list(extra))
 
-
-def _weights(run):
-    return {name: ckpt.load_tensors(run, name) for name in ("model", "ema", "state")}
 
 
 def _digest(run: Path) -> dict:
@@ -29,23 +28,7 @@ def _digest(run: Path) -> dict:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resume_equals_uninterrupted(tmp_path, precision):
     """3 steps, stop, resume for 3 more == 6 steps straight: weights, EMA, optimizer and RNG bitwise."""
-    cfg = _cfg(f"train.precision={precision}")
-    straight = build_trainer(cfg, tmp_path / "a", progress=False)
-    straight.fit(steps=6)
-    first = build_trainer(cfg, tmp_path / "b", progress=False)
-    first.fit(steps=3)
-    resumed = build_trainer(cfg, tmp_path / "b", progress=False)
-    resumed.resume()
-    assert resumed.step == 3
-    resumed.fit(steps=6)
-    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
-    for name in a:
-        assert a[name].keys() == b[name].keys()
-        for k in a[name]:
-            assert torch.equal(a[name][k], b[name][k]), (name, k)
-    # and training really moved the weights
-    fresh = build_trainer(cfg, tmp_path / "c", progress=False)
-    assert not all(torch.equal(v, a["model"][k]) for k, v in fresh.net.state_dict().items())
+    assert_resume_equals_uninterrupted(lambda: _cfg(f"train.precision={precision}"), tmp_path)
 
 
 def test_ema_is_the_running_average(tmp_path):
@@ -120,7 +103,7 @@ def test_compiled_training_computes_the_same_gradients(tmp_path):
         torch.testing.assert_close(g_eager, g_compiled, rtol=1e-4, atol=1e-6)
     before = {k: v.clone() for k, v in tr.net.state_dict().items()}
     assert tr.fit(steps=3)["step"] == 3
-    saved = _weights(tmp_path / "run")["model"]
+    saved = checkpoint_tensors(tmp_path / "run")["model"]
     assert saved.keys() == before.keys()
     assert all(torch.equal(saved[k], v) for k, v in tr.net.state_dict().items())
     assert not all(torch.equal(saved[k], before[k]) for k in saved)

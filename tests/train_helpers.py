@@ -1,0 +1,33 @@
+"""Helpers of the tests that train through ``build_trainer``."""
+from pathlib import Path
+
+import torch
+
+from kuosan.build import build_trainer
+from kuosan.train import checkpoint as ckpt
+
+
+def checkpoint_tensors(run: Path) -> dict:
+    """{"model", "ema", "state"} -> that checkpoint part's tensors."""
+    return {name: ckpt.load_tensors(run, name) for name in ("model", "ema", "state")}
+
+
+def assert_resume_equals_uninterrupted(make_cfg, tmp_path: Path, *, steps: int = 6, stop: int = 3):
+    """``steps`` steps straight == ``stop`` steps, a new Trainer resumed from the checkpoint, then on to
+    ``steps``: weights, EMA, optimizer and RNG states bitwise. ``make_cfg()`` returns a fresh config
+    each time (building may fill in fields). Returns (straight trainer, its checkpoint tensors)."""
+    straight = build_trainer(make_cfg(), tmp_path / "a", progress=False)
+    straight.fit(steps=steps)
+    build_trainer(make_cfg(), tmp_path / "b", progress=False).fit(steps=stop)
+    resumed = build_trainer(make_cfg(), tmp_path / "b", progress=False)
+    resumed.resume()
+    assert resumed.step == stop
+    resumed.fit(steps=steps)
+    a, b = checkpoint_tensors(tmp_path / "a"), checkpoint_tensors(tmp_path / "b")
+    for name in a:
+        assert a[name].keys() == b[name].keys(), name
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    fresh = build_trainer(make_cfg(), tmp_path / "c", progress=False)  # and training really moved the weights
+    assert not all(torch.equal(v, a["model"][k]) for k, v in fresh.net.state_dict().items())
+    return straight, a
