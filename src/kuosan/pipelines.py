@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kuosan.diffusion.guidance import CFGDenoiser, ClampDenoiser, ConcatInpaintDenoiser, ReplaceInpaintDenoiser
+from kuosan.diffusion.guidance import (CFGDenoiser, ClampDenoiser, ConcatInpaintDenoiser, ReplaceInpaintDenoiser,
+                                      broadcast_batch)
 from kuosan.diffusion.schedules import make_sigmas
 from kuosan.pipeline import prior_noise
 from kuosan.samplers import get_sampler
@@ -84,7 +85,8 @@ class TextToImagePipeline:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if self.autoencoder is None:
             if self.latent_shape and tuple(images.shape[1:]) != self.latent_shape:
-                raise ValueError(f"this run works on images of shape {self.latent_shape}, got {tuple(images.shape[1:])}")
+                raise ValueError(f"this run works on images of shape {self.latent_shape}, "
+                                 f"got {tuple(images.shape[1:])}")
             return images.float()
         from kuosan.build import encode_posterior
 
@@ -174,7 +176,7 @@ class TextToImagePipeline:
         reconstruction decode(encode(x)); strength 1 starts from pure prior noise (exactly txt2img:
         the input is ignored)."""
         z0 = self.encode_images(images)
-        z0 = _match(z0, len(prompts), "images")
+        z0 = broadcast_batch(z0, len(prompts), "images")
         n_steps = len(self._sigmas(steps, grid)) - 1
         first = img2img_start_index(n_steps, strength)
 
@@ -203,8 +205,8 @@ class TextToImagePipeline:
         method = ("concat" if has_concat else "replace") if method == "auto" else method
         if method == "concat" and not has_concat:
             raise ValueError("inpainting method 'concat' needs a model trained with text.inpaint_fraction > 0")
-        z0 = _match(self.encode_images(images), len(prompts), "images")
-        masks = _match(masks.float(), len(prompts), "masks")
+        z0 = broadcast_batch(self.encode_images(images), len(prompts), "images")
+        masks = broadcast_batch(masks.float(), len(prompts), "masks")
         if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"masks must have shape (N, 1, {images.shape[-2]}, {images.shape[-1]}), got "
                              f"{tuple(masks.shape)}")
@@ -225,14 +227,6 @@ class TextToImagePipeline:
             z = m * z + (1 - m) * z0  # exact in latent space (the sampler's last step already lands there)
         return z if return_latents else self.decode(z)
 
-
-def _match(x: torch.Tensor, n: int, name: str) -> torch.Tensor:
-    """Batch 1 repeated to n, or exactly n."""
-    if x.shape[0] == n:
-        return x
-    if x.shape[0] == 1:
-        return x.expand(n, *x.shape[1:])
-    raise ValueError(f"{x.shape[0]} {name} for {n} prompts")
 
 
 def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond=None, autoencoder=None):

@@ -23,7 +23,7 @@ class ClampDenoiser(nn.Module):
         return self.denoiser(x, sigma, **cond).clamp(self.lo, self.hi)
 
 
-def _batch(value: torch.Tensor, b: int, name: str) -> torch.Tensor:
+def broadcast_batch(value: torch.Tensor, b: int, name: str) -> torch.Tensor:
     """A batch-first tensor of batch b, or a batch-1 one repeated to b."""
     if value.shape[0] == b:
         return value
@@ -58,11 +58,12 @@ class CFGDenoiser(nn.Module):
         b = x.shape[0]
         missing = sorted(set(self.uncond) - set(cond))
         if missing:
-            raise ValueError(f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the unconditional half)")
+            raise ValueError(f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the "
+                             "unconditional half)")
         both = {}
         for key, value in cond.items():
-            c = _batch(value, b, key)
-            u = _batch(self.uncond[key], b, f"uncond {key}") if key in self.uncond else c
+            c = broadcast_batch(value, b, key)
+            u = broadcast_batch(self.uncond[key], b, f"uncond {key}") if key in self.uncond else c
             both[key] = torch.cat([u, c])
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         sigma = torch.cat([sigma.expand(b)] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
@@ -86,7 +87,8 @@ class ConcatInpaintDenoiser(nn.Module):
         self.cond_image = inpaint_cond_image(mask, x0_known)
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
-        return self.denoiser(x, sigma, cond_image=_batch(self.cond_image, x.shape[0], "cond_image"), **cond)
+        cond_image = broadcast_batch(self.cond_image, x.shape[0], "cond_image")
+        return self.denoiser(x, sigma, cond_image=cond_image, **cond)
 
 
 def replace_known(x: torch.Tensor, sigma, mask: torch.Tensor, x0_known: torch.Tensor,
@@ -117,6 +119,7 @@ class ReplaceInpaintDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         b = x.shape[0]
-        mask, known = _batch(self.mask, b, "mask").to(x.dtype), _batch(self.x0_known, b, "x0_known").to(x.dtype)
-        x_tilde = replace_known(x, sigma, mask, known, _batch(self.noise, b, "noise").to(x.dtype))
+        mask = broadcast_batch(self.mask, b, "mask").to(x.dtype)
+        known = broadcast_batch(self.x0_known, b, "x0_known").to(x.dtype)
+        x_tilde = replace_known(x, sigma, mask, known, broadcast_batch(self.noise, b, "noise").to(x.dtype))
         return mask * self.denoiser(x_tilde, sigma, **cond) + (1 - mask) * known
