@@ -405,6 +405,8 @@ def load_run(run_dir: str | Path, *, weights: str = "ema"):
                                    f"{str(e).splitlines()[0]}") from None
     net.eval().requires_grad_(False)
     net.data_shape = tuple(state["data_shape"])
+    if cfg.train.channels_last and len(net.data_shape) == 3:  # as trained: NHWC convolutions, fused norms
+        net.to(memory_format=torch.channels_last)
     return cfg, net
 
 

@@ -53,8 +53,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, act=True))
+        h = self.conv2(self.norm2(h, act=True))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
@@ -152,7 +152,7 @@ class Encoder(nn.Module):
         for level in self.down_blocks:
             h = level(h)
         h = self.mid_block(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(self.conv_norm_out(h, act=True))
 
 
 class Decoder(nn.Module):
@@ -174,7 +174,7 @@ class Decoder(nn.Module):
         h = self.mid_block(self.conv_in(z))
         for level in self.up_blocks:
             h = level(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(self.conv_norm_out(h, act=True))
 
 
 class DiagonalGaussian:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import group_norm_act
+
 
 def clamp_groups(channels: int, groups: int) -> int:
     """Largest divisor of ``channels`` that is <= ``groups`` (GroupNorm needs groups | channels)."""
@@ -20,9 +22,20 @@ def clamp_groups(channels: int, groups: int) -> int:
     return 1  # unreachable: 1 divides every channel count
 
 
-def normalization(channels: int, *, groups: int = 32) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state-dict names) whose forward also takes what
+    follows it in a U-Net block, fused on channels-last CPU tensors (:mod:`kuosan.networks.fused`):
+    ``norm(x, e=, scale=, shift=, act=True)`` is ``SiLU(GN(x + e) (1 + scale) + shift)``."""
+
+    def forward(self, x: torch.Tensor, *, e: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
+        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, e=e, scale=scale, shift=shift,
+                              act=act)
+
+
+def normalization(channels: int, *, groups: int = 32) -> GroupNorm:
     """GroupNorm with ``groups`` clamped to a divisor of ``channels`` (eps 1e-6 as in DDPM)."""
-    return nn.GroupNorm(clamp_groups(channels, groups), channels, eps=1e-6)
+    return GroupNorm(clamp_groups(channels, groups), channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -96,14 +109,16 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W), (B, E) -> (B, C_out, H, W)."""
-        h = self.in_layers(x)
-        e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        norm, _, conv = self.in_layers  # (GN, SiLU, conv) with the SiLU fused into the norm
+        h = conv(norm(x, act=True))
+        e = self.emb_layers(emb)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.out_norm(h) * (1 + scale) + shift
+            h = self.out_norm(h, scale=scale, shift=shift, act=True)
         else:
-            h = self.out_norm(h + e)
-        return self.skip(x) + self.out_layers(h)
+            h = self.out_norm(h, e=e, act=True)
+        _, dropout, conv = self.out_layers
+        return self.skip(x) + conv(dropout(h))
 
 
 class Downsample(nn.Module):

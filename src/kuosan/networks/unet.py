@@ -202,7 +202,8 @@ class UNet(nn.Module):
         h = self.middle(h, emb, context, context_mask)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+        norm, _, conv = self.out  # (GN, SiLU, conv) with the SiLU fused into the norm
+        return conv(norm(h, act=True))
 
     def _check_conditioning(self, x, context, pooled, cond_image) -> None:
         """ValueError naming a missing, unexpected or misshapen conditioning input."""

@@ -1,0 +1,111 @@
+"""The fused GroupNorm kernel against the same function in float64 PyTorch operations, and the
+U-Net with and without it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kuosan.networks import UNet
+from kuosan.networks.fused import fused_available, fusable, group_norm_act
+
+pytestmark = pytest.mark.skipif(not fused_available(), reason="fused kernel cannot be built here")
+
+
+def reference(x, groups, weight, bias, e, scale, shift, act):
+    """float64 GN(x + e) (1 + scale) + shift, then SiLU, by the definition (Wu & He 2018, Eq. 1-2)."""
+    b, c, h, w = x.shape
+    if e is not None:
+        x = x + e[:, :, None, None]
+    xg = x.reshape(b, groups, -1)
+    mu, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
+    z = ((xg - mu) / torch.sqrt(var + 1e-6)).reshape(b, c, h, w) * weight[:, None, None] + bias[:, None, None]
+    if scale is not None:
+        z = z * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    return z * torch.sigmoid(z) if act else z
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("variant", ["plain", "add", "scale_shift"])
+@pytest.mark.parametrize("act", [True, False])
+def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
+    torch.manual_seed(0)
+    b, c, h, w, groups = 3, 48, 5, 7, 12  # odd sizes: no vector-width assumptions
+    # a large mean and varied scales: a one-pass variance in float32 would lose digits here
+    x = (torch.randn(b, c, h, w) * torch.rand(1, c, 1, 1) * 3 + 20).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert fusable(x)
+    weight, bias = torch.randn(c, requires_grad=True), torch.randn(c, requires_grad=True)
+    extra = {}
+    if variant == "add":
+        extra["e"] = torch.randn(b, c, requires_grad=True)
+    if variant == "scale_shift":
+        extra["scale"], extra["shift"] = torch.randn(b, c, requires_grad=True), torch.randn(b, c, requires_grad=True)
+    y = group_norm_act(x, groups, weight, bias, e=extra.get("e"), scale=extra.get("scale"),
+                       shift=extra.get("shift"), act=act)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    inputs = [x, weight, bias, *extra.values()]
+    g = torch.randn(y.shape)
+    grads = torch.autograd.grad(y, inputs, g.to(dtype))
+
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    named = dict(zip(["x", "weight", "bias", *extra], ref_in))
+    y_ref = reference(named["x"], groups, named["weight"], named["bias"], named.get("e"), named.get("scale"),
+                      named.get("shift"), act)
+    ref_grads = torch.autograd.grad(y_ref, ref_in, g.double())
+
+    def rel(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max()).item()
+
+    assert rel(y, y_ref) < tol
+    for name, a, r in zip(named, grads, ref_grads):
+        assert rel(a, r) < (tol if name == "x" or dtype == torch.float32 else 2e-2), name
+
+
+def test_unet_fused_equals_unfused_path():
+    """The same U-Net on a channels-last input (fused kernel) and on an NCHW one (PyTorch ops):
+    equal outputs and parameter gradients, with FiLM and with additive time conditioning."""
+    for scale_shift in (True, False):
+        torch.manual_seed(0)
+        net = UNet(in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                   num_heads=2, scale_shift=scale_shift)
+        for p in net.parameters():  # zero-initialised output layers would hide most of the network
+            torch.nn.init.normal_(p, std=0.05)
+        x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0])
+        outs, grads = [], []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            net.zero_grad()
+            y = net.to(memory_format=fmt)(x.contiguous(memory_format=fmt), t)
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+            outs.append(y.detach())
+            grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_rejects_groups_not_dividing_channels():
+    x = torch.randn(1, 6, 2, 2).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="groups must divide"):
+        group_norm_act(x, 4, torch.ones(6), torch.zeros(6))
+
+
+def test_non_fusable_inputs_take_pytorch_path():
+    x = torch.randn(2, 8, 4, 4)  # NCHW
+    assert not fusable(x)
+    y = group_norm_act(x, 4, torch.ones(8), torch.zeros(8), act=True)
+    torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-6)))
+
+
+@pytest.mark.parametrize("n,m,heads,d", [(16, 16, 4, 32), (256, 256, 1, 128), (64, 7, 2, 64), (300, 300, 1, 64)])
+def test_reduced_precision_attention_matches_float64(n, m, heads, d):
+    """Both CPU bfloat16 routes of ``attend`` (bf16 products with a float32 softmax; float32 flash
+    kernel), with a key mask, against the float64 definition softmax(q k^T / sqrt(d)) v."""
+    from kuosan.networks.attention import attend
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, heads, n, d), torch.randn(2, heads, m, d), torch.randn(2, heads, m, d)
+    mask = torch.rand(2, 1, 1, m) > 0.3
+    mask[..., 0] = True  # every query keeps at least one key
+    out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.bfloat16
+    logits = (q.double() @ k.double().transpose(-1, -2)) / d**0.5
+    ref = logits.masked_fill(~mask, float("-inf")).softmax(-1) @ v.double()
+    assert (out.double() - ref).abs().max() < 0.05 * ref.abs().max()
