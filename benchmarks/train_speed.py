@@ -60,13 +60,15 @@ class _Unwrap(torch.nn.Module):
 
 
 def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
-    """Time one configuration in this process. mode: fp32, bf16, fp32-cl, bf16-cl, compile-bf16."""
+    """Time one configuration in this process. mode: fp32 or bf16 (autocast), "-cl" for channels-last
+    network and data, "compile-" for torch.compile (under which kuosan's fused norm kernel is off:
+    inductor fuses the PyTorch operations instead)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     h, _, c = (int(v) for v in shape.split("x"))
     torch.manual_seed(0)
     net = build(system, c, h)
-    cl = mode.endswith("-cl")
+    cl = "-cl" in mode
     bf16 = "bf16" in mode
     if cl:
         net = net.to(memory_format=torch.channels_last)
@@ -104,7 +106,12 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
         for _ in range(3):
             model(xs, t[:1].expand(256))
         sample_ips = 3 * 256 / (time.perf_counter() - t0)
-    return {"system": system, "shape": shape, "batch": batch, "mode": mode,
+    fused = False
+    if system == "kuosan":
+        from kuosan.networks.fused import fused_available
+
+        fused = cl and fused_available() and not mode.startswith("compile")
+    return {"system": system, "shape": shape, "batch": batch, "mode": mode, "fused_norm_kernel": fused,
             "params": sum(p.numel() for p in net.parameters()), "train_images_per_s": round(batch / med, 1),
             "step_ms_median": round(med * 1000, 1), "gflop_per_step": round(flops / 1e9, 2),
             "achieved_gflops": round(flops / med / 1e9, 1), "sample_images_per_s": round(sample_ips, 1),
@@ -115,7 +122,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--shapes", default="32x32x3:32,8x8x1:128", help="HxWxC:batch,...")
-    p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl,compile-bf16")
+    p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl,compile-bf16,compile-bf16-cl")
     p.add_argument("--one", nargs=4, metavar=("SYSTEM", "SHAPE", "BATCH", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:

@@ -34,11 +34,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
         if max(n, m) <= 64 or (max(n, m) <= 256 and d >= 64):
             logits = (q * d**-0.5) @ k.transpose(-1, -2)
-            with torch.autocast("cpu", enabled=False):
-                logits = logits.float()
-                if mask is not None:
-                    logits = logits.masked_fill(~mask, float("-inf"))
-                weights = logits.softmax(-1).to(q.dtype)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            with torch.autocast("cpu", enabled=False):  # the CPU kernel exponentiates and sums in float32
+                weights = logits.softmax(-1)
             return weights @ v
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
