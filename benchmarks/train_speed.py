@@ -86,7 +86,11 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
         loss.backward()
         opt.step()
 
-    with FlopCounterMode(display=False) as fc:
+    # FLOPs with attention in its math form (bmm + softmax) for both systems: the flop counter has no
+    # formula for the CPU flash kernel, so attention would otherwise count for whichever side used bmm
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = (net(x, t).float() - x).pow(2).mean()
         loss.backward()
