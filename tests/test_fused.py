@@ -109,3 +109,22 @@ def test_reduced_precision_attention_matches_float64(n, m, heads, d):
     logits = (q.double() @ k.double().transpose(-1, -2)) / d**0.5
     ref = logits.masked_fill(~mask, float("-inf")).softmax(-1) @ v.double()
     assert (out.double() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch):
+    """No compiler (or no ninja): one warning, then the PyTorch-operations path gives the result."""
+    import torch.utils.cpp_extension as cpp
+    from kuosan.networks import fused
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(fused, "_EXT", None)
+    monkeypatch.setattr(fused, "_EXT_FAILED", False)
+    monkeypatch.setattr(cpp, "load", no_compiler)
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match="fused GroupNorm kernel unavailable.*Ninja is required"):
+        assert not fused.fused_available()
+    assert not fusable(x)
+    y = group_norm_act(x, 4, torch.ones(8), torch.zeros(8), act=True)
+    torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-6)))
