@@ -55,6 +55,14 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = val
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # moments come back contiguous; give them their parameter's memory layout (channels-last
+    # weights), which the fused AdamW kernel assumes when it walks both buffers in memory order
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key, val in st.items():
+                if torch.is_tensor(val) and val.shape == p.shape and val.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=val.dtype).copy_(val)
 
 
 def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict, tensors: dict,
