@@ -65,7 +65,7 @@ class _GroupNormAct(torch.autograd.Function):
         W_, B_ = W.float().contiguous(), B.float().contiguous()
         y, mean, rstd = _EXT.forward(tokens, e_, W_, B_, groups, eps, act)
         ctx.save_for_backward(tokens, e_, W_, B_, mean, rstd)
-        ctx.act, ctx.has_e, ctx.shape = act, e is not None, (b, c, h, w)
+        ctx.act, ctx.shape = act, (b, c, h, w)
         ctx.dtypes = (e.dtype if e is not None else None, W.dtype, B.dtype)
         return y.view(b, h, w, c).permute(0, 3, 1, 2)
 
@@ -76,7 +76,7 @@ class _GroupNormAct(torch.autograd.Function):
         dy = dy.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
         dx, de, dW, dB = _EXT.backward(dy, tokens, e_, W_, B_, mean, rstd, ctx.act)
         e_dtype, W_dtype, B_dtype = ctx.dtypes
-        de = de.to(e_dtype) if ctx.has_e else None
+        de = de.to(e_dtype) if e_dtype is not None else None
         return dx.view(b, h, w, c).permute(0, 3, 1, 2), de, dW.to(W_dtype), dB.to(B_dtype), None, None, None
 
 

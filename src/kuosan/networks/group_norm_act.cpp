@@ -56,6 +56,18 @@ inline float fast_exp(float x) {
 
 inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 
+// The per-channel coefficients of sample b with z = x * a[c] + d[c]:
+// a = rstd_g * W[b, c], d = Bias[b, c] + (e[b, c] - mu_g) * a (ec holds e[b, :], zeros without e).
+inline void fold_affine(int64_t b, int64_t C, int64_t G, const float* mean, const float* rstd, const float* W,
+                        const float* Bi, const float* ec, float* a, float* d) {
+  const int64_t Cg = C / G;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t g = c / Cg;
+    a[c] = rstd[b * G + g] * W[b * C + c];
+    d[c] = Bi[b * C + c] + (ec[c] - mean[b * G + g]) * a[c];
+  }
+}
+
 template <typename T>
 void forward_kernel(const T* x, const float* e, const float* W, const float* Bi, T* y, float* mean, float* rstd,
                     int64_t B, int64_t N, int64_t C, int64_t G, float eps, bool act) {
@@ -92,13 +104,9 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
-        const float r = static_cast<float>(1.0 / std::sqrt(s / M + eps));
-        rstd[b * G + g] = r;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          a[c] = r * W[b * C + c];
-          d[c] = Bi[b * C + c] + (ec[c] - mc[c]) * a[c];  // z = x * a + d
-        }
+        rstd[b * G + g] = static_cast<float>(1.0 / std::sqrt(s / M + eps));
       }
+      fold_affine(b, C, G, mean, rstd, W, Bi, ec.data(), a.data(), d.data());
       const float* __restrict ap = a.data();
       const float* __restrict dp = d.data();
       for (int64_t n = 0; n < N; ++n) {
@@ -130,11 +138,7 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
       const T* gb = dy + b * N * C;
       T* dxb = dx + b * N * C;
       if (e) for (int64_t c = 0; c < C; ++c) ec[c] = e[b * C + c];
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t g = c / Cg;
-        a[c] = rstd[b * G + g] * W[b * C + c];
-        d[c] = Bi[b * C + c] + (ec[c] - mean[b * G + g]) * a[c];
-      }
+      fold_affine(b, C, G, mean, rstd, W, Bi, ec.data(), a.data(), d.data());
       std::fill(s1.begin(), s1.end(), 0.0f);
       std::fill(s2.begin(), s2.end(), 0.0f);
       float* __restrict s1p = s1.data();
