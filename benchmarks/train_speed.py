@@ -73,7 +73,7 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
     if cl:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if mode.startswith("compile") else net
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # both systems: the fastest AdamW here
     x = torch.randn(batch, c, h, h)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -1,11 +1,13 @@
-"""The fused GroupNorm kernel against the same function in float64 PyTorch operations, and the
-U-Net with and without it."""
+"""The fused GroupNorm kernel against the same function in float64 PyTorch operations, the
+convolution backward against the definition, and the U-Net with and without them."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kuosan.networks import UNet
-from kuosan.networks.fused import fused_available, fusable, group_norm_act
+from kuosan.networks import fused
+from kuosan.networks.blocks import Conv2d
+from kuosan.networks.fused import conv_backward_applies, fused_available, fusable, group_norm_act
 
 pytestmark = pytest.mark.skipif(not fused_available(), reason="fused kernel cannot be built here")
 
@@ -123,8 +125,88 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setattr(fused, "_EXT_FAILED", False)
     monkeypatch.setattr(cpp, "load", no_compiler)
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
-    with pytest.warns(UserWarning, match="fused GroupNorm kernel unavailable.*Ninja is required"):
+    with pytest.warns(UserWarning, match="fused CPU kernels unavailable.*Ninja is required"):
         assert not fused.fused_available()
     assert not fusable(x)
     y = group_norm_act(x, 4, torch.ones(8), torch.zeros(8), act=True)
     torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-6)))
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch,c_in,c_out,k,stride,padding,bias,size,route",
+                         [(3, 5, 7, 3, 1, 1, True, (9, 7), "split"),  # few input channels
+                          (4, 16, 8, 3, 2, 1, True, (9, 7), "split"),  # strided
+                          (2, 6, 4, 1, 1, 0, False, (9, 7), "split"),  # 1x1 kernel
+                          (6, 12, 10, 3, 1, 1, True, (4, 3), "swap"),  # batch and channels exchanged
+                          (3, 8, 8, 3, 1, 1, False, (2, 2), "swap"),
+                          (1, 8, 8, 3, 1, 1, True, (3, 3), "swap"),  # a single sample
+                          (4, 72, 8, 3, 1, 1, True, (9, 7), "onednn")])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, stride, padding, bias, size, route,
+                                          autocast):
+    """Conv2d's backward (weight gradient by batch-and-channel exchange, by slices of the batch
+    summed in float32, or oneDNN's) against float64 convolution gradients; float32 to 1e-5,
+    bfloat16 autocast to its rounding, with the gradients in the parameters' float32."""
+    torch.manual_seed(0)
+    conv = Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=bias).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, c_in, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert conv_backward_applies(x, conv)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = conv(x)
+    assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+    g = torch.randn(y.shape)
+    y.backward(g.to(y.dtype))
+    ref = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=bias).double()
+    ref.load_state_dict(conv.state_dict())
+    x_ref = x.detach().double().requires_grad_()
+    y_ref = ref(x_ref)
+    y_ref.backward(g.double())
+    tol = 1e-2 if autocast else 1e-5
+
+    def rel(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max()).item()
+
+    assert rel(y, y_ref) < tol
+    assert x.grad.dtype == torch.float32 and rel(x.grad, x_ref.grad) < tol
+    assert conv.weight.grad.dtype == torch.float32 and rel(conv.weight.grad, ref.weight.grad) < tol
+    if bias:
+        assert rel(conv.bias.grad, ref.bias.grad) < tol
+    w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+    taken = fused._EXT.conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
+                                       list(conv.padding), list(conv.dilation), 1, True, True, bias)[3]
+    assert taken == route
+
+
+def test_conv_backward_only_where_it_applies():
+    """The custom backward serves training on channels-last CPU tensors; inference and NCHW inputs
+    take nn.Conv2d's own path (same result); a gradient through the gradient is refused."""
+    conv = Conv2d(4, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert conv_backward_applies(x, conv)
+    assert not conv_backward_applies(x.contiguous(), conv)
+    with torch.no_grad():
+        assert not conv_backward_applies(x, conv)
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+    (g,) = torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice|once_differentiable"):
+        g.sum().backward()
+
+
+def test_conv_backward_input_without_gradient(two_threads):
+    """A first layer (input without gradient) gets weight gradients only."""
+    torch.manual_seed(0)
+    conv = Conv2d(3, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    conv(x).square().sum().backward()
+    ref = torch.nn.Conv2d(3, 4, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    ref(x.contiguous()).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import group_norm_act
+from .fused import conv2d, group_norm_act
 
 
 def clamp_groups(channels: int, groups: int) -> int:
@@ -31,6 +31,15 @@ class GroupNorm(nn.GroupNorm):
                 shift: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
         return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, e=e, scale=scale, shift=shift,
                               act=act)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict names) whose training backward on channels-last
+    CPU tensors splits the weight gradient over the batch, one slice per thread
+    (:func:`kuosan.networks.fused.conv2d`); the forward and every other case are ``nn.Conv2d``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv2d(x, self)
 
 
 def normalization(channels: int, *, groups: int = 32) -> GroupNorm:
@@ -90,7 +99,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             normalization(in_channels, groups=groups),
             nn.SiLU(),
-            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            Conv2d(in_channels, out_channels, 3, padding=1),
         )
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
@@ -100,12 +109,12 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             nn.SiLU(),
             nn.Dropout(dropout),
-            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            zero_module(Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         if in_channels == out_channels:
             self.skip = nn.Identity()
         else:
-            self.skip = nn.Conv2d(in_channels, out_channels, 1)
+            self.skip = Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W), (B, E) -> (B, C_out, H, W)."""
@@ -131,7 +140,7 @@ class Downsample(nn.Module):
     def __init__(self, *, channels: int, out_channels: int | None = None):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+        self.conv = Conv2d(channels, out_channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
@@ -144,7 +153,7 @@ class Upsample(nn.Module):
     def __init__(self, *, channels: int, out_channels: int | None = None):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.conv = Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, 2H, 2W)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _EXT = None
 _EXT_FAILED = False
@@ -40,12 +41,13 @@ def _extension():
     try:
         from torch.utils.cpp_extension import load
 
-        src = Path(__file__).with_name("group_norm_act.cpp")
-        _EXT = load(name="kuosan_group_norm_act", sources=[str(src)], verbose=False,
+        here = Path(__file__).parent
+        sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp")]
+        _EXT = load(name="kuosan_kernels", sources=sources, verbose=False,
                     extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back to PyTorch ops
         _EXT_FAILED = True
-        warnings.warn(f"kuosan: fused GroupNorm kernel unavailable ({type(exc).__name__}: "
+        warnings.warn(f"kuosan: fused CPU kernels unavailable ({type(exc).__name__}: "
                       f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); using PyTorch ops",
                       stacklevel=3)
     return _EXT
@@ -63,7 +65,7 @@ class _GroupNormAct(torch.autograd.Function):
         tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last x
         e_ = e.float().contiguous() if e is not None else x.new_empty(0, dtype=torch.float32)
         W_, B_ = W.float().contiguous(), B.float().contiguous()
-        y, mean, rstd = _EXT.forward(tokens, e_, W_, B_, groups, eps, act)
+        y, mean, rstd = _EXT.group_norm_act_forward(tokens, e_, W_, B_, groups, eps, act)
         ctx.save_for_backward(tokens, e_, W_, B_, mean, rstd)
         ctx.act, ctx.shape = act, (b, c, h, w)
         ctx.dtypes = (e.dtype if e is not None else None, W.dtype, B.dtype)
@@ -74,7 +76,7 @@ class _GroupNormAct(torch.autograd.Function):
         tokens, e_, W_, B_, mean, rstd = ctx.saved_tensors
         b, c, h, w = ctx.shape
         dy = dy.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
-        dx, de, dW, dB = _EXT.backward(dy, tokens, e_, W_, B_, mean, rstd, ctx.act)
+        dx, de, dW, dB = _EXT.group_norm_act_backward(dy, tokens, e_, W_, B_, mean, rstd, ctx.act)
         e_dtype, W_dtype, B_dtype = ctx.dtypes
         de = de.to(e_dtype) if e_dtype is not None else None
         return dx.view(b, h, w, c).permute(0, 3, 1, 2), de, dW.to(W_dtype), dB.to(B_dtype), None, None, None
@@ -109,3 +111,48 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
     if scale is not None:
         h = h * (1 + scale[:, :, None, None].to(h.dtype)) + shift[:, :, None, None].to(h.dtype)
     return F.silu(h) if act else h
+
+
+class _Conv2d(torch.autograd.Function):
+    """``F.conv2d`` (in ``dtype``, e.g. autocast's bfloat16) whose backward is ``conv_backward.cpp``:
+    the input gradient is oneDNN's; the weight and bias gradients, in float32, are computed as a
+    forward convolution with batch and channels exchanged (at most 16 output pixels) or split over
+    the batch, one slice per thread, where those are faster on a few cores."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int, dtype):
+        x_, w_ = x.to(dtype), weight.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            y = F.conv2d(x_, w_, None if bias is None else bias.to(dtype), stride, padding, dilation, groups)
+        ctx.save_for_backward(x_, w_)
+        ctx.conf = (list(stride), list(padding), list(dilation), groups, bias is not None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x_, w_ = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db, _ = _EXT.conv2d_backward(dy.to(x_.dtype), x_, w_, stride, padding, dilation, groups, need_x, need_w,
+                                          need_b and has_bias)
+        return dx, dw, db, None, None, None, None, None
+
+
+def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """Whether :func:`conv2d` takes the custom backward for ``conv(x)``: training (grad enabled,
+    weight trainable) on a channels-last float32/bfloat16 CPU tensor, zero padding given as
+    numbers, the kernels built and not compiling."""
+    return (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.bfloat16) and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling() and fused_available())
+
+
+def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for an ``nn.Conv2d``, with the faster weight gradient where :func:`conv_backward_applies`."""
+    autocast = torch.is_autocast_enabled("cpu")
+    if not conv_backward_applies(x, conv) or (not autocast and x.dtype != conv.weight.dtype):
+        return torch.nn.Conv2d.forward(conv, x)
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    return _Conv2d.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, dtype)

@@ -216,7 +216,7 @@ const float* optional_ptr(const torch::Tensor& e) { return e.numel() ? e.data_pt
 
 }  // namespace
 
-std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi, int64_t G,
+std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi, int64_t G,
                                    double eps, bool act) {
   check(x, W, Bi, G);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
@@ -235,7 +235,7 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor e, torch::Tens
   return {y, mean, rstd};
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
+std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
                                     torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act) {
   check(x, W, Bi, mean.size(1));
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must match x");
@@ -257,9 +257,4 @@ std::vector<torch::Tensor> backward(torch::Tensor dy, torch::Tensor x, torch::Te
                               rstd.data_ptr<float>(), reinterpret_cast<uint16_t*>(dx.data_ptr<at::BFloat16>()),
                               de_ptr, dW.data_ptr<float>(), dB.data_ptr<float>(), B, N, C, G, act);
   return {dx, de, dW, dB};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "fused GroupNorm (+ additive input, per-sample affine, SiLU) forward");
-  m.def("backward", &backward, "its backward: dx, de, dW, dB (per sample)");
 }

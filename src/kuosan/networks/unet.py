@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .attention import SelfAttention2d, SpatialTransformer
-from .blocks import Downsample, ResBlock, Upsample, normalization, zero_module
+from .blocks import Conv2d, Downsample, ResBlock, Upsample, normalization, zero_module
 from .embeddings import TimestepEmbedding, broadcast_timesteps
 
 
@@ -138,7 +138,7 @@ class UNet(nn.Module):
                                           dropout=dropout)
             return SelfAttention2d(channels=c, num_heads=num_heads, groups=groups)
 
-        self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
+        self.input_conv = Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         ch = base_channels
         skip_channels = [ch]
         self.down = nn.ModuleList()
@@ -170,7 +170,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             normalization(ch, groups=groups),
             nn.SiLU(),
-            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
+            zero_module(Conv2d(ch, out_channels, 3, padding=1)),
         )
 
     @property
