@@ -210,3 +210,32 @@ def test_conv_backward_input_without_gradient(two_threads):
     ref(x.contiguous()).square().sum().backward()
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_backward_under_a_python_dispatch_mode():
+    """Under FlopCounterMode (a Python dispatch mode) the backward runs PyTorch's own kernel: the
+    kernel's worker threads would otherwise enter the mode without the interpreter lock and wait
+    forever. Run in a subprocess so a hang fails the test instead of stalling the suite."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from kuosan.networks.blocks import Conv2d
+torch.set_num_threads(2)
+conv = Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+ref = torch.nn.Conv2d(64, 64, 3, padding=1)
+ref.load_state_dict(conv.state_dict())
+x = torch.randn(64, 64, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+counts = []
+for net in (conv, ref):
+    with FlopCounterMode(display=False) as fc, torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x).float().square().sum().backward()
+    counts.append(fc.get_total_flops())
+assert counts[0] == counts[1] > 0, counts
+torch.testing.assert_close(conv.weight.grad, ref.weight.grad)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _EXT = None
 _EXT_FAILED = False
@@ -134,8 +135,14 @@ class _Conv2d(torch.autograd.Function):
         x_, w_ = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db, _ = _EXT.conv2d_backward(dy.to(x_.dtype), x_, w_, stride, padding, dilation, groups, need_x, need_w,
-                                          need_b and has_bias)
+        mask = [need_x, need_w, need_b and has_bias]
+        if _get_current_dispatch_mode() is not None:
+            # a Python dispatch mode (FlopCounterMode, ...) would be entered from the kernel's
+            # worker threads; PyTorch's own backward serves it
+            dx, dw, db = torch.ops.aten.convolution_backward(dy.to(x_.dtype), x_, w_, [w_.shape[0]] if has_bias else None,
+                                                             stride, padding, dilation, False, [0, 0], groups, mask)
+        else:
+            dx, dw, db, _ = _EXT.conv2d_backward(dy.to(x_.dtype), x_, w_, stride, padding, dilation, groups, *mask)
         return dx, dw, db, None, None, None, None, None
 
 
