@@ -2,7 +2,8 @@
 // returns dx, dW, dbias (float32) and which route computed dW
 // (built with the other kernels by kuosan/networks/fused.py).
 //
-//   dW[o, c, i, j] = sum_{b, p, q} dy[b, o, p, q] * xpad[b, c, p s + i, q s + j],   dbias[o] = sum_{b, p, q} dy[b, o, p, q]
+//   dW[o, c, i, j] = sum_{b, p, q} dy[b, o, p, q] * xpad[b, c, p s + i, q s + j]
+//   dbias[o]       = sum_{b, p, q} dy[b, o, p, q]
 //
 // oneDNN's weight-gradient kernel (torch 2.13, bfloat16, AMX) is 2-5x slower than the forward
 // convolution of the same size at U-Net shapes: its reduction over the batch and pixels scales
@@ -26,10 +27,9 @@
 #include <tuple>
 #include <vector>
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor w,
-                                           std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                           std::vector<int64_t> dilation, int64_t groups, bool need_input,
-                                           bool need_weight, bool need_bias) {
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
+    torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+    std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias) {
   // one memory format for all three: with a channels-last x and an NCHW dy, oneDNN's weight
   // gradient run inside the parallel region below waited forever for a second thread (torch 2.13)
   const auto cl = at::MemoryFormat::ChannelsLast;

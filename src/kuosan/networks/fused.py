@@ -18,6 +18,10 @@ does the whole thing in two passes forward and two backward, statistics in float
 ``x`` and the (B, G) statistics for the backward. Where it cannot be used (no compiler, NCHW or
 non-CPU tensors, under ``torch.compile``, ``KUOSAN_FUSED=0``) the same function runs as plain
 PyTorch operations, so results agree to rounding (tests/test_fused.py).
+
+The same extension holds the convolution backward of :func:`conv2d` (``conv_backward.cpp``): the
+weight gradient as a forward convolution with batch and channels exchanged, or split over the
+batch across threads, where oneDNN's own kernel is slower (docs/speed.md has the measurements).
 """
 from __future__ import annotations
 
@@ -139,8 +143,9 @@ class _Conv2d(torch.autograd.Function):
         if _get_current_dispatch_mode() is not None:
             # a Python dispatch mode (FlopCounterMode, ...) would be entered from the kernel's
             # worker threads; PyTorch's own backward serves it
-            dx, dw, db = torch.ops.aten.convolution_backward(dy.to(x_.dtype), x_, w_, [w_.shape[0]] if has_bias else None,
-                                                             stride, padding, dilation, False, [0, 0], groups, mask)
+            bias_sizes = [w_.shape[0]] if has_bias else None
+            dx, dw, db = torch.ops.aten.convolution_backward(dy.to(x_.dtype), x_, w_, bias_sizes, stride, padding,
+                                                             dilation, False, [0, 0], groups, mask)
         else:
             dx, dw, db, _ = _EXT.conv2d_backward(dy.to(x_.dtype), x_, w_, stride, padding, dilation, groups, *mask)
         return dx, dw, db, None, None, None, None, None

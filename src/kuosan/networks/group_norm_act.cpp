@@ -216,8 +216,8 @@ const float* optional_ptr(const torch::Tensor& e) { return e.numel() ? e.data_pt
 
 }  // namespace
 
-std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi, int64_t G,
-                                   double eps, bool act) {
+std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi,
+                                                  int64_t G, double eps, bool act) {
   check(x, W, Bi, G);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   auto y = torch::empty_like(x);
@@ -236,7 +236,7 @@ std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor
 }
 
 std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
-                                    torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act) {
+                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act) {
   check(x, W, Bi, mean.size(1));
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must match x");
   dy = dy.contiguous();

@@ -8,10 +8,9 @@ std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor
                                                   int64_t G, double eps, bool act);
 std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
                                                    torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act);
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor w,
-                                           std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                           std::vector<int64_t> dilation, int64_t groups, bool need_input,
-                                           bool need_weight, bool need_bias);
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
+    torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+    std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_act_forward", &group_norm_act_forward,
