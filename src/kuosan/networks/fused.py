@@ -48,8 +48,11 @@ def _extension():
 
         here = Path(__file__).parent
         sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp")]
-        _EXT = load(name="kuosan_kernels", sources=sources, verbose=False,
-                    extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        # 512-bit vectors where the CPU has them: the norm kernel's bf16 forward + backward 20% faster
+        # than with the compiler's default 256-bit preference (U-Net shapes, 2 threads)
+        flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
+        _EXT = load(name="kuosan_kernels", sources=sources, verbose=False, extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back to PyTorch ops
         _EXT_FAILED = True
         warnings.warn(f"kuosan: fused CPU kernels unavailable ({type(exc).__name__}: "
