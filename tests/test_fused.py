@@ -114,7 +114,8 @@ def test_reduced_precision_attention_matches_float64(n, m, heads, d):
 
 
 def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch):
-    """No compiler (or no ninja): one warning, then the PyTorch-operations path gives the result."""
+    """No compiler (or no ninja): one warning, then the PyTorch-operations path gives the result
+    and convolutions train with nn.Conv2d's own backward."""
     import torch.utils.cpp_extension as cpp
     from kuosan.networks import fused
 
@@ -130,6 +131,10 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch):
     assert not fusable(x)
     y = group_norm_act(x, 4, torch.ones(8), torch.zeros(8), act=True)
     torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-6)))
+    conv = Conv2d(8, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    assert not conv_backward_applies(x.requires_grad_(), conv)
+    conv(x).sum().backward()  # nn.Conv2d's own backward
+    assert conv.weight.grad is not None and x.grad is not None
 
 
 @pytest.fixture
