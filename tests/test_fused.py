@@ -190,18 +190,34 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
 
 
 def test_conv_backward_only_where_it_applies():
-    """The custom backward serves training on channels-last CPU tensors; inference and NCHW inputs
-    take nn.Conv2d's own path (same result); a gradient through the gradient is refused."""
+    """The custom backward serves training on channels-last CPU tensors; inference, NCHW inputs and
+    an empty batch take nn.Conv2d's own path (same result)."""
     conv = Conv2d(4, 4, 3, padding=1).to(memory_format=torch.channels_last)
     x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     assert conv_backward_applies(x, conv)
     assert not conv_backward_applies(x.contiguous(), conv)
+    assert not conv_backward_applies(x[:0], conv)
+    conv(x[:0]).sum().backward()
     with torch.no_grad():
         assert not conv_backward_applies(x, conv)
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
-    (g,) = torch.autograd.grad(conv(x).square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice|once_differentiable"):
-        g.sum().backward()
+
+
+def test_conv_backward_is_differentiable(two_threads):
+    """A gradient through the gradient (create_graph=True, as sliced score matching takes) equals
+    nn.Conv2d's, for the input and the weight."""
+    torch.manual_seed(0)
+    conv = Conv2d(6, 6, 3, padding=1).to(memory_format=torch.channels_last)
+    ref = torch.nn.Conv2d(6, 6, 3, padding=1).double()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(4, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+    results = []
+    for net, xin in ((conv, x), (ref, x.double())):
+        xin = xin.detach().requires_grad_()
+        (g,) = torch.autograd.grad(net(xin).tanh().sum(), xin, create_graph=True)
+        results.append(torch.autograd.grad(g.square().sum(), [xin, net.weight]))
+    for a, r in zip(*results):
+        torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-6)
 
 
 def test_conv_backward_input_without_gradient(two_threads):

@@ -1,5 +1,5 @@
 // Backward of a 2-D convolution with a faster weight gradient for U-Net shapes on a few CPU cores;
-// returns dx, dW, dbias (float32) and which route computed dW
+// returns dx, dW, dbias (in the dtypes of x and w) and which route computed dW
 // (built with the other kernels by kuosan/networks/fused.py).
 //
 //   dW[o, c, i, j] = sum_{b, p, q} dy[b, o, p, q] * xpad[b, c, p s + i, q s + j]
@@ -15,7 +15,7 @@
 //   instead of 2.3 ms.
 // * "split" (1x1 kernels, or at least 32 samples per thread, or at most 64 input channels): each
 //   thread runs the single-threaded kernel on its own slice of the batch and the slices' results
-//   are added in float32. (128, 64, 8, 8) -> 64: 0.9 ms instead of 1.3 ms; 1x1 kernels about 2x.
+//   are added in float32 (then rounded to w's dtype). (128, 64, 8, 8) -> 64: 0.9 ms instead of 1.3 ms; 1x1 kernels about 2x.
 //
 // Elsewhere oneDNN's own kernel runs. The input gradient (no reduction over the batch, scales
 // well) is oneDNN's on all threads. The rules come from timing every convolution of the benchmark
@@ -44,14 +44,14 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   torch::Tensor dx, dw, db;
   const int64_t batch = x.size(0), in_channels = x.size(1), kh = w.size(2), kw = w.size(3);
   const bool unit = stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && groups == 1;
-  const bool swap = unit && kh * kw > 1 && dy.size(2) * dy.size(3) <= 16;
+  const bool swap = unit && batch > 0 && kh * kw > 1 && dy.size(2) * dy.size(3) <= 16;
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), batch));
   const bool split = !swap && nt > 1 && !omp_in_parallel() && (kh * kw == 1 || batch / nt >= 32 || in_channels <= 64);
   if (!(need_weight || need_bias) || !(swap || split)) {  // oneDNN for all (one call shares its reorders)
     auto r = conv_backward(dy, x, need_input, need_weight, need_bias);
     if (need_input) dx = std::get<0>(r);
-    if (need_weight) dw = std::get<1>(r).to(at::kFloat);
-    if (need_bias) db = std::get<2>(r).to(at::kFloat);
+    if (need_weight) dw = std::get<1>(r);
+    if (need_bias) db = std::get<2>(r);
     return {dx, dw, db, need_weight || need_bias ? "onednn" : "none"};
   }
   if (need_input) dx = std::get<0>(conv_backward(dy, x, true, false, false));
@@ -59,9 +59,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
     if (need_weight) {
       auto xt = x.transpose(0, 1).contiguous(cl);   // (C, B, H, W): channels as the batch
       auto dyt = dy.transpose(0, 1).contiguous(cl);  // (O, B, H', W'): the filters
-      dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1).to(at::kFloat);  // (O, C, kh, kw)
+      dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1);  // (O, C, kh, kw)
     }
-    if (need_bias) db = dy.sum({0, 2, 3}, false, at::kFloat);
+    if (need_bias) db = dy.sum({0, 2, 3}, false, at::kFloat).to(w.scalar_type());
     return {dx, dw, db, "swap"};
   }
   std::vector<torch::Tensor> dws(nt), dbs(nt);
@@ -88,7 +88,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   auto sum = [&](std::vector<torch::Tensor>& parts) {
     auto total = parts[0].to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
     for (int t = 1; t < nt; ++t) total.add_(parts[t]);
-    return total;
+    return total.to(w.scalar_type());
   };
   if (need_weight) dw = sum(dws);
   if (need_bias) db = sum(dbs);

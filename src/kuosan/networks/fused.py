@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _EXT = None
@@ -48,9 +47,9 @@ def _extension():
 
         here = Path(__file__).parent
         sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp")]
-        # 512-bit vectors where the CPU has them: the norm kernel's bf16 forward + backward 20% faster
-        # than with the compiler's default 256-bit preference (U-Net shapes, 2 threads)
-        flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp"]
+        # not -mprefer-vector-width=512: 20% faster norm kernel in isolation (~1% on a training
+        # step), but its results then depended on the buffers' alignment, which broke exact resume
+        flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
         _EXT = load(name="kuosan_kernels", sources=sources, verbose=False, extra_cflags=flags,
                     extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back to PyTorch ops
@@ -122,36 +121,35 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
 
 
 class _Conv2d(torch.autograd.Function):
-    """``F.conv2d`` (in ``dtype``, e.g. autocast's bfloat16) whose backward is ``conv_backward.cpp``:
-    the input gradient is oneDNN's; the weight and bias gradients, in float32, are computed as a
-    forward convolution with batch and channels exchanged (at most 16 output pixels) or split over
-    the batch, one slice per thread, where those are faster on a few cores."""
+    """``F.conv2d`` whose backward is ``conv_backward.cpp``: the input gradient is oneDNN's; the
+    weight gradient is computed as a forward convolution with batch and channels exchanged (at most
+    16 output pixels) or split over the batch, one slice per thread, where those are faster on a
+    few cores. A backward that must itself be differentiable (``create_graph=True``, e.g. sliced
+    score matching) or that runs under a Python dispatch mode (FlopCounterMode, ...) takes
+    PyTorch's own ``convolution_backward``, which has a derivative."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int, dtype):
-        x_, w_ = x.to(dtype), weight.to(dtype)
-        with torch.autocast("cpu", enabled=False):
-            y = F.conv2d(x_, w_, None if bias is None else bias.to(dtype), stride, padding, dilation, groups)
-        ctx.save_for_backward(x_, w_)
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int):
+        ctx.save_for_backward(x, weight)
         ctx.conf = (list(stride), list(padding), list(dilation), groups, bias is not None)
-        return y
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
-        x_, w_ = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         mask = [need_x, need_w, need_b and has_bias]
-        if _get_current_dispatch_mode() is not None:
-            # a Python dispatch mode (FlopCounterMode, ...) would be entered from the kernel's
-            # worker threads; PyTorch's own backward serves it
-            bias_sizes = [w_.shape[0]] if has_bias else None
-            dx, dw, db = torch.ops.aten.convolution_backward(dy.to(x_.dtype), x_, w_, bias_sizes, stride, padding,
-                                                             dilation, False, [0, 0], groups, mask)
+        dy = dy.to(x.dtype)
+        if torch.is_grad_enabled() or _get_current_dispatch_mode() is not None:
+            # differentiable, and never entered from the kernel's worker threads (a Python mode
+            # would be, without the interpreter lock)
+            bias_sizes = [w.shape[0]] if has_bias else None
+            dx, dw, db = torch.ops.aten.convolution_backward(dy, x, w, bias_sizes, stride, padding, dilation, False,
+                                                             [0, 0], groups, mask)
         else:
-            dx, dw, db, _ = _EXT.conv2d_backward(dy.to(x_.dtype), x_, w_, stride, padding, dilation, groups, *mask)
-        return dx, dw, db, None, None, None, None, None
+            dx, dw, db, _ = _EXT.conv2d_backward(dy, x, w, stride, padding, dilation, groups, *mask)
+        return dx, dw, db, None, None, None, None
 
 
 def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
@@ -159,15 +157,20 @@ def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
     weight trainable) on a channels-last float32/bfloat16 CPU tensor, zero padding given as
     numbers, the kernels built and not compiling."""
     return (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.bfloat16) and conv.padding_mode == "zeros"
+            and x.shape[0] > 0 and x.dtype in (torch.float32, torch.bfloat16) and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling() and fused_available())
 
 
 def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for an ``nn.Conv2d``, with the faster weight gradient where :func:`conv_backward_applies`."""
+    """``conv(x)`` for an ``nn.Conv2d``, with the faster weight gradient where :func:`conv_backward_applies`.
+    Under autocast the inputs are cast as autocast would (outside the autograd Function, so the
+    casts' own backward returns float32 gradients to float32 parameters)."""
     autocast = torch.is_autocast_enabled("cpu")
     if not conv_backward_applies(x, conv) or (not autocast and x.dtype != conv.weight.dtype):
         return torch.nn.Conv2d.forward(conv, x)
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-    return _Conv2d.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, dtype)
+    bias = None if conv.bias is None else conv.bias.to(dtype)
+    with torch.autocast("cpu", enabled=False):
+        return _Conv2d.apply(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation,
+                             conv.groups)
