@@ -20,8 +20,8 @@ non-CPU tensors, under ``torch.compile``, ``KUOSAN_FUSED=0``) the same function 
 PyTorch operations, so results agree to rounding (tests/test_fused.py).
 
 The same extension holds the convolution backward of :func:`conv2d` (``conv_backward.cpp``): the
-weight gradient as a forward convolution with batch and channels exchanged, or split over the
-batch across threads, where oneDNN's own kernel is slower (docs/speed.md has the measurements).
+weight gradient as a forward convolution with batch and channels exchanged where oneDNN's own
+kernel is slower (docs/speed.md has the measurements).
 """
 from __future__ import annotations
 
@@ -122,9 +122,8 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
 
 class _Conv2d(torch.autograd.Function):
     """``F.conv2d`` whose backward is ``conv_backward.cpp``: the input gradient is oneDNN's; the
-    weight gradient is computed as a forward convolution with batch and channels exchanged (at most
-    16 output pixels) or split over the batch, one slice per thread, where those are faster on a
-    few cores. A backward that must itself be differentiable (``create_graph=True``, e.g. sliced
+    weight gradient is computed as a forward convolution with batch and channels exchanged where
+    that is faster (stride 1, at most 16 output pixels). A backward that must itself be differentiable (``create_graph=True``, e.g. sliced
     score matching) or that runs under a Python dispatch mode (FlopCounterMode, ...) takes
     PyTorch's own ``convolution_backward``, which has a derivative."""
 
@@ -142,8 +141,7 @@ class _Conv2d(torch.autograd.Function):
         mask = [need_x, need_w, need_b and has_bias]
         dy = dy.to(x.dtype)
         if torch.is_grad_enabled() or _get_current_dispatch_mode() is not None:
-            # differentiable, and never entered from the kernel's worker threads (a Python mode
-            # would be, without the interpreter lock)
+            # differentiable; and a Python mode sees the operations PyTorch's own backward runs
             bias_sizes = [w.shape[0]] if has_bias else None
             dx, dw, db = torch.ops.aten.convolution_backward(dy, x, w, bias_sizes, stride, padding, dilation, False,
                                                              [0, 0], groups, mask)
