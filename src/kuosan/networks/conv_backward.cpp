@@ -23,9 +23,6 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
     torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias) {
   const auto cl = at::MemoryFormat::ChannelsLast;
-  dy = dy.contiguous(cl);
-  x = x.contiguous(cl);
-  w = w.contiguous(cl);
   torch::Tensor dx, dw, db;
   const int64_t batch = x.size(0), kh = w.size(2), kw = w.size(3);
   const bool unit = stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && groups == 1;
