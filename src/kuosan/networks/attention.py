@@ -33,6 +33,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
         if max(n, m) <= 64 or (max(n, m) <= 256 and d >= 64):
+            # dense operands: a product of strided views (q, k, v sliced from one qkv projection)
+            # runs 3-6x slower in oneDNN (0.36 vs 2.2 ms at B=32, N=256, d=128); the copies cost 0.1 ms
+            k, v = k.contiguous(), v.contiguous()
             logits = (q * d**-0.5) @ k.transpose(-1, -2)
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
@@ -77,8 +80,8 @@ class SelfAttention2d(nn.Module):
         b, c, h, w = x.shape
         heads, d = self.num_heads, c // self.num_heads
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        qkv = self.qkv(tokens).reshape(b, h * w, 3, heads, d).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
+        # chunks of the last dimension: their gradients assemble with one concatenation
+        q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in self.qkv(tokens).chunk(3, dim=-1))
         out = attend(q, k, v)
         out = self.proj_out(out.transpose(1, 2).reshape(b, h * w, c))  # (B, N, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
