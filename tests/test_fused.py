@@ -165,17 +165,19 @@ def two_threads():
 
 
 @pytest.mark.parametrize("batch,c_in,c_out,k,stride,padding,bias,size,route",
-                         [(3, 5, 7, 3, 1, 1, True, (9, 7), "onednn"),  # more than 16 output pixels
-                          (4, 16, 8, 3, 2, 1, True, (9, 7), "onednn"),  # strided
-                          (2, 6, 4, 1, 1, 0, False, (3, 3), "onednn"),  # 1x1 kernel
+                         [(3, 5, 7, 3, 1, 1, True, (9, 7), "split"),  # > 16 output pixels; uneven halves
+                          (4, 16, 8, 3, 2, 1, True, (9, 7), "split"),  # strided
+                          (2, 6, 4, 1, 1, 0, False, (3, 3), "split"),  # 1x1 kernel
                           (6, 12, 10, 3, 1, 1, True, (4, 3), "swap"),  # batch and channels exchanged
                           (3, 8, 8, 3, 1, 1, False, (2, 2), "swap"),
                           (1, 8, 8, 3, 1, 1, True, (3, 3), "swap"),  # a single sample
-                          (4, 72, 8, 3, 1, 1, True, (9, 7), "onednn")])
+                          (4, 72, 8, 3, 1, 1, True, (9, 7), "onednn"),  # > 64 channels, < 32 samples a half
+                          (1, 5, 7, 3, 1, 1, True, (9, 7), "onednn")])  # one sample: nothing to split
 @pytest.mark.parametrize("autocast", [False, True])
 def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, stride, padding, bias, size, route,
                                           autocast):
-    """Conv2d's backward (weight gradient by batch-and-channel exchange, or oneDNN's) against
+    """Conv2d's backward (weight gradient by batch-and-channel exchange, by halves of the batch on two
+    threads, or oneDNN's) against
     float64 convolution gradients; float32 to 1e-5,
     bfloat16 autocast to its rounding, with the gradients in the parameters' float32."""
     torch.manual_seed(0)
@@ -185,7 +187,7 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         y = conv(x)
     assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
-    g = torch.randn(y.shape)
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)  # as the network's gradients
     y.backward(g.to(y.dtype))
     ref = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=bias).double()
     ref.load_state_dict(conv.state_dict())
@@ -206,6 +208,11 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
     taken = fused._EXT.conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
                                        list(conv.padding), list(conv.dilation), 1, True, True, bias)[3]
     assert taken == route
+    if route == "split":  # only with inputs in one memory format
+        nchw = fused._EXT.conv2d_backward(g.contiguous().to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype),
+                                          list(conv.stride), list(conv.padding), list(conv.dilation), 1, True, True,
+                                          bias)
+        assert nchw[3] == "onednn" and rel(nchw[1], ref.weight.grad) < tol
 
 
 def test_conv_backward_only_where_it_applies():

@@ -36,7 +36,7 @@ class GroupNorm(nn.GroupNorm):
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict names) whose training backward on channels-last
     CPU tensors computes the weight gradient by a faster route where there is one (batch and
-    channels exchanged: :func:`kuosan.networks.fused.conv2d`);
+    channels exchanged, or halves of the batch on two threads: :func:`kuosan.networks.fused.conv2d`);
     the forward and every other case are ``nn.Conv2d``'s."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

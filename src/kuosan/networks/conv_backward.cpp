@@ -7,44 +7,97 @@
 //
 // oneDNN's weight-gradient kernel (torch 2.13, bfloat16, AMX) is 2-5x slower than the forward
 // convolution of the same size at U-Net shapes: its reduction over the batch and pixels scales
-// poorly across threads, and with few pixels the reduction is short. With stride 1 and at most 16
-// output pixels ("swap"), the sum is itself a forward convolution with batch and channels
-// exchanged: xpad^T (C, B, H, W) convolved with the filters dy^T (O, B, H', W') gives
-// dW^T (C, O, kh, kw). At 4x4 pixels, batch 128, 128 channels: 0.8 ms instead of 2.3 ms.
+// poorly across threads, and with few pixels the reduction is short. Two rewrites of the same sum:
+//
+// * "swap" (stride 1, kernel > 1, at most 16 output pixels): the sum is itself a forward
+//   convolution with batch and channels exchanged: xpad^T (C, B, H, W) convolved with the filters
+//   dy^T (O, B, H', W') gives dW^T (C, O, kh, kw). At 4x4 pixels, batch 128, 128 channels: 0.8 ms
+//   instead of 2.3 ms.
+// * "split" (two threads; 1x1 kernels, at least 32 samples per half, or at most 64 input
+//   channels): each thread of a two-thread OpenMP region runs oneDNN's single-threaded kernel on
+//   its half of the batch, and the halves' sums are added in float32. (128, 64, 8, 8) -> 64:
+//   0.9 ms instead of 1.3 ms; 1x1 kernels about 2x. Each half is oneDNN's single-threaded result
+//   (bitwise repeatable) and the addition has one order, so the result is the same every run.
+//
 // Elsewhere, and for the input gradient (no reduction over the batch, scales well), oneDNN's own
-// kernel runs, in one call. The rule comes from timing every convolution of the benchmark U-Nets
+// kernel runs. The rules come from timing every convolution of the benchmark U-Nets
 // (benchmarks/train_speed.py) on 2 cores.
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <omp.h>
+#include <exception>
 #include <string>
 #include <tuple>
 #include <vector>
+
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
     torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   torch::Tensor dx, dw, db;
-  const int64_t batch = x.size(0), kh = w.size(2), kw = w.size(3);
+  const int64_t batch = x.size(0), in_channels = x.size(1), kh = w.size(2), kw = w.size(3);
   const bool unit = stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && groups == 1;
   const bool swap = unit && batch > 0 && kh * kw > 1 && dy.size(2) * dy.size(3) <= 16;
+  // (with inputs in one memory format: mixed ones once made oneDNN wait forever in the region)
+  const bool split = !swap && batch >= 2 && omp_get_max_threads() == 2 && !omp_in_parallel() &&
+                     (kh * kw == 1 || batch / 2 >= 32 || in_channels <= 64) && x.is_contiguous(cl) &&
+                     dy.is_contiguous(cl) && w.is_contiguous(cl);
   std::vector<int64_t> bias_sizes{w.size(0)};
-  auto conv_backward = [&](bool in, bool wt, bool bi) {
-    return at::convolution_backward(dy, x, w, bi ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(),
+  auto conv_backward = [&](const torch::Tensor& dy_, const torch::Tensor& x_, bool in, bool wt, bool bi) {
+    return at::convolution_backward(dy_, x_, w, bi ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(),
                                     stride, padding, dilation, false, {0, 0}, groups, {in, wt, bi});
   };
-  if (!(need_weight || need_bias) || !swap) {  // oneDNN for all (one call shares its reorders)
-    auto r = conv_backward(need_input, need_weight, need_bias);
+  if (!(need_weight || need_bias) || !(swap || split)) {  // oneDNN for all (one call shares its reorders)
+    auto r = conv_backward(dy, x, need_input, need_weight, need_bias);
     if (need_input) dx = std::get<0>(r);
     if (need_weight) dw = std::get<1>(r);
     if (need_bias) db = std::get<2>(r);
     return {dx, dw, db, need_weight || need_bias ? "onednn" : "none"};
   }
-  if (need_input) dx = std::get<0>(conv_backward(true, false, false));
-  if (need_weight) {
-    auto xt = x.transpose(0, 1).contiguous(cl);   // (C, B, H, W): channels as the batch
-    auto dyt = dy.transpose(0, 1).contiguous(cl);  // (O, B, H', W'): the filters
-    dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1);  // (O, C, kh, kw)
+  if (need_input) dx = std::get<0>(conv_backward(dy, x, true, false, false));
+  if (swap) {
+    if (need_weight) {
+      auto xt = x.transpose(0, 1).contiguous(cl);   // (C, B, H, W): channels as the batch
+      auto dyt = dy.transpose(0, 1).contiguous(cl);  // (O, B, H', W'): the filters
+      dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1);  // (O, C, kh, kw)
+    }
+    if (need_bias) db = dy.sum({0, 2, 3}, false, at::kFloat).to(w.scalar_type());
+    return {dx, dw, db, "swap"};
   }
-  if (need_bias) db = dy.sum({0, 2, 3}, false, at::kFloat).to(w.scalar_type());
-  return {dx, dw, db, "swap"};
+  const int64_t half = batch / 2;
+  torch::Tensor dw1, db1;
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> first;
+  std::exception_ptr error;
+  const at::ThreadLocalState state;  // the caller's grad mode, dispatch keys...
+#pragma omp parallel num_threads(2)
+  {
+    // ATen sets a thread's OpenMP thread count to torch's on the thread's first parallel call; done
+    // later, inside the call below, it made that one call build a two-thread oneDNN primitive (a
+    // different summation order, once per pool thread: results then differed between runs)
+    at::get_num_threads();  // runs that first-call setup now (libtorch's own, not an inlined copy)
+    omp_set_num_threads(1);  // this thread's setting inside the region: single-threaded primitives
+    const int t = omp_get_thread_num();
+    try {
+      at::ThreadLocalStateGuard guard(state);
+      if (t == 0) {
+        first = conv_backward(dy.slice(0, 0, half), x.slice(0, 0, half), false, need_weight, need_bias);
+      } else {
+        auto r = conv_backward(dy.slice(0, half), x.slice(0, half), false, need_weight, need_bias);
+        dw1 = std::get<1>(r);
+        db1 = std::get<2>(r);
+      }
+    } catch (...) {
+#pragma omp critical
+      error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  auto add = [&](const torch::Tensor& a, const torch::Tensor& b) {
+    return a.to(at::kFloat, false, true).add_(b).to(w.scalar_type());
+  };
+  if (need_weight) dw = add(std::get<1>(first), dw1);
+  if (need_bias) db = add(std::get<2>(first), db1);
+  return {dx, dw, db, "split"};
 }

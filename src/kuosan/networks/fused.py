@@ -20,7 +20,8 @@ non-CPU tensors, under ``torch.compile``, ``KUOSAN_FUSED=0``) the same function 
 PyTorch operations, so results agree to rounding (tests/test_fused.py).
 
 The same extension holds the convolution backward of :func:`conv2d` (``conv_backward.cpp``): the
-weight gradient as a forward convolution with batch and channels exchanged where oneDNN's own
+weight gradient as a forward convolution with batch and channels exchanged, or as oneDNN's
+single-threaded kernel on each half of the batch on two threads, where oneDNN's own multi-threaded
 kernel is slower (docs/speed.md has the measurements).
 """
 from __future__ import annotations
@@ -122,10 +123,11 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
 
 class _Conv2d(torch.autograd.Function):
     """``F.conv2d`` whose backward is ``conv_backward.cpp``: the input gradient is oneDNN's; the
-    weight gradient is computed as a forward convolution with batch and channels exchanged where
-    that is faster (stride 1, at most 16 output pixels). A backward that must itself be differentiable (``create_graph=True``, e.g. sliced
-    score matching) or that runs under a Python dispatch mode (FlopCounterMode, ...) takes
-    PyTorch's own ``convolution_backward``, which has a derivative."""
+    weight gradient is computed as a forward convolution with batch and channels exchanged (stride
+    1, at most 16 output pixels) or by halves of the batch on two threads, where that is faster. A
+    backward that must itself be differentiable (``create_graph=True``, e.g. sliced score matching)
+    or that runs under a Python dispatch mode (FlopCounterMode, ...) takes PyTorch's own
+    ``convolution_backward``, which has a derivative."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int):
