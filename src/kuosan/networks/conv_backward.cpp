@@ -61,9 +61,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
     if (need_weight) {
       auto xt = x.transpose(0, 1).contiguous(cl);   // (C, B, H, W): channels as the batch
       auto dyt = dy.transpose(0, 1).contiguous(cl);  // (O, B, H', W'): the filters
-      dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1);  // (O, C, kh, kw)
+      // (O, C, kh, kw) in w's layout: the parameter's gradient then needs no layout copy of its own
+      dw = at::conv2d(xt, dyt, {}, 1, padding).transpose(0, 1).contiguous(w.suggest_memory_format());
     }
-    if (need_bias) db = dy.sum({0, 2, 3}, false, at::kFloat).to(w.scalar_type());
+    // over the (B H W, O) rows of a channels-last dy: a float32-accumulated sum, no float32 copy
+    if (need_bias) db = (dy.is_contiguous(cl) ? dy.permute({0, 2, 3, 1}).reshape({-1, dy.size(1)}).sum(0)
+                                              : dy.sum({0, 2, 3}, false, at::kFloat)).to(w.scalar_type());
     return {dx, dw, db, "swap"};
   }
   const int64_t half = batch / 2;
