@@ -13,6 +13,7 @@
 // Statistics and accumulations are float32 for bfloat16 and float32 inputs alike.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -56,17 +57,19 @@ inline float fast_exp(float x) {
 
 inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 
-// The per-pixel row operations over the C channels, the kernels' inner loops. With AVX-512 they
-// are written with 16-lane intrinsics and masked tails: one code path whatever the row's length
-// and the buffers' alignment (a compiler-vectorised loop with a scalar prologue or epilogue gives
-// results that depend on where the buffer starts), and a sigmoid of exp + reciprocal estimate +
-// Newton step instead of a division (the forward is 2.5x faster than the compiler's loops).
+// The kernels' inner loops over the (N, C) pixels-by-channels block of one sample. With AVX-512
+// they are written with 16-lane intrinsics and masked tails: one code path whatever the channel
+// count and the buffers' alignment (a compiler-vectorised loop with a scalar prologue or epilogue
+// gives results that depend on where the buffer starts), running sums held in registers, and a
+// sigmoid of exp + reciprocal estimate + Newton step instead of a division. Summed over the
+// benchmark U-Nets' shapes (2 threads, bfloat16): forward 8.1 -> 5.7 ms, backward 9.8 -> 7.4 ms
+// against the compiler-vectorised loops, which remain for other CPUs.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
-inline __mmask16 lanes(int64_t c, int64_t C) {
+inline __mmask16 lanes(int64_t c, int64_t C) {  // the lanes of channels c..c+15 below C
   const int64_t n = C - c;
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
 }
 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load16(const uint16_t* p, __mmask16 m) {
@@ -101,24 +104,6 @@ inline __m512 sigmoid16(__m512 z) {  // 1 / (1 + exp(-z)): 14-bit reciprocal est
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
 }
 
-// acc += x + e
-template <typename T>
-inline void row_sum(const T* x, const float* e, float* acc, int64_t C) {
-  for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 m = lanes(c, C);
-    const __m512 v = _mm512_add_ps(load16(x + c, m), load16(e + c, m));
-    store16(acc + c, _mm512_add_ps(load16(acc + c, m), v), m);
-  }
-}
-// acc += (x + e - mu)^2
-template <typename T>
-inline void row_sqdev(const T* x, const float* e, const float* mu, float* acc, int64_t C) {
-  for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 m = lanes(c, C);
-    const __m512 v = _mm512_sub_ps(_mm512_add_ps(load16(x + c, m), load16(e + c, m)), load16(mu + c, m));
-    store16(acc + c, _mm512_fmadd_ps(v, v, load16(acc + c, m)), m);
-  }
-}
 // y = act(x * a + d)
 template <typename T>
 inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C, bool act) {
@@ -128,36 +113,118 @@ inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C,
     store16(y + c, act ? _mm512_mul_ps(z, sigmoid16(z)) : z, m);
   }
 }
-// dz = g * act'(z) with z = x * a + d; s1 += dz; s2 += dz * (x + e)
-template <typename T>
-inline void row_dz(const T* g, const T* x, const float* a, const float* d, const float* e, float* dz, float* s1,
-                   float* s2, int64_t C, bool act) {
+
+// The same sums over all N rows of a sample, in tiles of ROWS rows: within a tile, a block of 16 K
+// channels at a time with the running sums in registers (a sum kept in memory makes every row
+// wait for the previous row's store); the tile's rows stay in the first-level cache across blocks.
+constexpr int64_t ROWS = 16;
+// acc = sum_n (x + e)
+template <typename T, int K = 4>
+inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* acc) {
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+    const int64_t n1 = std::min(N, n0 + ROWS);
+    for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
+      __mmask16 m[K];
+      __m512 s[K];
+      for (int k = 0; k < K; ++k) m[k] = lanes(c0 + 16 * k, C), s[k] = load16(acc + c0 + 16 * k, m[k]);
+      for (int64_t n = n0; n < n1; ++n)
+        for (int k = 0; k < K; ++k) s[k] = _mm512_add_ps(s[k], load16(x + n * C + c0 + 16 * k, m[k]));
+      for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, s[k], m[k]);
+    }
+  }
+  const __m512 rows = _mm512_set1_ps(static_cast<float>(N));
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = lanes(c, C);
-    const __m512 xv = load16(x + c, m);
-    __m512 dzv = load16(g + c, m);
-    if (act) {
-      const __m512 z = _mm512_fmadd_ps(xv, load16(a + c, m), load16(d + c, m));
-      const __m512 s = sigmoid16(z);
-      const __m512 one = _mm512_set1_ps(1.0f);
-      // SiLU'(z) = s (1 + z (1 - s))
-      dzv = _mm512_mul_ps(dzv, _mm512_mul_ps(s, _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one)));
-    }
-    store16(dz + c, dzv, m);
-    store16(s1 + c, _mm512_add_ps(load16(s1 + c, m), dzv), m);
-    store16(s2 + c, _mm512_fmadd_ps(dzv, _mm512_add_ps(xv, load16(e + c, m)), load16(s2 + c, m)), m);
+    store16(acc + c, _mm512_fmadd_ps(rows, load16(e + c, m), load16(acc + c, m)), m);
   }
 }
-// v = dz * P + x * Q + R; dec += v; dx = v
-template <typename T>
-inline void row_dx(const float* dz, const T* x, const float* P, const float* Q, const float* R, T* dx, float* dec,
-                   int64_t C) {
-  for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 m = lanes(c, C);
-    const __m512 v = _mm512_fmadd_ps(load16(dz + c, m), load16(P + c, m),
-                                     _mm512_fmadd_ps(load16(x + c, m), load16(Q + c, m), load16(R + c, m)));
-    store16(dec + c, _mm512_add_ps(load16(dec + c, m), v), m);
-    store16(dx + c, v, m);
+// acc = sum_n (x + e - mu)^2
+template <typename T, int K = 4>
+inline void sqdev_rows(const T* x, int64_t N, int64_t C, const float* e, const float* mu, float* acc) {
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+    const int64_t n1 = std::min(N, n0 + ROWS);
+    for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
+      __mmask16 m[K];
+      __m512 s[K], shift[K];
+      for (int k = 0; k < K; ++k) {
+        const int64_t c = c0 + 16 * k;
+        m[k] = lanes(c, C);
+        s[k] = load16(acc + c, m[k]);
+        shift[k] = _mm512_sub_ps(load16(e + c, m[k]), load16(mu + c, m[k]));
+      }
+      for (int64_t n = n0; n < n1; ++n)
+        for (int k = 0; k < K; ++k) {
+          const __m512 v = _mm512_add_ps(load16(x + n * C + c0 + 16 * k, m[k]), shift[k]);
+          s[k] = _mm512_fmadd_ps(v, v, s[k]);
+        }
+      for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, s[k], m[k]);
+    }
+  }
+}
+// dz = g * act'(z), z = x * a + d (all rows); s1 = sum_n dz; s2 = sum_n dz * (x + e)
+template <typename T, int K = 4>
+inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a, const float* d, const float* e,
+                    float* dz, float* s1, float* s2, bool act) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  std::fill(s1, s1 + C, 0.0f);
+  std::fill(s2, s2 + C, 0.0f);
+  for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+    const int64_t n1 = std::min(N, n0 + ROWS);
+    for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
+      __mmask16 m[K];
+      __m512 av[K], dv[K], ev[K], t1[K], t2[K];
+      for (int k = 0; k < K; ++k) {
+        const int64_t c = c0 + 16 * k;
+        m[k] = lanes(c, C);
+        av[k] = load16(a + c, m[k]), dv[k] = load16(d + c, m[k]), ev[k] = load16(e + c, m[k]);
+        t1[k] = load16(s1 + c, m[k]), t2[k] = load16(s2 + c, m[k]);
+      }
+      for (int64_t n = n0; n < n1; ++n)
+        for (int k = 0; k < K; ++k) {
+          const int64_t i = n * C + c0 + 16 * k;
+          const __m512 xv = load16(x + i, m[k]);
+          __m512 dzv = load16(g + i, m[k]);
+          if (act) {
+            const __m512 z = _mm512_fmadd_ps(xv, av[k], dv[k]);
+            const __m512 sg = sigmoid16(z);  // SiLU'(z) = s (1 + z (1 - s))
+            dzv = _mm512_mul_ps(dzv, _mm512_mul_ps(sg, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one)));
+          }
+          store16(dz + i, dzv, m[k]);
+          t1[k] = _mm512_add_ps(t1[k], dzv);
+          t2[k] = _mm512_fmadd_ps(dzv, _mm512_add_ps(xv, ev[k]), t2[k]);
+        }
+      for (int k = 0; k < K; ++k) store16(s1 + c0 + 16 * k, t1[k], m[k]), store16(s2 + c0 + 16 * k, t2[k], m[k]);
+    }
+  }
+}
+// dx = dz * P + x * Q + R (all rows); dec = sum_n dx
+template <typename T, int K = 4>
+inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const float* P, const float* Q, const float* R,
+                    T* dx, float* dec) {
+  std::fill(dec, dec + C, 0.0f);
+  for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
+    const int64_t n1 = std::min(N, n0 + ROWS);
+    for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
+      __mmask16 m[K];
+      __m512 pv[K], qv[K], rv[K], t[K];
+      for (int k = 0; k < K; ++k) {
+        const int64_t c = c0 + 16 * k;
+        m[k] = lanes(c, C);
+        pv[k] = load16(P + c, m[k]), qv[k] = load16(Q + c, m[k]), rv[k] = load16(R + c, m[k]);
+        t[k] = load16(dec + c, m[k]);
+      }
+      for (int64_t n = n0; n < n1; ++n)
+        for (int k = 0; k < K; ++k) {
+          const int64_t i = n * C + c0 + 16 * k;
+          const __m512 v = _mm512_fmadd_ps(load16(dz + i, m[k]), pv[k],
+                                           _mm512_fmadd_ps(load16(x + i, m[k]), qv[k], rv[k]));
+          t[k] = _mm512_add_ps(t[k], v);
+          store16(dx + i, v, m[k]);
+        }
+      for (int k = 0; k < K; ++k) store16(dec + c0 + 16 * k, t[k], m[k]);
+    }
   }
 }
 #else
@@ -213,6 +280,29 @@ inline void row_dx(const float* __restrict dz, const T* __restrict x, const floa
     store(dx, c, v);
   }
 }
+template <typename T>
+inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* acc) {
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t n = 0; n < N; ++n) row_sum(x + n * C, e, acc, C);
+}
+template <typename T>
+inline void sqdev_rows(const T* x, int64_t N, int64_t C, const float* e, const float* mu, float* acc) {
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t n = 0; n < N; ++n) row_sqdev(x + n * C, e, mu, acc, C);
+}
+template <typename T>
+inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a, const float* d, const float* e,
+                    float* dz, float* s1, float* s2, bool act) {
+  std::fill(s1, s1 + C, 0.0f);
+  std::fill(s2, s2 + C, 0.0f);
+  for (int64_t n = 0; n < N; ++n) row_dz(g + n * C, x + n * C, a, d, e, dz + n * C, s1, s2, C, act);
+}
+template <typename T>
+inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const float* P, const float* Q, const float* R,
+                    T* dx, float* dec) {
+  std::fill(dec, dec + C, 0.0f);
+  for (int64_t n = 0; n < N; ++n) row_dx(dz + n * C, x + n * C, P, Q, R, dx + n * C, dec, C);
+}
 #endif
 
 // The per-channel coefficients of sample b with z = x * a[c] + d[c]:
@@ -241,16 +331,14 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
       float* __restrict accp = acc.data();
       const float* __restrict ep = ec.data();
       const float* __restrict mp = mc.data();
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) row_sum(xb + n * C, ep, accp, C);
+      sum_rows(xb, N, C, ep, accp);
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
         mean[b * G + g] = static_cast<float>(s / M);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) mc[c] = mean[b * G + g];
       }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) row_sqdev(xb + n * C, ep, mp, accp, C);
+      sqdev_rows(xb, N, C, ep, mp, accp);
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
@@ -278,15 +366,12 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
       T* dxb = dx + b * N * C;
       if (e) for (int64_t c = 0; c < C; ++c) ec[c] = e[b * C + c];
       fold_affine(b, C, G, mean, rstd, W, Bi, ec.data(), a.data(), d.data());
-      std::fill(s1.begin(), s1.end(), 0.0f);
-      std::fill(s2.begin(), s2.end(), 0.0f);
       float* __restrict s1p = s1.data();
       float* __restrict s2p = s2.data();
       const float* __restrict ap = a.data();
       const float* __restrict dp = d.data();
       const float* __restrict ep = ec.data();
-      for (int64_t n = 0; n < N; ++n)
-        row_dz(gb + n * C, xb + n * C, ap, dp, ep, dz.data() + n * C, s1p, s2p, C, act);
+      dz_rows(gb, xb, N, C, ap, dp, ep, dz.data(), s1p, s2p, act);
       for (int64_t g = 0; g < G; ++g) {
         const float mu = mean[b * G + g], r = rstd[b * G + g];
         float m1 = 0, m2 = 0;
@@ -304,14 +389,13 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
           P[c] = r * W[b * C + c];
           Q[c] = -r * r * m2;
           R[c] = r * (mu * r * m2 - m1) + ec[c] * Q[c];  // folds x' = x + e
-          dec[c] = 0.0f;
         }
       }
       const float* __restrict Pp = P.data();
       const float* __restrict Qp = Q.data();
       const float* __restrict Rp = R.data();
       float* __restrict decp = dec.data();
-      for (int64_t n = 0; n < N; ++n) row_dx(dz.data() + n * C, xb + n * C, Pp, Qp, Rp, dxb + n * C, decp, C);
+      dx_rows(dz.data(), xb, N, C, Pp, Qp, Rp, dxb, decp);
       if (de) for (int64_t c = 0; c < C; ++c) de[b * C + c] = dec[c];
     }
   });
