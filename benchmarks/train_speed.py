@@ -1,13 +1,15 @@
 """Training and sampling speed of kuosan's U-Net against diffusers' UNet2DModel at a matched
 architecture, on this CPU, in one run.
 
-    python benchmarks/train_speed.py [--steps 12] [--shapes 32x32x3:32,8x8x1:128]
+    python benchmarks/train_speed.py [--steps 12] [--shapes 32x32x3:32,8x8x1:128] [--repeats 1]
 
 JSON lines: the machine's matrix-product peak (fp32, bf16); then per (shape, system, mode):
 training images/s, achieved GFLOP/s (FLOPs of one forward+backward counted by
 torch.utils.flop_counter) and its share of the bf16 peak, sampling images/s (one network evaluation
 per image), and the process's peak resident memory. Each configuration runs in its own subprocess
-so the memory figure is its own.
+so the memory figure is its own; with ``--repeats R`` every configuration runs R times, round-robin
+(so a slow spell of a shared machine hits all of them alike), each repeat is printed, and the
+configuration's line is its median run (with the range of images/s).
 """
 from __future__ import annotations
 
@@ -127,6 +129,8 @@ def main():
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--shapes", default="32x32x3:32,8x8x1:128", help="HxWxC:batch,...")
     p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl,compile-bf16,compile-bf16-cl")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every configuration this many times, round-robin, and report each one's median run")
     p.add_argument("--one", nargs=4, metavar=("SYSTEM", "SHAPE", "BATCH", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -136,11 +140,12 @@ def main():
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(json.dumps({"bench": "train_speed", "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
                       "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
-    best = {}
     for item in args.shapes.split(","):
         shape, batch = item.split(":")
-        for system in ("kuosan", "diffusers"):
-            for mode in args.modes.split(","):
+        configs = [(system, mode) for system in ("kuosan", "diffusers") for mode in args.modes.split(",")]
+        runs = {c: [] for c in configs}
+        for _ in range(args.repeats):  # round-robin: a slow spell of the machine hits every configuration alike
+            for system, mode in configs:
                 r = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", system, shape,
                                     batch, mode], capture_output=True, text=True)
                 if r.returncode != 0:
@@ -149,16 +154,26 @@ def main():
                     continue
                 rec = json.loads(r.stdout.strip().splitlines()[-1])
                 rec["share_of_bf16_peak"] = round(rec["achieved_gflops"] / peak["bf16"], 3)
-                print(json.dumps(rec), flush=True)
-                key = (shape, system)
-                if key not in best or rec["train_images_per_s"] > best[key]["train_images_per_s"]:
-                    best[key] = rec
-        k, d = best.get((shape, "kuosan")), best.get((shape, "diffusers"))
+                runs[(system, mode)].append(rec)
+                if args.repeats > 1:
+                    print(json.dumps({"repeat": True, **rec}), flush=True)
+        best = {}
+        for (system, mode), recs in runs.items():
+            if not recs:
+                continue
+            rec = dict(sorted(recs, key=lambda r: r["train_images_per_s"])[(len(recs) - 1) // 2])  # the median run
+            if args.repeats > 1:
+                rec["repeats"] = len(recs)
+                rec["train_images_per_s_range"] = [min(r["train_images_per_s"] for r in recs),
+                                                   max(r["train_images_per_s"] for r in recs)]
+            print(json.dumps(rec), flush=True)
+            if system not in best or rec["train_images_per_s"] > best[system]["train_images_per_s"]:
+                best[system] = rec
+        k, d = best.get("kuosan"), best.get("diffusers")
         if k and d:
             print(json.dumps({"summary": True, "shape": shape, "kuosan_best": [k["mode"], k["train_images_per_s"]],
                               "diffusers_best": [d["mode"], d["train_images_per_s"]],
                               "speedup": round(k["train_images_per_s"] / d["train_images_per_s"], 2)}), flush=True)
-
 
 if __name__ == "__main__":
     main()
