@@ -118,7 +118,8 @@ inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C,
 // channels at a time with the running sums in registers (a sum kept in memory makes every row
 // wait for the previous row's store); the tile's rows stay in the first-level cache across blocks.
 constexpr int64_t ROWS = 16;
-// acc = sum_n (x + e)
+// acc = sum_n (x + e): x + e per element, as the variance pass sees it (a sum of x plus N e would
+// lose digits when e cancels x's mean)
 template <typename T, int K = 4>
 inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* acc) {
   std::fill(acc, acc + C, 0.0f);
@@ -126,17 +127,18 @@ inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* ac
     const int64_t n1 = std::min(N, n0 + ROWS);
     for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
       __mmask16 m[K];
-      __m512 s[K];
-      for (int k = 0; k < K; ++k) m[k] = lanes(c0 + 16 * k, C), s[k] = load16(acc + c0 + 16 * k, m[k]);
+      __m512 s[K], ev[K];
+      for (int k = 0; k < K; ++k) {
+        const int64_t c = c0 + 16 * k;
+        m[k] = lanes(c, C);
+        s[k] = load16(acc + c, m[k]);
+        ev[k] = load16(e + c, m[k]);
+      }
       for (int64_t n = n0; n < n1; ++n)
-        for (int k = 0; k < K; ++k) s[k] = _mm512_add_ps(s[k], load16(x + n * C + c0 + 16 * k, m[k]));
+        for (int k = 0; k < K; ++k)
+          s[k] = _mm512_add_ps(s[k], _mm512_add_ps(load16(x + n * C + c0 + 16 * k, m[k]), ev[k]));
       for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, s[k], m[k]);
     }
-  }
-  const __m512 rows = _mm512_set1_ps(static_cast<float>(N));
-  for (int64_t c = 0; c < C; c += 16) {
-    const __mmask16 m = lanes(c, C);
-    store16(acc + c, _mm512_fmadd_ps(rows, load16(e + c, m), load16(acc + c, m)), m);
   }
 }
 // acc = sum_n (x + e - mu)^2
