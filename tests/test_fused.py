@@ -323,3 +323,20 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("groups,dilation", [(4, 1), (1, 2)])
+def test_grouped_or_dilated_convolutions_keep_onednn_weight_gradient(two_threads, groups, dilation):
+    """The rewritten routes were timed on ungrouped, undilated convolutions only; grouped and
+    dilated ones take oneDNN's own weight gradient (same values as PyTorch's)."""
+    ext = fused._extension()
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(8, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16 // groups, 3, 3).contiguous(memory_format=torch.channels_last)
+    r = ext.conv2d_backward(dy, x, w, [1, 1], [dilation] * 2, [dilation] * 2, groups, True, True, True)
+    ref = torch.ops.aten.convolution_backward(dy, x, w, [16], [1, 1], [dilation] * 2, [dilation] * 2, False, [0, 0],
+                                              groups, [True, True, True])
+    assert r[3] == "onednn"
+    for a, b in zip(r[:3], ref):
+        torch.testing.assert_close(a, b)

@@ -13,9 +13,9 @@
 //   convolution with batch and channels exchanged: xpad^T (C, B, H, W) convolved with the filters
 //   dy^T (O, B, H', W') gives dW^T (C, O, kh, kw). At 4x4 pixels, batch 128, 128 channels: 0.8 ms
 //   instead of 2.3 ms.
-// * "split" (two threads; 1x1 kernels, at least 32 samples per half, or at most 64 input
-//   channels): each thread of a two-thread OpenMP region runs oneDNN's single-threaded kernel on
-//   its half of the batch (a smaller team, under OMP_DYNAMIC or a thread limit, runs both in
+// * "split" (two threads, no groups or dilation; 1x1 kernels, at least 32 samples per half, or at
+//   most 64 input channels): each thread of a two-thread OpenMP region runs oneDNN's
+//   single-threaded kernel on its half of the batch (a smaller team, under OMP_DYNAMIC or a thread limit, runs both in
 //   turn), and the halves are added in float32. Each half comes back in w's dtype, so in bfloat16
 //   the sum is rounded twice: about 1.5x one call's rounding error (1.7e-3 against 1.1e-3 of the
 //   gradient's RMS). (128, 64, 8, 8) -> 64: 0.9 ms instead of 1.3 ms; 1x1 kernels about 2x. Each
@@ -44,7 +44,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   const bool unit = stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && groups == 1;
   const bool swap = unit && batch > 0 && kh * kw > 1 && dy.size(2) * dy.size(3) <= 16;
   // (with inputs in one memory format: mixed ones once made oneDNN wait forever in the region)
-  const bool split = !swap && batch >= 2 && omp_get_max_threads() == 2 && !omp_in_parallel() &&
+  // (ungrouped, undilated: the shapes it was timed on)
+  const bool split = !swap && groups == 1 && dilation[0] == 1 && dilation[1] == 1 && batch >= 2 &&
+                     omp_get_max_threads() == 2 && !omp_in_parallel() &&
                      (kh * kw == 1 || batch / 2 >= 32 || in_channels <= 64) && x.is_contiguous(cl) &&
                      dy.is_contiguous(cl) && w.is_contiguous(cl);
   std::vector<int64_t> bias_sizes{w.size(0)};
