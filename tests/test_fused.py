@@ -261,13 +261,20 @@ def test_conv_backward_input_without_gradient(two_threads):
     torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
 
 
+def run_script(code: str) -> None:
+    """Run ``code`` in a fresh Python process (fresh threads; a hang fails the test after 300 s
+    instead of stalling the suite) and require that it ends by printing "ok"."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
 def test_conv_backward_under_a_python_dispatch_mode():
     """Under FlopCounterMode (a Python dispatch mode) the backward runs PyTorch's own kernel and
     counts as nn.Conv2d does. Run in a subprocess so a hang (a kernel entering the mode without
     the interpreter lock) fails the test instead of stalling the suite."""
-    import subprocess
-    import sys
-
     code = """
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -286,8 +293,7 @@ assert counts[0] == counts[1] > 0, counts
 torch.testing.assert_close(conv.weight.grad, ref.weight.grad)
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    run_script(code)
 
 
 def test_batch_split_weight_gradient_is_repeatable():
@@ -295,9 +301,6 @@ def test_batch_split_weight_gradient_is_repeatable():
     batch) gives bitwise the same gradients call after call, from the first call of a fresh process
     on (a thread's first parallel call once changed its thread count mid-call), with the data at
     other addresses. In a subprocess: fresh OpenMP threads, and a hang fails instead of stalling."""
-    import subprocess
-    import sys
-
     code = """
 import torch
 from kuosan.networks import fused
@@ -321,8 +324,7 @@ for batch, c_in, c_out, k, size, dtype in [(64, 64, 32, 3, 8, torch.bfloat16), (
         assert all(torch.equal(a, b) for a, b in zip(r[:3], first[:3])), (batch, i)
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    run_script(code)
 
 
 @pytest.mark.parametrize("groups,dilation", [(4, 1), (1, 2)])

@@ -41,12 +41,12 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   const auto cl = at::MemoryFormat::ChannelsLast;
   torch::Tensor dx, dw, db;
   const int64_t batch = x.size(0), in_channels = x.size(1), kh = w.size(2), kw = w.size(3);
-  const bool unit = stride[0] == 1 && stride[1] == 1 && dilation[0] == 1 && dilation[1] == 1 && groups == 1;
-  const bool swap = unit && batch > 0 && kh * kw > 1 && dy.size(2) * dy.size(3) <= 16;
+  // both rewrites only for ungrouped, undilated convolutions (the shapes they were timed on)
+  const bool plain = dilation[0] == 1 && dilation[1] == 1 && groups == 1;
+  const bool swap = plain && stride[0] == 1 && stride[1] == 1 && batch > 0 && kh * kw > 1 &&
+                    dy.size(2) * dy.size(3) <= 16;
   // (with inputs in one memory format: mixed ones once made oneDNN wait forever in the region)
-  // (ungrouped, undilated: the shapes it was timed on)
-  const bool split = !swap && groups == 1 && dilation[0] == 1 && dilation[1] == 1 && batch >= 2 &&
-                     omp_get_max_threads() == 2 && !omp_in_parallel() &&
+  const bool split = plain && !swap && batch >= 2 && omp_get_max_threads() == 2 && !omp_in_parallel() &&
                      (kh * kw == 1 || batch / 2 >= 32 || in_channels <= 64) && x.is_contiguous(cl) &&
                      dy.is_contiguous(cl) && w.is_contiguous(cl);
   std::vector<int64_t> bias_sizes{w.size(0)};

@@ -118,50 +118,28 @@ inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C,
 // channels at a time with the running sums in registers (a sum kept in memory makes every row
 // wait for the previous row's store); the tile's rows stay in the first-level cache across blocks.
 constexpr int64_t ROWS = 16;
-// acc = sum_n (x + e): x + e per element, as the variance pass sees it (a sum of x plus N e would
-// lose digits when e cancels x's mean)
-template <typename T, int K = 4>
-inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* acc) {
+// acc = sum_n (x + s)^P, P = 1 or 2: the mean's sum with s = e, the variance's with s = e - mu
+// (x + e per element: a sum of x plus N e would lose digits when e cancels x's mean)
+template <int P, typename T, int K = 4>
+inline void power_sum_rows(const T* x, int64_t N, int64_t C, const float* s, float* acc) {
   std::fill(acc, acc + C, 0.0f);
   for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
     const int64_t n1 = std::min(N, n0 + ROWS);
     for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
       __mmask16 m[K];
-      __m512 s[K], ev[K];
+      __m512 t[K], sv[K];
       for (int k = 0; k < K; ++k) {
         const int64_t c = c0 + 16 * k;
         m[k] = lanes(c, C);
-        s[k] = load16(acc + c, m[k]);
-        ev[k] = load16(e + c, m[k]);
-      }
-      for (int64_t n = n0; n < n1; ++n)
-        for (int k = 0; k < K; ++k)
-          s[k] = _mm512_add_ps(s[k], _mm512_add_ps(load16(x + n * C + c0 + 16 * k, m[k]), ev[k]));
-      for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, s[k], m[k]);
-    }
-  }
-}
-// acc = sum_n (x + e - mu)^2
-template <typename T, int K = 4>
-inline void sqdev_rows(const T* x, int64_t N, int64_t C, const float* e, const float* mu, float* acc) {
-  std::fill(acc, acc + C, 0.0f);
-  for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
-    const int64_t n1 = std::min(N, n0 + ROWS);
-    for (int64_t c0 = 0; c0 < C; c0 += 16 * K) {
-      __mmask16 m[K];
-      __m512 s[K], shift[K];
-      for (int k = 0; k < K; ++k) {
-        const int64_t c = c0 + 16 * k;
-        m[k] = lanes(c, C);
-        s[k] = load16(acc + c, m[k]);
-        shift[k] = _mm512_sub_ps(load16(e + c, m[k]), load16(mu + c, m[k]));
+        t[k] = load16(acc + c, m[k]);
+        sv[k] = load16(s + c, m[k]);
       }
       for (int64_t n = n0; n < n1; ++n)
         for (int k = 0; k < K; ++k) {
-          const __m512 v = _mm512_add_ps(load16(x + n * C + c0 + 16 * k, m[k]), shift[k]);
-          s[k] = _mm512_fmadd_ps(v, v, s[k]);
+          const __m512 v = _mm512_add_ps(load16(x + n * C + c0 + 16 * k, m[k]), sv[k]);
+          t[k] = P == 1 ? _mm512_add_ps(t[k], v) : _mm512_fmadd_ps(v, v, t[k]);
         }
-      for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, s[k], m[k]);
+      for (int k = 0; k < K; ++k) store16(acc + c0 + 16 * k, t[k], m[k]);
     }
   }
 }
@@ -230,17 +208,15 @@ inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const flo
   }
 }
 #else
-template <typename T>
-inline void row_sum(const T* __restrict x, const float* __restrict e, float* __restrict acc, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) acc[c] += load(x, c) + e[c];
-}
-template <typename T>
-inline void row_sqdev(const T* __restrict x, const float* __restrict e, const float* __restrict mu,
-                      float* __restrict acc, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const float v = load(x, c) + e[c] - mu[c];
-    acc[c] += v * v;
-  }
+template <int P, typename T>
+inline void power_sum_rows(const T* __restrict x, int64_t N, int64_t C, const float* __restrict s,
+                           float* __restrict acc) {
+  std::fill(acc, acc + C, 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = load(x + n * C, c) + s[c];
+      acc[c] += P == 1 ? v : v * v;
+    }
 }
 template <typename T>
 inline void row_out(const T* __restrict x, const float* __restrict a, const float* __restrict d, T* __restrict y,
@@ -283,16 +259,6 @@ inline void row_dx(const float* __restrict dz, const T* __restrict x, const floa
   }
 }
 template <typename T>
-inline void sum_rows(const T* x, int64_t N, int64_t C, const float* e, float* acc) {
-  std::fill(acc, acc + C, 0.0f);
-  for (int64_t n = 0; n < N; ++n) row_sum(x + n * C, e, acc, C);
-}
-template <typename T>
-inline void sqdev_rows(const T* x, int64_t N, int64_t C, const float* e, const float* mu, float* acc) {
-  std::fill(acc, acc + C, 0.0f);
-  for (int64_t n = 0; n < N; ++n) row_sqdev(x + n * C, e, mu, acc, C);
-}
-template <typename T>
 inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a, const float* d, const float* e,
                     float* dz, float* s1, float* s2, bool act) {
   std::fill(s1, s1 + C, 0.0f);
@@ -325,22 +291,19 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
   const int64_t Cg = C / G;
   const double M = static_cast<double>(N * Cg);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> acc(C), mc(C), a(C), d(C), ec(C, 0.0f);
+    std::vector<float> acc(C), shift(C), a(C), d(C), ec(C, 0.0f);
     for (int64_t b = b0; b < b1; ++b) {
       const T* xb = x + b * N * C;
       T* yb = y + b * N * C;
       if (e) for (int64_t c = 0; c < C; ++c) ec[c] = e[b * C + c];
-      float* __restrict accp = acc.data();
-      const float* __restrict ep = ec.data();
-      const float* __restrict mp = mc.data();
-      sum_rows(xb, N, C, ep, accp);
+      power_sum_rows<1>(xb, N, C, ec.data(), acc.data());  // sum of x' = x + e
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];
         mean[b * G + g] = static_cast<float>(s / M);
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) mc[c] = mean[b * G + g];
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) shift[c] = ec[c] - mean[b * G + g];
       }
-      sqdev_rows(xb, N, C, ep, mp, accp);
+      power_sum_rows<2>(xb, N, C, shift.data(), acc.data());  // sum of (x' - mu)^2
       for (int64_t g = 0; g < G; ++g) {
         double s = 0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) s += acc[c];

@@ -18,6 +18,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_act_backward", &group_norm_act_backward, "its backward: dx, de, dW, dB (per sample)");
   // without the GIL: other Python threads (data loading) run meanwhile
   m.def("conv2d_backward", &conv2d_backward,
-        "2-D convolution backward: dx, dW, dbias, route of dW (swap, onednn)",
+        "2-D convolution backward: dx, dW, dbias, route of dW (swap, split, onednn, none)",
         py::call_guard<py::gil_scoped_release>());
 }
