@@ -210,11 +210,13 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
     taken = fused._EXT.conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
                                        list(conv.padding), list(conv.dilation), 1, True, True, bias)[3]
     assert taken == route
-    if route == "split":  # only with inputs in one memory format
-        nchw = fused._EXT.conv2d_backward(g.contiguous().to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype),
-                                          list(conv.stride), list(conv.padding), list(conv.dilation), 1, True, True,
-                                          bias)
-        assert nchw[3] == "onednn" and rel(nchw[1], ref.weight.grad) < tol
+    # dy in another layout (NCHW, or a channel slice as a concatenation's gradient gives) is made
+    # channels-last first: the same route and values
+    wide = torch.cat([g, g], 1).contiguous(memory_format=torch.channels_last)[:, :c_out]
+    for dy in (g.contiguous(), wide):
+        other = fused._EXT.conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
+                                           list(conv.padding), list(conv.dilation), 1, True, True, bias)
+        assert other[3] == route and rel(other[1], ref.weight.grad) < tol and rel(other[0], x_ref.grad) < tol
 
 
 def test_conv_backward_only_where_it_applies():
@@ -307,7 +309,7 @@ from kuosan.networks import fused
 torch.set_num_threads(2)
 ext = fused._extension()
 torch.manual_seed(0)
-for batch, c_in, c_out, k, size, dtype in [(64, 64, 32, 3, 8, torch.bfloat16), (16, 32, 32, 1, 6, torch.float32),
+for batch, c_in, c_out, k, size, dtype in [(64, 48, 32, 3, 8, torch.bfloat16), (16, 32, 32, 1, 6, torch.float32),
                                            (7, 24, 16, 3, 9, torch.bfloat16)]:
     x = torch.randn(batch, c_in, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
     dy = torch.randn(batch, c_out, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -325,6 +327,71 @@ for batch, c_in, c_out, k, size, dtype in [(64, 64, 32, 3, 8, torch.bfloat16), (
 print("ok")
 """
     run_script(code)
+
+
+amx = pytest.mark.skipif(not (fused.fused_available() and fused._extension().amx_weight_grad_available()),
+                         reason="no AMX tiles on this CPU")
+
+
+@amx
+@pytest.mark.parametrize("batch,c_in,c_out,size", [(5, 32, 64, (9, 7)),  # odd batch: uneven halves
+                                                   (1, 64, 32, (3, 3)),  # one sample: one half empty
+                                                   (2, 32, 32, (1, 1)),
+                                                   (6, 96, 64, (16, 16)),  # several chunks of pixels a half
+                                                   (3, 32, 96, (2, 40))])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k", [3, 1])
+def test_amx_weight_gradient_matches_definition(two_threads, batch, c_in, c_out, size, bias, k):
+    """The AMX route (bfloat16 3x3 and 1x1 convolutions, stride 1, padding k // 2) against float64
+    gradients of the same bfloat16 values: to bfloat16's rounding (2^-8 of the largest gradient);
+    bitwise the same on a second call with the data at other addresses."""
+    ext = fused._extension()
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(batch, c_in, *size).to(torch.bfloat16).contiguous(memory_format=cl)
+    dy = torch.randn(batch, c_out, *size).to(torch.bfloat16).contiguous(memory_format=cl)
+    w = torch.randn(c_out, c_in, k, k).to(torch.bfloat16).contiguous(memory_format=cl)
+    r = ext.conv2d_backward(dy, x, w, [1, 1], [k // 2] * 2, [1, 1], 1, True, True, bias)
+    assert r[3] == "amx"
+    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), [c_out], [1, 1], [k // 2] * 2,
+                                              [1, 1], False, [0, 0], 1, [True, True, True])
+    assert r[1].dtype == torch.bfloat16 and r[1].is_contiguous(memory_format=cl)
+    for got, want in zip(r[:2 + bias], ref):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() < 2 ** -8
+    if not bias:
+        assert r[2] is None
+    flat = torch.empty(x.numel() + 24, dtype=x.dtype)
+    x2 = flat[24:].as_strided(x.shape, x.stride()).copy_(x)
+    again = ext.conv2d_backward(dy, x2, w, [1, 1], [k // 2] * 2, [1, 1], 1, False, True, bias)
+    assert torch.equal(again[1], r[1]) and (not bias or torch.equal(again[2], r[2]))
+
+
+@amx
+def test_amx_route_serves_the_unet_convolutions(two_threads):
+    """Through nn.Conv2d under bfloat16 autocast, as the U-Net trains: the parameters' float32
+    gradients match float64 ones; float32 training and 3x3 convolutions whose channels are not
+    multiples of 32 keep the other routes."""
+    ext = fused._extension()
+    torch.manual_seed(0)
+    conv = Conv2d(64, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 64, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
+    y.backward(g.to(y.dtype))
+    ref = torch.nn.Conv2d(64, 32, 3, padding=1).double()
+    ref.load_state_dict(conv.state_dict())
+    ref(x.to(torch.bfloat16).double()).backward(g.to(torch.bfloat16).double())
+    for p, q in ((conv.weight, ref.weight), (conv.bias, ref.bias)):
+        assert p.grad.dtype == torch.float32
+        assert ((p.grad.double() - q.grad).abs().max() / q.grad.abs().max()).item() < 5e-3
+    bf, cl = torch.bfloat16, torch.channels_last
+    xb, gb = x.to(bf), g.to(bf).contiguous(memory_format=cl)
+    w = conv.weight.detach().contiguous(memory_format=cl)
+    assert ext.conv2d_backward(gb, xb, w.to(bf), [1, 1], [1, 1], [1, 1], 1, True, True, True)[3] == "amx"
+    assert ext.conv2d_backward(g, x, w, [1, 1], [1, 1], [1, 1], 1, True, True, True)[3] != "amx"
+    assert ext.conv2d_backward(gb[:, :24].contiguous(memory_format=cl), xb, w[:24].to(bf), [1, 1], [1, 1], [1, 1],
+                               1, True, True, True)[3] != "amx"
 
 
 @pytest.mark.parametrize("groups,dilation", [(4, 1), (1, 2)])

@@ -47,7 +47,8 @@ def _extension():
         from torch.utils.cpp_extension import load
 
         here = Path(__file__).parent
-        sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp")]
+        sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp",
+                                             "conv_weight_grad.cpp")]
         # the norm kernel's AVX-512 loops use 512-bit vectors themselves (intrinsics); the
         # compiler's own choice of width stays its default (docs/speed.md)
         flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]

@@ -1,4 +1,4 @@
-// Python bindings of kuosan's CPU kernels (group_norm_act.cpp, conv_backward.cpp).
+// Python bindings of kuosan's CPU kernels (group_norm_act.cpp, conv_backward.cpp, conv_weight_grad.cpp).
 #include <torch/extension.h>
 #include <string>
 #include <tuple>
@@ -11,6 +11,7 @@ std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tens
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
     torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias);
+bool amx_weight_grad_available();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_act_forward", &group_norm_act_forward,
@@ -18,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_act_backward", &group_norm_act_backward, "its backward: dx, de, dW, dB (per sample)");
   // without the GIL: other Python threads (data loading) run meanwhile
   m.def("conv2d_backward", &conv2d_backward,
-        "2-D convolution backward: dx, dW, dbias, route of dW (swap, split, onednn, none)",
+        "2-D convolution backward: dx, dW, dbias, route of dW (amx, swap, split, onednn, none)",
         py::call_guard<py::gil_scoped_release>());
+  m.def("amx_weight_grad_available", &amx_weight_grad_available, "whether the AMX weight-gradient route is built and usable");
 }
