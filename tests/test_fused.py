@@ -62,6 +62,27 @@ def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
         assert rel(a, r) < (tol if name == "x" or dtype == torch.float32 else 2e-2), name
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("used", ["both", "norm", "residual"])
+def test_passthrough_adds_the_residual_gradient(dtype, tol, used):
+    """``passthrough=True`` returns x again for a residual path; x's gradient is the sum of both
+    paths' (added inside the backward kernel), whichever of them reaches the loss."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 48, 5, 6).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight, bias = torch.randn(48), torch.randn(48)
+    y, skip = group_norm_act(x, 8, weight, bias, act=True, passthrough=True)
+    assert torch.equal(skip, x)
+    gy, gs = (torch.randn(x.shape).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    x64 = x.detach().double().requires_grad_()
+    y64 = reference(x64, 8, weight.double(), bias.double(), None, None, None, True)
+    paths = {"both": ((y, gy), (skip, gs)), "norm": ((y, gy),), "residual": ((skip, gs),)}[used]
+    paths64 = {"both": ((y64, gy), (x64, gs)), "norm": ((y64, gy),), "residual": ((x64, gs),)}[used]
+    (dx,) = torch.autograd.grad(sum((t.float() * g).sum() for t, g in paths), x)
+    (dx64,) = torch.autograd.grad(sum((t * g.double()).sum() for t, g in paths64), x64)
+    assert dx.dtype == dtype
+    assert ((dx.double() - dx64).abs().max() / dx64.abs().max()).item() < tol
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_results_do_not_depend_on_buffer_alignment(dtype):
     """Bitwise the same output and gradients for the same values stored at another address (exact
@@ -217,6 +238,36 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
         other = fused._EXT.conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
                                            list(conv.padding), list(conv.dilation), 1, True, True, bias)
         assert other[3] == route and rel(other[1], ref.weight.grad) < tol and rel(other[0], x_ref.grad) < tol
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("layout", ["fused", "nchw"])
+def test_conv_with_residual(two_threads, autocast, layout):
+    """``conv(x, residual=r)`` is ``conv(x) + r``: the addition inside oneDNN's convolution where
+    r is channels-last in the convolution's dtype, a separate addition otherwise; the residual's
+    gradient is the output's."""
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=cl)
+    ref = torch.nn.Conv2d(32, 32, 3, padding=1).double()
+    ref.load_state_dict(conv.state_dict())
+    dtype = torch.bfloat16 if autocast else torch.float32
+    x = torch.randn(4, 32, 6, 5).contiguous(memory_format=cl)
+    r = torch.randn(4, 32, 6, 5).to(dtype)
+    r = (r.contiguous(memory_format=cl) if layout == "fused" else r.contiguous()).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = conv(x.requires_grad_(), residual=r)
+    assert y.dtype == dtype
+    g = torch.randn(y.shape).to(dtype)
+    y.backward(g)
+    x64, r64 = x.detach().double().requires_grad_(), r.detach().double().requires_grad_()
+    y64 = ref(x64) + r64
+    y64.backward(g.double())
+    tol = 1e-2 if autocast else 1e-5
+    for a, b in ((y, y64), (x.grad, x64.grad), (r.grad, r64.grad), (conv.weight.grad, ref.weight.grad),
+                 (conv.bias.grad, ref.bias.grad)):
+        assert ((a.double() - b).abs().max() / b.abs().max()).item() < tol
+    assert torch.equal(r.grad, g)  # the output's gradient, passed on
 
 
 def test_conv_backward_only_where_it_applies():
@@ -392,6 +443,21 @@ def test_amx_route_serves_the_unet_convolutions(two_threads):
     assert ext.conv2d_backward(g, x, w, [1, 1], [1, 1], [1, 1], 1, True, True, True)[3] != "amx"
     assert ext.conv2d_backward(gb[:, :24].contiguous(memory_format=cl), xb, w[:24].to(bf), [1, 1], [1, 1], [1, 1],
                                1, True, True, True)[3] != "amx"
+    # nor strided, unpadded, dilated or grouped ones, or an NCHW input: those keep the other routes,
+    # with PyTorch's values
+    wb = w.to(bf)
+    for stride, padding, dilation, groups, xin in (([2, 2], [1, 1], [1, 1], 1, xb), ([1, 1], [0, 0], [1, 1], 1, xb),
+                                                    ([1, 1], [2, 2], [2, 2], 1, xb), ([1, 1], [1, 1], [1, 1], 2, xb),
+                                                    ([1, 1], [1, 1], [1, 1], 1, xb.contiguous())):
+        wg = wb[:, : 64 // groups].contiguous(memory_format=cl)
+        dyg = F.conv2d(xin.float(), wg.float(), None, stride, padding, dilation, groups).to(bf)
+        dyg = torch.randn_like(dyg).contiguous(memory_format=cl)
+        r = ext.conv2d_backward(dyg, xin, wg, stride, padding, dilation, groups, True, True, True)
+        want = torch.ops.aten.convolution_backward(dyg.double(), xin.double(), wg.double(), [32], stride, padding,
+                                                   dilation, False, [0, 0], groups, [True, True, True])
+        assert r[3] != "amx", (stride, padding, dilation, groups)
+        for got, ref_ in zip(r[:3], want):
+            assert ((got.double() - ref_).abs().max() / ref_.abs().max()).item() < 1e-2
 
 
 @pytest.mark.parametrize("groups,dilation", [(4, 1), (1, 2)])

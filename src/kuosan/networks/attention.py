@@ -79,7 +79,8 @@ class SelfAttention2d(nn.Module):
         """(B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
         heads, d = self.num_heads, c // self.num_heads
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, C)
         # chunks of the last dimension: their gradients assemble with one concatenation
         q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in self.qkv(tokens).chunk(3, dim=-1))
         out = attend(q, k, v)
@@ -218,6 +219,7 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
         """(B, C, H, W), (B, L, D_c), (B, L) -> (B, C, H, W)."""
         b, c, h, w = x.shape
-        tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # (B, N, C)
+        tokens, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
+        tokens = self.proj_in(tokens.flatten(2).transpose(1, 2))  # (B, N, C)
         tokens = self.proj_out(self.block(tokens, context.to(tokens.dtype), context_mask))
         return x + tokens.transpose(1, 2).reshape(b, c, h, w)

@@ -25,12 +25,14 @@ def clamp_groups(channels: int, groups: int) -> int:
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state-dict names) whose forward also takes what
     follows it in a U-Net block, fused on channels-last CPU tensors (:mod:`kuosan.networks.fused`):
-    ``norm(x, e=, scale=, shift=, act=True)`` is ``SiLU(GN(x + e) (1 + scale) + shift)``."""
+    ``norm(x, e=, scale=, shift=, act=True)`` is ``SiLU(GN(x + e) (1 + scale) + shift)``;
+    ``passthrough=True`` also returns x, for the block's residual path (:func:`group_norm_act`)."""
 
     def forward(self, x: torch.Tensor, *, e: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
+                shift: torch.Tensor | None = None, act: bool = False,
+                passthrough: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, e=e, scale=scale, shift=shift,
-                              act=act)
+                              act=act, passthrough=passthrough)
 
 
 class Conv2d(nn.Conv2d):
@@ -39,8 +41,9 @@ class Conv2d(nn.Conv2d):
     channels exchanged, or halves of the batch on two threads: :func:`kuosan.networks.fused.conv2d`);
     the forward and every other case are ``nn.Conv2d``'s."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d(x, self)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``conv(x)``, plus ``residual`` (added inside the convolution where it can be)."""
+        return conv2d(x, self, residual)
 
 
 def normalization(channels: int, *, groups: int = 32) -> GroupNorm:
@@ -120,7 +123,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W), (B, E) -> (B, C_out, H, W)."""
         norm, _, conv = self.in_layers  # (GN, SiLU, conv) with the SiLU fused into the norm
-        h = conv(norm(x, act=True))
+        h, x = norm(x, act=True, passthrough=True)  # x's two gradients meet in the norm's backward
+        h = conv(h)
         e = self.emb_layers(emb)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
@@ -128,7 +132,7 @@ class ResBlock(nn.Module):
         else:
             h = self.out_norm(h, e=e, act=True)
         _, dropout, conv = self.out_layers
-        return self.skip(x) + conv(dropout(h))
+        return conv(dropout(h), residual=self.skip(x))
 
 
 class Downsample(nn.Module):

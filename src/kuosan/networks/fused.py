@@ -68,8 +68,13 @@ def fused_available() -> bool:
 
 
 class _GroupNormAct(torch.autograd.Function):
+    """With ``passthrough`` the Function also returns x itself, for the block's residual path; the
+    gradient that arrives there is added to dx inside the backward kernel, in place of autograd's
+    separate addition of the two gradients of x (one pass over memory instead of three)."""
+
     @staticmethod
-    def forward(ctx, x, e, W, B, groups: int, eps: float, act: bool):
+    def forward(ctx, x, e, W, B, groups: int, eps: float, act: bool, passthrough: bool):
+        ctx.set_materialize_grads(False)
         b, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view for channels-last x
         e_ = e.float().contiguous() if e is not None else x.new_empty(0, dtype=torch.float32)
@@ -78,17 +83,24 @@ class _GroupNormAct(torch.autograd.Function):
         ctx.save_for_backward(tokens, e_, W_, B_, mean, rstd)
         ctx.act, ctx.shape = act, (b, c, h, w)
         ctx.dtypes = (e.dtype if e is not None else None, W.dtype, B.dtype)
-        return y.view(b, h, w, c).permute(0, 3, 1, 2)
+        y = y.view(b, h, w, c).permute(0, 3, 1, 2)
+        return (y, x) if passthrough else y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dskip=None):
         tokens, e_, W_, B_, mean, rstd = ctx.saved_tensors
         b, c, h, w = ctx.shape
-        dy = dy.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
-        dx, de, dW, dB = _EXT.group_norm_act_backward(dy, tokens, e_, W_, B_, mean, rstd, ctx.act)
+        if dy is None:  # only the residual path reached the loss
+            return dskip, None, None, None, None, None, None, None
         e_dtype, W_dtype, B_dtype = ctx.dtypes
+
+        def tokens_of(t):  # (B, C, H, W) -> the (B, HW, C) rows of the kernel, a view if channels-last
+            return t.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+        skip = tokens_of(dskip) if dskip is not None else tokens.new_empty(0)
+        dx, de, dW, dB = _EXT.group_norm_act_backward(tokens_of(dy), tokens, e_, W_, B_, mean, rstd, ctx.act, skip)
         de = de.to(e_dtype) if e_dtype is not None else None
-        return dx.view(b, h, w, c).permute(0, 3, 1, 2), de, dW.to(W_dtype), dB.to(B_dtype), None, None, None
+        return dx.view(b, h, w, c).permute(0, 3, 1, 2), de, dW.to(W_dtype), dB.to(B_dtype), None, None, None, None
 
 
 def fusable(x: torch.Tensor) -> bool:
@@ -100,26 +112,30 @@ def fusable(x: torch.Tensor) -> bool:
 
 def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, *,
                    e: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                   shift: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
+                   shift: torch.Tensor | None = None, act: bool = False,
+                   passthrough: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``GN(x + e) * (1 + scale) + shift``, then SiLU if ``act``, for x (B, C, H, W).
 
     ``weight``, ``bias`` (C,) are the GroupNorm affine; ``e``, ``scale``, ``shift`` (B, C) are
     optional per-sample inputs. The output has x's dtype (float32 where PyTorch's GroupNorm
     upcasts under autocast) and memory format. The fused kernel serves channels-last float32 or
     bfloat16 CPU tensors (see :func:`fusable`); anything else runs as PyTorch operations.
+
+    ``passthrough=True`` returns ``(out, x)``: x again, for a residual path to use in place of x,
+    so that the fused backward adds the two gradients of x as it writes dx.
     """
     if fusable(x):
         b = x.shape[0]
         W, B = weight.expand(b, -1), bias.expand(b, -1)
         if scale is not None:
             W, B = W * (1 + scale), B * (1 + scale) + shift
-        return _GroupNormAct.apply(x, e, W, B, groups, eps, act)
-    if e is not None:
-        x = x + e[:, :, None, None].to(x.dtype)
-    h = F.group_norm(x, groups, weight, bias, eps)
+        return _GroupNormAct.apply(x, e, W, B, groups, eps, act, passthrough)
+    h = x + e[:, :, None, None].to(x.dtype) if e is not None else x
+    h = F.group_norm(h, groups, weight, bias, eps)
     if scale is not None:
         h = h * (1 + scale[:, :, None, None].to(h.dtype)) + shift[:, :, None, None].to(h.dtype)
-    return F.silu(h) if act else h
+    h = F.silu(h) if act else h
+    return (h, x) if passthrough else h
 
 
 class _Conv2d(torch.autograd.Function):
@@ -128,13 +144,22 @@ class _Conv2d(torch.autograd.Function):
     1, at most 16 output pixels) or by halves of the batch on two threads, where that is faster. A
     backward that must itself be differentiable (``create_graph=True``, e.g. sliced score matching)
     or that runs under a Python dispatch mode (FlopCounterMode, ...) takes PyTorch's own
-    ``convolution_backward``, which has a derivative."""
+    ``convolution_backward``, which has a derivative.
+
+    With a ``residual`` (the block's skip path, same shape, dtype and layout as the output) the
+    forward is oneDNN's convolution with the addition fused into its output stage (one pass over
+    memory less than a separate addition), and the residual's gradient is dy itself."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups: int, residual=None):
         ctx.save_for_backward(x, weight)
         ctx.conf = (list(stride), list(padding), list(dilation), groups, bias is not None)
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        if residual is None:
+            return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        if _get_current_dispatch_mode() is not None:  # a mode (FlopCounterMode) sees the plain operations
+            return F.conv2d(x, weight, bias, stride, padding, dilation, groups) + residual
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, list(padding), list(stride),
+                                                              list(dilation), groups, "add", None, None, [], None)
 
     @staticmethod
     def backward(ctx, dy):
@@ -150,7 +175,7 @@ class _Conv2d(torch.autograd.Function):
                                                              [0, 0], groups, mask)
         else:
             dx, dw, db, _ = _EXT.conv2d_backward(dy, x, w, stride, padding, dilation, groups, *mask)
-        return dx, dw, db, None, None, None, None
+        return dx, dw, db, None, None, None, None, dy if ctx.needs_input_grad[7] else None
 
 
 def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
@@ -163,15 +188,21 @@ def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
             and not torch.compiler.is_compiling() and fused_available())
 
 
-def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for an ``nn.Conv2d``, with the faster weight gradient where :func:`conv_backward_applies`.
-    Under autocast the inputs are cast as autocast would (outside the autograd Function, so the
-    casts' own backward returns float32 gradients to float32 parameters)."""
+def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv(x)`` (plus ``residual``) for an ``nn.Conv2d``, with the faster weight gradient where
+    :func:`conv_backward_applies`. Under autocast the inputs are cast as autocast would (outside the
+    autograd Function, so the casts' own backward returns float32 gradients to float32
+    parameters). A residual in the convolution's dtype and channels-last layout is added inside
+    the convolution; otherwise by a separate addition (same result up to rounding)."""
     autocast = torch.is_autocast_enabled("cpu")
     if not conv_backward_applies(x, conv) or (not autocast and x.dtype != conv.weight.dtype):
-        return torch.nn.Conv2d.forward(conv, x)
+        y = torch.nn.Conv2d.forward(conv, x)
+        return y if residual is None else y + residual
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     bias = None if conv.bias is None else conv.bias.to(dtype)
+    fuse = (residual is not None and residual.dtype == dtype and residual.device.type == "cpu"
+            and residual.is_contiguous(memory_format=torch.channels_last))
     with torch.autocast("cpu", enabled=False):
-        return _Conv2d.apply(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation,
-                             conv.groups)
+        y = _Conv2d.apply(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation,
+                          conv.groups, residual if fuse else None)
+    return y if residual is None or fuse else y + residual

@@ -179,10 +179,11 @@ inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a
     }
   }
 }
-// dx = dz * P + x * Q + R (all rows); dec = sum_n dx
+// dx = dz * P + x * Q + R (all rows), plus skip (x's gradient from elsewhere) if not null; dec = sum_n of
+// dz * P + x * Q + R
 template <typename T, int K = 4>
 inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const float* P, const float* Q, const float* R,
-                    T* dx, float* dec) {
+                    const T* skip, T* dx, float* dec) {
   std::fill(dec, dec + C, 0.0f);
   for (int64_t n0 = 0; n0 < N; n0 += ROWS) {
     const int64_t n1 = std::min(N, n0 + ROWS);
@@ -201,7 +202,7 @@ inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const flo
           const __m512 v = _mm512_fmadd_ps(load16(dz + i, m[k]), pv[k],
                                            _mm512_fmadd_ps(load16(x + i, m[k]), qv[k], rv[k]));
           t[k] = _mm512_add_ps(t[k], v);
-          store16(dx + i, v, m[k]);
+          store16(dx + i, skip ? _mm512_add_ps(v, load16(skip + i, m[k])) : v, m[k]);
         }
       for (int k = 0; k < K; ++k) store16(dec + c0 + 16 * k, t[k], m[k]);
     }
@@ -250,12 +251,12 @@ inline void row_dz(const T* __restrict g, const T* __restrict x, const float* __
 }
 template <typename T>
 inline void row_dx(const float* __restrict dz, const T* __restrict x, const float* __restrict P,
-                   const float* __restrict Q, const float* __restrict R, T* __restrict dx, float* __restrict dec,
-                   int64_t C) {
+                   const float* __restrict Q, const float* __restrict R, const T* __restrict skip, T* __restrict dx,
+                   float* __restrict dec, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     const float v = dz[c] * P[c] + load(x, c) * Q[c] + R[c];
     dec[c] += v;
-    store(dx, c, v);
+    store(dx, c, skip ? v + load(skip, c) : v);
   }
 }
 template <typename T>
@@ -267,9 +268,10 @@ inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a
 }
 template <typename T>
 inline void dx_rows(const float* dz, const T* x, int64_t N, int64_t C, const float* P, const float* Q, const float* R,
-                    T* dx, float* dec) {
+                    const T* skip, T* dx, float* dec) {
   std::fill(dec, dec + C, 0.0f);
-  for (int64_t n = 0; n < N; ++n) row_dx(dz + n * C, x + n * C, P, Q, R, dx + n * C, dec, C);
+  for (int64_t n = 0; n < N; ++n)
+    row_dx(dz + n * C, x + n * C, P, Q, R, skip ? skip + n * C : nullptr, dx + n * C, dec, C);
 }
 #endif
 
@@ -319,8 +321,8 @@ void forward_kernel(const T* x, const float* e, const float* W, const float* Bi,
 
 template <typename T>
 void backward_kernel(const T* dy, const T* x, const float* e, const float* W, const float* Bi, const float* mean,
-                     const float* rstd, T* dx, float* de, float* dW, float* dB, int64_t B, int64_t N, int64_t C,
-                     int64_t G, bool act) {
+                     const float* rstd, const T* skip, T* dx, float* de, float* dW, float* dB, int64_t B, int64_t N,
+                     int64_t C, int64_t G, bool act) {
   const int64_t Cg = C / G;
   const float M = static_cast<float>(N * Cg);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -360,7 +362,7 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
       const float* __restrict Qp = Q.data();
       const float* __restrict Rp = R.data();
       float* __restrict decp = dec.data();
-      dx_rows(dz.data(), xb, N, C, Pp, Qp, Rp, dxb, decp);
+      dx_rows(dz.data(), xb, N, C, Pp, Qp, Rp, skip ? skip + b * N * C : nullptr, dxb, decp);
       if (de) for (int64_t c = 0; c < C; ++c) de[b * C + c] = dec[c];
     }
   });
@@ -399,10 +401,14 @@ std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor
 }
 
 std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
-                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act) {
+                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act,
+                                                   torch::Tensor skip) {
   check(x, W, Bi, mean.size(1));
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must match x");
+  TORCH_CHECK(!skip.numel() || (skip.sizes() == x.sizes() && skip.scalar_type() == x.scalar_type()),
+              "the skip gradient must match x");
   dy = dy.contiguous();
+  if (skip.numel()) skip = skip.contiguous();
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), G = mean.size(1);
   auto dx = torch::empty_like(x);
   auto fopt = x.options().dtype(at::kFloat);
@@ -411,13 +417,16 @@ std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tens
   float* de_ptr = e.numel() ? de.data_ptr<float>() : nullptr;
   if (x.scalar_type() == at::kFloat)
     backward_kernel<float>(dy.data_ptr<float>(), x.data_ptr<float>(), optional_ptr(e), W.data_ptr<float>(),
-                           Bi.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), dx.data_ptr<float>(),
-                           de_ptr, dW.data_ptr<float>(), dB.data_ptr<float>(), B, N, C, G, act);
+                           Bi.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                           skip.numel() ? skip.data_ptr<float>() : nullptr, dx.data_ptr<float>(), de_ptr,
+                           dW.data_ptr<float>(), dB.data_ptr<float>(), B, N, C, G, act);
   else
     backward_kernel<uint16_t>(reinterpret_cast<const uint16_t*>(dy.data_ptr<at::BFloat16>()),
                               reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), optional_ptr(e),
                               W.data_ptr<float>(), Bi.data_ptr<float>(), mean.data_ptr<float>(),
-                              rstd.data_ptr<float>(), reinterpret_cast<uint16_t*>(dx.data_ptr<at::BFloat16>()),
+                              rstd.data_ptr<float>(),
+                              skip.numel() ? reinterpret_cast<const uint16_t*>(skip.data_ptr<at::BFloat16>()) : nullptr,
+                              reinterpret_cast<uint16_t*>(dx.data_ptr<at::BFloat16>()),
                               de_ptr, dW.data_ptr<float>(), dB.data_ptr<float>(), B, N, C, G, act);
   return {dx, de, dW, dB};
 }

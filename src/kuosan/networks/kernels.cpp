@@ -7,7 +7,8 @@
 std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi,
                                                   int64_t G, double eps, bool act);
 std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
-                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act);
+                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act,
+                                                   torch::Tensor skip);
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
     torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias);
@@ -16,7 +17,8 @@ bool amx_weight_grad_available();
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_norm_act_forward", &group_norm_act_forward,
         "fused GroupNorm (+ additive input, per-sample affine, SiLU) forward: y, mean, rstd");
-  m.def("group_norm_act_backward", &group_norm_act_backward, "its backward: dx, de, dW, dB (per sample)");
+  m.def("group_norm_act_backward", &group_norm_act_backward,
+        "its backward: dx (plus skip, x's gradient from elsewhere, if not empty), de, dW, dB (per sample)");
   // without the GIL: other Python threads (data loading) run meanwhile
   m.def("conv2d_backward", &conv2d_backward,
         "2-D convolution backward: dx, dW, dbias, route of dW (amx, swap, split, onednn, none)",
