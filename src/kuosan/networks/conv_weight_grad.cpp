@@ -197,9 +197,11 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
   auto zeros = torch::zeros({std::max(C, O)}, opts);
   auto bias = torch::zeros({2, need_bias ? O * 16 : 0}, opts.dtype(at::kFloat));
   std::exception_ptr error;
-#pragma omp parallel num_threads(2)
+  // two threads, or one where torch runs on one (torch.set_num_threads(1), OMP_NUM_THREADS=1: a
+  // second thread would compete with the other processes the user placed on the other cores)
+#pragma omp parallel num_threads(std::min(2, omp_get_max_threads()))
   {
-    // half h on thread h; a smaller team (OMP_DYNAMIC, a thread limit) runs both halves in turn
+    // half h on thread h; a smaller team (one thread, OMP_DYNAMIC, a thread limit) runs both halves in turn
     for (int h = omp_get_thread_num(); h < 2; h += omp_get_num_threads()) {
       try {
         accumulate((const bf16*)x.data_ptr(), (const bf16*)dy.data_ptr(), acc[h].data_ptr<float>(),
