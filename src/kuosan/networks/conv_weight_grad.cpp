@@ -1,5 +1,6 @@
-// Weight gradient of a 3x3, stride-1, padding-1 convolution in bfloat16 on AMX tiles
-// (used by conv_backward.cpp as its "amx" route):
+// Weight (and bias) gradient of a 3x3, stride-1, padding-1 convolution in bfloat16 on AMX tiles
+// (used by conv_backward.cpp as its "amx" route; a 1x1 convolution is the same with one tap and
+// no added row or column):
 //
 //   dW[o, i, j, c] = sum_{b, y, x} dy[b, y, x, o] * xpad[b, y + i, x + j, c]      (channels last)
 //
@@ -18,8 +19,8 @@
 //
 // The extra row and column cost (H + 1)(W + 1) / (H W) of the products: 1.27x at 8x8, 1.06x at
 // 32x32; oneDNN's kernel (torch 2.13) runs 2-4x slower than this at the U-Net's shapes on 2 cores
-// (docs/speed.md). Each of two threads takes half the batch into its own float32 sums, added at
-// the end in one order: the result is the same every run.
+// (docs/speed.md). Each of two threads (or one thread in turn) takes half the batch into its own
+// float32 sums, added at the end in one order: the result is the same every run, on 1 or 2 threads.
 #include <torch/extension.h>
 #include <omp.h>
 #include <algorithm>
