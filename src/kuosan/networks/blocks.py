@@ -37,9 +37,10 @@ class GroupNorm(nn.GroupNorm):
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict names) whose training backward on channels-last
-    CPU tensors computes the weight gradient by a faster route where there is one (batch and
-    channels exchanged, or halves of the batch on two threads: :func:`kuosan.networks.fused.conv2d`);
-    the forward and every other case are ``nn.Conv2d``'s."""
+    CPU tensors computes the weight gradient by a faster route where there is one (an AMX tile
+    kernel, batch and channels exchanged, or halves of the batch on two threads:
+    :func:`kuosan.networks.fused.conv2d`), and whose forward can add a residual inside the
+    convolution; every other case is ``nn.Conv2d``'s."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``conv(x)``, plus ``residual`` (added inside the convolution where it can be)."""

@@ -9,8 +9,9 @@
 // convolution of the same size at U-Net shapes: its reduction over the batch and pixels scales
 // poorly across threads, and with few pixels the reduction is short. Three rewrites of the same sum:
 //
-// * "amx" (bfloat16, 3x3, stride 1, padding 1, channels multiples of 32, a CPU with AMX): kuosan's
-//   own tile kernel, nine matrix products over the flattened pixels (conv_weight_grad.cpp). At
+// * "amx" (bfloat16, 3x3 with padding 1 or 1x1, stride 1, channels multiples of 32, a CPU with
+//   AMX): kuosan's own tile kernel, nine (or one) matrix products over the flattened pixels
+//   (conv_weight_grad.cpp). At
 //   (128, 128, 8, 8) -> 128: 1.4 ms instead of 3.0 ms.
 // * "swap" (stride 1, kernel > 1, at most 16 output pixels): the sum is itself a forward
 //   convolution with batch and channels exchanged: xpad^T (C, B, H, W) convolved with the filters
@@ -37,7 +38,8 @@
 #include <tuple>
 #include <vector>
 
-bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w);
+bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w,
+                             const std::vector<int64_t>& stride, const std::vector<int64_t>& padding);
 std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy, const torch::Tensor& x,
                                                          const torch::Tensor& w, bool need_bias);
 
@@ -53,8 +55,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   const int64_t batch = x.size(0), in_channels = x.size(1), kh = w.size(2), kw = w.size(3);
   // the rewrites only for ungrouped, undilated convolutions (the shapes they were timed on)
   const bool plain = dilation[0] == 1 && dilation[1] == 1 && groups == 1;
-  const bool amx = plain && need_weight && stride[0] == 1 && stride[1] == 1 && padding[0] == kh / 2 &&
-                   padding[1] == kh / 2 && amx_weight_grad_applies(x, dy, w);
+  const bool amx = plain && need_weight && amx_weight_grad_applies(x, dy, w, stride, padding);
   const bool swap = !amx && plain && stride[0] == 1 && stride[1] == 1 && batch > 0 && kh * kw > 1 &&
                     dy.size(2) * dy.size(3) <= 16;
   // (with inputs in one memory format: mixed ones once made oneDNN wait forever in the region)

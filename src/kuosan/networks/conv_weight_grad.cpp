@@ -173,13 +173,15 @@ bool amx_weight_grad_available() {
 #endif
 }
 
-// bfloat16 channels-last x and dy, a 1x1 or 3x3 kernel, channels multiples of 32 (callers check
-// stride 1, padding kernel / 2, no dilation or groups)
-bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w) {
+// bfloat16 channels-last x and dy, a 1x1 or 3x3 kernel with stride 1 and padding kernel / 2,
+// channels multiples of 32 (callers check that there are no groups or dilation)
+bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w,
+                             const std::vector<int64_t>& stride, const std::vector<int64_t>& padding) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   const int64_t k = w.size(2);
   return x.scalar_type() == at::kBFloat16 && dy.scalar_type() == at::kBFloat16 && (k == 1 || k == 3) &&
-         w.size(3) == k && x.size(0) > 0 && x.size(1) % 32 == 0 && w.size(0) % 32 == 0 && x.is_contiguous(cl) &&
+         w.size(3) == k && stride[0] == 1 && stride[1] == 1 && padding[0] == k / 2 && padding[1] == k / 2 &&
+         x.size(0) > 0 && x.size(1) % 32 == 0 && w.size(0) % 32 == 0 && x.is_contiguous(cl) &&
          dy.is_contiguous(cl) && !omp_in_parallel() && amx_weight_grad_available();
 }
 

@@ -140,8 +140,9 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: tor
 
 class _Conv2d(torch.autograd.Function):
     """``F.conv2d`` whose backward is ``conv_backward.cpp``: the input gradient is oneDNN's; the
-    weight gradient is computed as a forward convolution with batch and channels exchanged (stride
-    1, at most 16 output pixels) or by halves of the batch on two threads, where that is faster. A
+    weight gradient is kuosan's AMX tile kernel (bf16 3x3 and 1x1), a forward convolution with
+    batch and channels exchanged (stride 1, at most 16 output pixels) or halves of the batch on two
+    threads, where that is faster. A
     backward that must itself be differentiable (``create_graph=True``, e.g. sliced score matching)
     or that runs under a Python dispatch mode (FlopCounterMode, ...) takes PyTorch's own
     ``convolution_backward``, which has a derivative.
