@@ -475,3 +475,21 @@ def test_grouped_or_dilated_convolutions_keep_onednn_weight_gradient(two_threads
     assert r[3] == "onednn"
     for a, b in zip(r[:3], ref):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("what", ["height", "width", "out_channels", "batch", "in_channels"])
+def test_conv_backward_rejects_shapes_that_disagree(what):
+    """dy, x and w must describe one convolution: every route indexes dy through x's and w's sizes,
+    so a dy of another size is an error, not a read past its end (here with the AMX-sized bf16
+    shapes and need_input=False, where oneDNN would not look at dy's shape)."""
+    ext = fused._extension()
+    cl, bf = torch.channels_last, torch.bfloat16
+    x = torch.randn(4, 32, 8, 8).to(bf).contiguous(memory_format=cl)
+    w = torch.randn(32, 32, 3, 3).to(bf).contiguous(memory_format=cl)
+    dy_shape = {"height": (4, 32, 7, 8), "width": (4, 32, 8, 9), "out_channels": (4, 64, 8, 8),
+                "batch": (2, 32, 8, 8), "in_channels": (4, 32, 8, 8)}[what]
+    if what == "in_channels":
+        x = torch.randn(4, 64, 8, 8).to(bf).contiguous(memory_format=cl)
+    dy = torch.randn(dy_shape).to(bf).contiguous(memory_format=cl)
+    with pytest.raises(RuntimeError, match="conv2d_backward"):
+        ext.conv2d_backward(dy, x, w, [1, 1], [1, 1], [1, 1], 1, False, True, True)

@@ -174,7 +174,9 @@ bool amx_weight_grad_available() {
 }
 
 // bfloat16 channels-last x and dy, a 1x1 or 3x3 kernel with stride 1 and padding kernel / 2,
-// channels multiples of 32 (callers check that there are no groups or dilation)
+// channels multiples of 32 (callers check that there are no groups or dilation), and torch on at most
+// two threads: the kernel splits the batch in two, so with more cores oneDNN's kernel, which uses
+// them all, is the better choice (timed only on this 2-core machine)
 bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w,
                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding) {
   const auto cl = at::MemoryFormat::ChannelsLast;
@@ -182,7 +184,7 @@ bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, co
   return x.scalar_type() == at::kBFloat16 && dy.scalar_type() == at::kBFloat16 && (k == 1 || k == 3) &&
          w.size(3) == k && stride[0] == 1 && stride[1] == 1 && padding[0] == k / 2 && padding[1] == k / 2 &&
          x.size(0) > 0 && x.size(1) % 32 == 0 && w.size(0) % 32 == 0 && x.is_contiguous(cl) &&
-         dy.is_contiguous(cl) && !omp_in_parallel() && amx_weight_grad_available();
+         dy.is_contiguous(cl) && !omp_in_parallel() && omp_get_max_threads() <= 2 && amx_weight_grad_available();
 }
 
 // dW (O, C, k, k) in w's dtype and layout, and with need_bias dbias (O)
