@@ -14,8 +14,11 @@
 //
 // nine products of one A with shifted windows of one X. Tiles: A (16 outputs x 32 pixels) needs dy
 // transposed; X enters as the second operand in pixel pairs (the tile's (k, k+1) interleave), once
-// per parity of the shift. Both are packed per chunk of 512 pixels into buffers the products then
-// read nine times; each 32 x 32 block of dW accumulates in four tiles over a chunk.
+// per parity of the shift (once for a 1x1 kernel). Both are packed per chunk of 512 pixels into
+// buffers the products then read nine times; each 32 x 32 block of dW accumulates in four tiles over
+// a chunk. The pairs are interleaved by unpack instructions, which work within 128-bit lanes, so dW's
+// channels come out in a fixed permuted order that the final pass (finish) undoes while it adds the
+// two halves and rounds to bfloat16. Packing is a third to a half of the kernel's time at 64 channels.
 //
 // The extra row and column cost (H + 1)(W + 1) / (H W) of the products: 1.27x at 8x8, 1.06x at
 // 32x32; oneDNN's kernel (torch 2.13) runs 2-4x slower than this at the U-Net's shapes on 2 cores
@@ -28,7 +31,7 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -47,21 +50,31 @@ struct TileConfig {  // the LDTILECFG layout (palette 1)
 // 32 x 32 transpose of 16-bit values: row i of r becomes column i. Block swaps of 16, 8, 4 and 2
 // lanes move whole 32-bit pairs (a two-source permute each); the swap of single lanes is a shift
 // and a blend.
-inline void transpose32(__m512i r[32]) {
-  for (int b = 8; b >= 1; b >>= 1) {  // in 32-bit units
-    alignas(64) int32_t lo[16], hi[16];
-    for (int j = 0; j < 16; ++j) {
-      lo[j] = (j & b) ? 16 + j - b : j;
-      hi[j] = (j & b) ? 16 + j : j + b;
+template <int B>
+inline void transpose_stage(__m512i r[32]) {  // swap blocks of B 32-bit units between rows i and i + 2B
+  alignas(64) static constexpr int32_t lo[16] = {
+#define L(j) ((j) & B ? 16 + (j) - B : (j))
+      L(0), L(1), L(2), L(3), L(4), L(5), L(6), L(7), L(8), L(9), L(10), L(11), L(12), L(13), L(14), L(15)};
+#undef L
+  alignas(64) static constexpr int32_t hi[16] = {
+#define L(j) ((j) & B ? 16 + (j) : (j) + B)
+      L(0), L(1), L(2), L(3), L(4), L(5), L(6), L(7), L(8), L(9), L(10), L(11), L(12), L(13), L(14), L(15)};
+#undef L
+  const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
+#pragma GCC unroll 32
+  for (int i = 0; i < 32; ++i)
+    if (!(i & 2 * B)) {
+      const __m512i u = r[i], v = r[i + 2 * B];
+      r[i] = _mm512_permutex2var_epi32(u, il, v);
+      r[i + 2 * B] = _mm512_permutex2var_epi32(u, ih, v);
     }
-    const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
-    for (int i = 0; i < 32; ++i)
-      if (!(i & 2 * b)) {
-        const __m512i u = r[i], v = r[i + 2 * b];
-        r[i] = _mm512_permutex2var_epi32(u, il, v);
-        r[i + 2 * b] = _mm512_permutex2var_epi32(u, ih, v);
-      }
-  }
+}
+inline void transpose32(__m512i r[32]) {
+  transpose_stage<8>(r);
+  transpose_stage<4>(r);
+  transpose_stage<2>(r);
+  transpose_stage<1>(r);
+#pragma GCC unroll 16
   for (int i = 0; i < 32; i += 2) {
     const __m512i u = r[i], v = r[i + 1];
     r[i] = _mm512_mask_blend_epi16(0xAAAAAAAA, u, _mm512_slli_epi32(v, 16));
@@ -75,11 +88,11 @@ void accumulate(const bf16* x, const bf16* dy, float* acc, float* bias, bf16* A,
                 int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K, int64_t n0, int64_t n1, int64_t Kc,
                 int64_t pairs) {
   const int64_t P = K / 2, R = W + P, S = (H + P) * R, T = K * K, qe = n1 * S, npos = 2 * pairs + 2;
+  if (n0 >= n1) {  // an empty half (a batch of one)
+    std::fill(acc, acc + O * T * C, 0.0f);
+    return;
+  }
   std::vector<const bf16*> xr(npos), dr(Kc);
-  alignas(64) int16_t lo[32], hi[32];  // (a, b) -> a0 b0 a1 b1 ... for channels 0-15 and 16-31
-  for (int c = 0; c < 16; ++c)
-    for (int j = 0; j < 2; ++j) lo[2 * c + j] = c + 32 * j, hi[2 * c + j] = 16 + c + 32 * j;
-  const __m512i ilo = _mm512_load_si512(lo), ihi = _mm512_load_si512(hi);
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
   _tile_loadconfig(&cfg);
@@ -98,8 +111,10 @@ void accumulate(const bf16* x, const bf16* dy, float* acc, float* bias, bf16* A,
     for (int64_t k0 = 0; k0 < Kc; k0 += 32)  // A = dy^T, (O, Kc)
       for (int64_t o0 = 0; o0 < O; o0 += 32) {
         __m512i r[32];
+#pragma GCC unroll 32
         for (int i = 0; i < 32; ++i) r[i] = _mm512_loadu_si512(dr[k0 + i] + o0);
         transpose32(r);
+#pragma GCC unroll 32
         for (int i = 0; i < 32; ++i) _mm512_storeu_si512(A + (o0 + i) * Kc + k0, r[i]);
       }
     for (int64_t i = 0; i < pairs; ++i) {  // B_p[i][c][j] = X[q0 + 2i + p + j][c]
@@ -107,10 +122,11 @@ void accumulate(const bf16* x, const bf16* dy, float* acc, float* bias, bf16* A,
       bf16 *o0 = B0 + i * 2 * C, *o1 = B1 + i * 2 * C;
       for (int64_t c = 0; c < C; c += 32) {
         const __m512i va = _mm512_loadu_si512(a + c), vb = _mm512_loadu_si512(b + c), vd = _mm512_loadu_si512(d + c);
-        _mm512_storeu_si512(o0 + 2 * c, _mm512_permutex2var_epi16(va, ilo, vb));
-        _mm512_storeu_si512(o0 + 2 * c + 32, _mm512_permutex2var_epi16(va, ihi, vb));
-        _mm512_storeu_si512(o1 + 2 * c, _mm512_permutex2var_epi16(vb, ilo, vd));
-        _mm512_storeu_si512(o1 + 2 * c + 32, _mm512_permutex2var_epi16(vb, ihi, vd));
+        _mm512_storeu_si512(o0 + 2 * c, _mm512_unpacklo_epi16(va, vb));
+        _mm512_storeu_si512(o0 + 2 * c + 32, _mm512_unpackhi_epi16(va, vb));
+        if (K == 1) continue;  // one tap, at an even offset
+        _mm512_storeu_si512(o1 + 2 * c, _mm512_unpacklo_epi16(vb, vd));
+        _mm512_storeu_si512(o1 + 2 * c + 32, _mm512_unpackhi_epi16(vb, vd));
       }
     }
     const int64_t lda = Kc * 2, ldb = C * 4, ldc = T * C * 4;  // bytes
@@ -137,10 +153,17 @@ void accumulate(const bf16* x, const bf16* dy, float* acc, float* bias, bf16* A,
           const bf16* b = (off & 1 ? B1 : B0) + (off >> 1) * 2 * C + 2 * c0;
           const bf16* a = A + m0 * Kc;
           float* d = acc + m0 * T * C + s * C + c0;
-          _tile_loadd(0, d, ldc);
-          _tile_loadd(1, d + 16, ldc);
-          _tile_loadd(2, d + 16 * T * C, ldc);
-          _tile_loadd(3, d + 16 * T * C + 16, ldc);
+          if (q0 == n0 * S) {  // the first chunk starts the sums
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, d, ldc);
+            _tile_loadd(1, d + 16, ldc);
+            _tile_loadd(2, d + 16 * T * C, ldc);
+            _tile_loadd(3, d + 16 * T * C + 16, ldc);
+          }
           for (int64_t k = 0; k < Kc; k += 32) {
             _tile_loadd(4, a + k, lda);
             _tile_loadd(5, a + 16 * Kc + k, lda);
@@ -158,6 +181,26 @@ void accumulate(const bf16* x, const bf16* dy, float* acc, float* bias, bf16* A,
         }
   }
   _tile_release();
+}
+
+// out rows [r0, r1) of 32 channels = a0 + a1, in channel order: column j of each 32-channel block of
+// the sums holds channel 8 (j % 16 / 4) + 4 (j / 16) + j % 4 (the order of the unpack instructions'
+// lanes in the packed x); bfloat16 rounded to nearest even, or float32
+void finish(const float* a0, const float* a1, void* out, bool bf16_out, int64_t r0, int64_t r1) {
+  alignas(64) int32_t from[32];
+  for (int j = 0; j < 32; ++j) from[8 * (j % 16 / 4) + 4 * (j / 16) + j % 4] = j;
+  const __m512i f0 = _mm512_load_si512(from), f1 = _mm512_load_si512(from + 16);
+  for (int64_t r = r0 * 32; r < r1 * 32; r += 32) {
+    const __m512 lo = _mm512_add_ps(_mm512_loadu_ps(a0 + r), _mm512_loadu_ps(a1 + r));
+    const __m512 hi = _mm512_add_ps(_mm512_loadu_ps(a0 + r + 16), _mm512_loadu_ps(a1 + r + 16));
+    const __m512 u = _mm512_permutex2var_ps(lo, f0, hi), v = _mm512_permutex2var_ps(lo, f1, hi);
+    if (bf16_out) {
+      _mm512_storeu_si512((char*)out + 2 * r, (__m512i)_mm512_cvtne2ps_pbh(v, u));
+    } else {
+      _mm512_storeu_ps((float*)out + r, u);
+      _mm512_storeu_ps((float*)out + r + 16, v);
+    }
+  }
 }
 #endif
 }  // namespace
@@ -197,17 +240,21 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
   const int64_t Kc = std::min<int64_t>(512, ((N - N / 2) * S + 31) / 32 * 32);
   const int64_t pairs = Kc / 2 + P * (R + 1) + 2;  // pixel pairs of X the windows of a chunk reach
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  auto acc = torch::zeros({2, O * K * K * C}, opts.dtype(at::kFloat));
+  auto acc = torch::empty({2, O * K * K * C}, opts.dtype(at::kFloat));
   auto a_buf = torch::empty({2, O * Kc}, opts), b_buf = torch::empty({2, 2, pairs * 2 * C}, opts);
   auto zeros = torch::zeros({std::max(C, O)}, opts);
   auto bias = torch::zeros({2, need_bias ? O * 16 : 0}, opts.dtype(at::kFloat));
+  // (O, k, k, C) memory is the channels-last layout of (O, C, k, k)
+  auto dw = torch::empty({O, K, K, C}, opts.dtype(w.scalar_type()));
+  const int64_t rows = O * K * K * C / 32;
   std::exception_ptr error;
   // two threads, or one where torch runs on one (torch.set_num_threads(1), OMP_NUM_THREADS=1: a
   // second thread would compete with the other processes the user placed on the other cores)
 #pragma omp parallel num_threads(std::min(2, omp_get_max_threads()))
   {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     // half h on thread h; a smaller team (one thread, OMP_DYNAMIC, a thread limit) runs both halves in turn
-    for (int h = omp_get_thread_num(); h < 2; h += omp_get_num_threads()) {
+    for (int h = t; h < 2; h += nt) {
       try {
         accumulate((const bf16*)x.data_ptr(), (const bf16*)dy.data_ptr(), acc[h].data_ptr<float>(),
                    need_bias ? bias[h].data_ptr<float>() : nullptr, (bf16*)a_buf[h].data_ptr(),
@@ -218,14 +265,17 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
         error = std::current_exception();
       }
     }
+#pragma omp barrier
+    // dW = acc[0] + acc[1], each thread a share of the rows
+    if (!error) finish(acc[0].data_ptr<float>(), acc[1].data_ptr<float>(), dw.data_ptr(),
+                       dw.scalar_type() == at::kBFloat16, rows * t / nt, rows * (t + 1) / nt);
   }
   if (error) std::rethrow_exception(error);
-  // (O, k, k, C) memory is the channels-last layout of (O, C, k, k)
-  auto dw = (acc[0] + acc[1]).to(w.scalar_type()).view({O, K, K, C}).permute({0, 3, 1, 2});
   torch::Tensor db;
   if (need_bias) db = (bias[0] + bias[1]).view({O, 16}).select(1, 0).to(w.scalar_type());
-  return {dw.contiguous(w.suggest_memory_format()), db};
+  return {dw.permute({0, 3, 1, 2}).contiguous(w.suggest_memory_format()), db};
 #else
   TORCH_CHECK(false, "kuosan: built without AMX");
 #endif
 }
+
