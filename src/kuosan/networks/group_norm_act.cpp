@@ -78,6 +78,10 @@ inline __m512 load16(const uint16_t* p, __mmask16 m) {
 }
 inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
 inline void store16(uint16_t* p, __m512 v, __mmask16 m) {  // round to nearest even, as store()
+#ifdef __AVX512BF16__  // one conversion instruction (the same rounding for finite values)
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+  return;
+#endif
   const __m512i b = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
   const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
