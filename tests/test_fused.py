@@ -62,6 +62,22 @@ def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
         assert rel(a, r) < (tol if name == "x" or dtype == torch.float32 else 2e-2), name
 
 
+def test_bf16_silu_is_rounding_accurate_per_element():
+    """The bf16 path's SiLU (a fitted degree-4 exp, no Newton step) must still give every output
+    within bf16's rounding of the exact value: z spread over [-30, 30] (one channel per group, so
+    z = 8 * standardized x + bias), each element against float64 SiLU of the same z."""
+    torch.manual_seed(0)
+    b, c, h, w = 2, 32, 32, 32
+    x = torch.randn(b, c, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.full((c,), 8.0), torch.linspace(-6, 6, c)
+    y = group_norm_act(x, c, weight, bias, act=True)
+    z = reference(x.double(), c, weight.double(), bias.double(), None, None, None, act=False)
+    assert z.min() < -25 and z.max() > 25
+    exact = z * torch.sigmoid(z)
+    err = (y.double() - exact).abs()
+    assert (err <= exact.abs() * 2.0**-8 + 1e-30).all(), (err / exact.abs()).max().item()
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("used", ["both", "norm", "residual"])
 def test_passthrough_adds_the_residual_gradient(dtype, tol, used):
