@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 namespace {
@@ -62,10 +61,9 @@ inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 // they are written with 16-lane intrinsics and masked tails: one code path whatever the channel
 // count and the buffers' alignment (a compiler-vectorised loop with a scalar prologue or epilogue
 // gives results that depend on where the buffer starts), running sums held in registers, and a
-// sigmoid of exp + reciprocal estimate + Newton step instead of a division.
-// Summed over the benchmark U-Nets' shapes (2 threads, bfloat16): forward 8.1 -> 5.7 ms, backward
-// 9.8 -> 7.4 ms against the compiler-vectorised loops, which remain for other CPUs; the cheaper
-// bfloat16 exp below took another fifth off both.
+// sigmoid of exp + reciprocal estimate + Newton step instead of a division. Summed over the
+// benchmark U-Nets' shapes (2 threads, bfloat16): forward 8.1 -> 5.7 ms, backward 9.8 -> 7.4 ms
+// against the compiler-vectorised loops, which remain for other CPUs.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
@@ -104,26 +102,8 @@ inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, k);
 }
-// exp(-z) for bfloat16 data: 2^k p(r) with a degree-4 polynomial fitted for relative error (2.7e-6
-// on |r| <= ln2 / 2, against bfloat16's 4e-3) and no clamping (scalef saturates 2^k p to 0 or inf,
-// and 1 / (1 + inf) = 0): 8 operations instead of the precise exp's 12. (The reciprocal keeps its
-// Newton step: without it the sigmoid is 3e-6 too large on average and 0.3% of bfloat16 outputs
-// round the other way from the exact value's rounding, against 0.02% with it.)
-inline __m512 exp_neg16_bf16(__m512 z) {
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(-1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693147181f), z);  // -z - k ln2
-  __m512 p = _mm512_set1_ps(0.04145861f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16790907f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5000436f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999634f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999993f));
-  return _mm512_scalef_ps(p, k);
-}
-template <typename T>
 inline __m512 sigmoid16(__m512 z) {  // 1 / (1 + exp(-z)): 14-bit reciprocal estimate, one Newton step
-  const __m512 e = std::is_same<T, uint16_t>::value ? exp_neg16_bf16(z) : exp16(_mm512_sub_ps(_mm512_setzero_ps(), z));
-  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
+  const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)));
   const __m512 r = _mm512_rcp14_ps(den);
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
 }
@@ -134,7 +114,7 @@ inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C,
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = lanes(c, C);
     const __m512 z = _mm512_fmadd_ps(load16(x + c, m), load16(a + c, m), load16(d + c, m));
-    store16(y + c, act ? _mm512_mul_ps(z, sigmoid16<T>(z)) : z, m);
+    store16(y + c, act ? _mm512_mul_ps(z, sigmoid16(z)) : z, m);
   }
 }
 
@@ -192,7 +172,7 @@ inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a
           __m512 dzv = load16(g + i, m[k]);
           if (act) {
             const __m512 z = _mm512_fmadd_ps(xv, av[k], dv[k]);
-            const __m512 sg = sigmoid16<T>(z);  // SiLU'(z) = s (1 + z (1 - s))
+            const __m512 sg = sigmoid16(z);  // SiLU'(z) = s (1 + z (1 - s))
             dzv = _mm512_mul_ps(dzv, _mm512_mul_ps(sg, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one)));
           }
           store16(dz + i, dzv, m[k]);
