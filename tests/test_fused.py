@@ -63,10 +63,10 @@ def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
 
 
 def test_bf16_silu_is_rounding_accurate_per_element():
-    """The bf16 path's SiLU (a fitted degree-4 exp) must still give every output within bf16's
-    rounding of the exact value (half a unit in the 8th bit: 2^-8 relative at most, 5% slack for
-    the float32 statistics): z = w * standardized x over about [-30, 30] (one channel per group, no
-    bias: z has no cancellation), each element against float64 SiLU of the same z."""
+    """The bf16 path's SiLU must give every output within bf16's rounding of the exact value (half
+    a unit in the 8th bit: 2^-8 relative at most, 5% slack for the float32 statistics): z = w *
+    standardized x over about [-30, 30] (one channel per group, no bias: z has no cancellation),
+    each element against float64 SiLU of the same z."""
     torch.manual_seed(0)
     b, c, h, w = 2, 32, 32, 32
     x = torch.randn(b, c, h, w).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)

@@ -278,4 +278,3 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
   TORCH_CHECK(false, "kuosan: built without AMX");
 #endif
 }
-

@@ -20,9 +20,10 @@ non-CPU tensors, under ``torch.compile``, ``KUOSAN_FUSED=0``) the same function 
 PyTorch operations, so results agree to rounding (tests/test_fused.py).
 
 The same extension holds the convolution backward of :func:`conv2d` (``conv_backward.cpp``): the
-weight gradient as a forward convolution with batch and channels exchanged, or as oneDNN's
-single-threaded kernel on each half of the batch on two threads, where oneDNN's own multi-threaded
-kernel is slower (docs/speed.md has the measurements).
+weight gradient on kuosan's AMX tile kernel (``conv_weight_grad.cpp``), as a forward convolution
+with batch and channels exchanged, or as oneDNN's single-threaded kernel on each half of the batch
+on two threads, where oneDNN's own multi-threaded kernel is slower (docs/speed.md has the
+measurements).
 """
 from __future__ import annotations
 

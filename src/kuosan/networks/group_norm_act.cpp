@@ -80,12 +80,12 @@ inline void store16(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, 
 inline void store16(uint16_t* p, __m512 v, __mmask16 m) {  // round to nearest even, as store()
 #ifdef __AVX512BF16__  // one conversion instruction (the same rounding for finite values)
   _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
-  return;
-#endif
+#else
   const __m512i b = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
   const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+#endif
 }
 inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
