@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -61,7 +62,8 @@ inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 // they are written with 16-lane intrinsics and masked tails: one code path whatever the channel
 // count and the buffers' alignment (a compiler-vectorised loop with a scalar prologue or epilogue
 // gives results that depend on where the buffer starts), running sums held in registers, and a
-// sigmoid of exp + reciprocal estimate + Newton step instead of a division. Summed over the
+// sigmoid of exp + reciprocal estimate + Newton step instead of a division (for bfloat16 data a
+// cheaper one, sigmoid16_bf16, whose errors stay far below the format's rounding). Summed over the
 // benchmark U-Nets' shapes (2 threads, bfloat16): forward 8.1 -> 5.7 ms, backward 9.8 -> 7.4 ms
 // against the compiler-vectorised loops, which remain for other CPUs.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -102,7 +104,24 @@ inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, k);
 }
+// 1 / (1 + exp(-z)) for bfloat16 data, where a relative error of 1e-5 is far below the format's 4e-3:
+// exp(-z) = 2^k p(r) with a degree-4 polynomial fitted for relative error (2.7e-6 on
+// |r| <= ln2 / 2), no clamping (scalef saturates 2^k p to 0 or inf, and 1 / (1 + inf) = 0), and the
+// 14-bit reciprocal estimate without a Newton step: 11 operations instead of 18
+inline __m512 sigmoid16_bf16(__m512 z) {
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(z, _mm512_set1_ps(-1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmsub_ps(k, _mm512_set1_ps(0.693147181f), z);  // -z - k ln2
+  __m512 p = _mm512_set1_ps(0.04145861f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16790907f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5000436f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999634f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999993f));
+  return _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, k)));
+}
+template <typename T>
 inline __m512 sigmoid16(__m512 z) {  // 1 / (1 + exp(-z)): 14-bit reciprocal estimate, one Newton step
+  if (std::is_same<T, uint16_t>::value) return sigmoid16_bf16(z);
   const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)));
   const __m512 r = _mm512_rcp14_ps(den);
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
@@ -114,7 +133,7 @@ inline void row_out(const T* x, const float* a, const float* d, T* y, int64_t C,
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 m = lanes(c, C);
     const __m512 z = _mm512_fmadd_ps(load16(x + c, m), load16(a + c, m), load16(d + c, m));
-    store16(y + c, act ? _mm512_mul_ps(z, sigmoid16(z)) : z, m);
+    store16(y + c, act ? _mm512_mul_ps(z, sigmoid16<T>(z)) : z, m);
   }
 }
 
@@ -172,7 +191,7 @@ inline void dz_rows(const T* g, const T* x, int64_t N, int64_t C, const float* a
           __m512 dzv = load16(g + i, m[k]);
           if (act) {
             const __m512 z = _mm512_fmadd_ps(xv, av[k], dv[k]);
-            const __m512 sg = sigmoid16(z);  // SiLU'(z) = s (1 + z (1 - s))
+            const __m512 sg = sigmoid16<T>(z);  // SiLU'(z) = s (1 + z (1 - s))
             dzv = _mm512_mul_ps(dzv, _mm512_mul_ps(sg, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one)));
           }
           store16(dz + i, dzv, m[k]);
