@@ -119,9 +119,11 @@ inline __m512 sigmoid16_bf16(__m512 z) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999993f));
   return _mm512_rcp14_ps(_mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, k)));
 }
+// 1 / (1 + exp(-z)): the precise exp, 14-bit reciprocal estimate and one Newton step for float32
+// data; sigmoid16_bf16 for bfloat16 data (chosen at compile time)
 template <typename T>
-inline __m512 sigmoid16(__m512 z) {  // 1 / (1 + exp(-z)): 14-bit reciprocal estimate, one Newton step
-  if (std::is_same<T, uint16_t>::value) return sigmoid16_bf16(z);
+inline __m512 sigmoid16(__m512 z) {
+  if constexpr (std::is_same_v<T, uint16_t>) return sigmoid16_bf16(z);
   const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), z)));
   const __m512 r = _mm512_rcp14_ps(den);
   return _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f)));
