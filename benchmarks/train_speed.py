@@ -64,8 +64,15 @@ class _Unwrap(torch.nn.Module):
 def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
     """Time one configuration in this process. mode: fp32 or bf16 (autocast), "-cl" for channels-last
     network and data, "compile-" for torch.compile (under which kuosan's fused norm kernel is off:
-    inductor fuses the PyTorch operations instead)."""
+    inductor fuses the PyTorch operations instead). Both systems run with the C library's allocator
+    set as kuosan's trainer sets it (freed memory kept for the next step; it speeds both up) and with
+    kuosan's AdamW."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from kuosan.train.optim import AdamW
+    from kuosan.utils import retain_freed_memory
+
+    retained = retain_freed_memory()
 
     h, _, c = (int(v) for v in shape.split("x"))
     torch.manual_seed(0)
@@ -75,7 +82,8 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
     if cl:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if mode.startswith("compile") else net
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)  # both systems: the fastest AdamW here
+    # both systems: the fastest AdamW here (torch's fused kernel, given channels-last weights as dense views)
+    opt = AdamW(net.parameters(), lr=1e-4, fused=True)
     x = torch.randn(batch, c, h, h)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -118,6 +126,7 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
 
         fused = cl and fused_available() and not mode.startswith("compile")
     return {"system": system, "shape": shape, "batch": batch, "mode": mode, "fused_norm_kernel": fused,
+            "retain_freed_memory": retained,
             "params": sum(p.numel() for p in net.parameters()), "train_images_per_s": round(batch / med, 1),
             "step_ms_median": round(med * 1000, 1), "gflop_per_step": round(flops / 1e9, 2),
             "achieved_gflops": round(flops / med / 1e9, 1), "sample_images_per_s": round(sample_ips, 1),

@@ -244,6 +244,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
                    weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
                    grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
                    precision=resolve_precision(tr.precision), channels_last=tr.channels_last, compile=tr.compile,
+                   retain_memory=tr.retain_memory,
                    checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
                    seed=tr.seed, sample_fn=sample_fn, progress=progress)
 

@@ -66,6 +66,7 @@ class TrainConfig:
     precision: str = "auto"          # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
     channels_last: bool = True       # image data and networks in NHWC memory: faster convolutions and fused norms on CPU
     compile: bool = False            # torch.compile the network for training (compiles on the first steps)
+    retain_memory: bool = True       # the C library keeps freed tensor memory for the next step (no page faults)
     checkpoint_every: float = 60.0   # seconds between checkpoints (and one at the end)
     sample_every: int = 0            # steps between sample grids (0: only at the end)
     log_every: int = 25
