@@ -510,3 +510,74 @@ def test_conv_backward_rejects_shapes_that_disagree(what):
     dy = torch.randn(dy_shape).to(bf).contiguous(memory_format=cl)
     with pytest.raises(RuntimeError, match="conv2d_backward"):
         ext.conv2d_backward(dy, x, w, [1, 1], [1, 1], [1, 1], 1, False, True, True)
+
+
+@amx
+@pytest.mark.parametrize("batch,n,heads,d", [(3, 256, 1, 128), (2, 64, 2, 32), (1, 128, 4, 64), (5, 32, 3, 96)])
+def test_amx_self_attention_matches_float64(two_threads, batch, n, heads, d):
+    """The AMX self-attention kernel (forward and d(qkv)) against the float64 definition, within
+    bf16 rounding; PyTorch's bf16 route is checked to the same bound, which it needs about twice of."""
+    torch.manual_seed(0)
+    qkv = (1.5 * torch.randn(batch, n, 3 * heads * d)).bfloat16().requires_grad_()
+    assert fused.self_attention_applies(qkv.detach(), heads)
+    out = fused.self_attention(qkv, heads)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref_in = qkv.detach().double().requires_grad_()
+    ref = fused._self_attention_math(ref_in, heads, d**-0.5)
+    ref.backward(g.double())
+    assert out.shape == (batch, n, heads * d) and out.dtype == torch.bfloat16
+    assert (out.double() - ref).abs().max() < 1e-2 * ref.abs().max()
+    assert (qkv.grad.double() - ref_in.grad).abs().max() < 1e-2 * ref_in.grad.abs().max()
+
+
+@amx
+def test_amx_self_attention_where_it_applies_and_its_double_backward(two_threads):
+    """Token counts and head widths off the tile grid, float32, and a Python dispatch mode take
+    PyTorch's operations; a backward with create_graph recomputes through them, so first and
+    second derivatives equal the PyTorch route's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ok = torch.randn(2, 64, 3 * 64).bfloat16()
+    assert fused.self_attention_applies(ok, 2)
+    for bad, heads in ((torch.randn(2, 16, 3 * 64).bfloat16(), 2), (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
+                       (ok.float(), 2), (ok.transpose(0, 1).contiguous().transpose(0, 1), 2), (ok, 5)):
+        assert not fused.self_attention_applies(bad, heads)
+    with FlopCounterMode(display=False):
+        assert not fused.self_attention_applies(ok, 2)
+    derivatives, w = [], torch.randn(2, 64, 64)  # a linear loss: the same output gradient on both routes
+    for route in (fused.self_attention, lambda x, h: fused._self_attention_math(x, h, 32**-0.5)):
+        x = ok.clone().requires_grad_()
+        (dx,) = torch.autograd.grad((route(x, 2).float() * w).sum(), x, create_graph=True)
+        (ddx,) = torch.autograd.grad(dx.float().square().sum(), x)
+        derivatives.append((dx.detach(), ddx))
+    assert torch.equal(derivatives[0][0], derivatives[1][0]) and torch.equal(derivatives[0][1], derivatives[1][1])
+
+
+@amx
+def test_attention_block_takes_the_amx_kernel_under_autocast(two_threads, monkeypatch):
+    """SelfAttention2d under bf16 autocast runs the kernel, and agrees with its PyTorch route to
+    bf16 rounding, forward and gradients of input and projections."""
+    from kuosan.networks.attention import SelfAttention2d
+
+    torch.manual_seed(0)
+    block = SelfAttention2d(channels=64, num_heads=2).to(memory_format=torch.channels_last)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+    x0 = torch.randn(3, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    calls = []
+    kernel = fused._SelfAttention.apply
+    results = []
+    for use in (True, False):
+        monkeypatch.setattr(fused._SelfAttention, "apply", lambda *a: calls.append(1) or kernel(*a))
+        monkeypatch.setattr(fused, "self_attention_applies", lambda qkv, h, _use=use, _f=fused.self_attention_applies:
+                            _use and _f(qkv, h))
+        block.zero_grad()
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(x)
+        (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append([y.float(), x.grad, block.qkv.weight.grad, block.proj_out.weight.grad])
+        monkeypatch.undo()
+    assert len(calls) == 1
+    for a, b in zip(*results):
+        assert (a - b).abs().max() < 2e-2 * b.abs().max()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .blocks import normalization, zero_module
 
 
@@ -81,10 +82,13 @@ class SelfAttention2d(nn.Module):
         heads, d = self.num_heads, c // self.num_heads
         tokens, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
         tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, C)
-        # chunks of the last dimension: their gradients assemble with one concatenation
-        q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in self.qkv(tokens).chunk(3, dim=-1))
-        out = attend(q, k, v)
-        out = self.proj_out(out.transpose(1, 2).reshape(b, h * w, c))  # (B, N, C)
+        qkv = self.qkv(tokens)  # (B, N, 3C): q | k | v, each (heads, d)
+        if fused.self_attention_applies(qkv, heads):  # AMX kernel: q, k, v read in place, one gradient
+            out = fused.self_attention(qkv, heads)
+        else:  # chunks of the last dimension: their gradients assemble with one concatenation
+            q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+            out = attend(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = self.proj_out(out)  # (B, N, C)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 

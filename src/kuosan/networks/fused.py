@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -49,10 +50,13 @@ def _extension():
 
         here = Path(__file__).parent
         sources = [str(here / f) for f in ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp",
-                                             "conv_weight_grad.cpp")]
+                                             "conv_weight_grad.cpp", "attention.cpp")]
         # the norm kernel's AVX-512 loops use 512-bit vectors themselves (intrinsics); the
         # compiler's own choice of width stays its default (docs/speed.md)
         flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+        # the build cache is keyed on the sources and flags: the headers' digest makes it see them too
+        headers = b"".join(p.read_bytes() for p in sorted(here.glob("*.h")))
+        flags.append(f"-DKUOSAN_HEADERS={zlib.crc32(headers)}")
         _EXT = load(name="kuosan_kernels", sources=sources, verbose=False, extra_cflags=flags,
                     extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back to PyTorch ops
@@ -208,3 +212,56 @@ def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, residual: torch.Tensor | None
         y = _Conv2d.apply(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation,
                           conv.groups, residual if fuse else None)
     return y if residual is None or fuse else y + residual
+
+
+def _self_attention_math(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """softmax(scale q k^T) v from the qkv projection (B, N, 3 heads d) -> (B, N, heads d), in
+    PyTorch operations with a float32 softmax: what the AMX kernel computes."""
+    b, n, c3 = qkv.shape
+    q, k, v = qkv.view(b, n, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)
+    weights = ((q @ k.transpose(-1, -2)).float() * scale).softmax(-1).to(qkv.dtype)
+    return (weights @ v).transpose(1, 2).reshape(b, n, c3 // 3)
+
+
+class _SelfAttention(torch.autograd.Function):
+    """Self-attention from the qkv projection on kuosan's AMX kernel (``attention.cpp``); it saves
+    the attention weights P for the backward. A backward that must be differentiable
+    (``create_graph=True``) or runs under a Python dispatch mode recomputes through
+    :func:`_self_attention_math` instead."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads: int, scale: float):
+        out, P = _EXT.amx_attention_forward(qkv, heads, scale)
+        ctx.save_for_backward(qkv, P)
+        ctx.heads, ctx.scale = heads, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, P = ctx.saved_tensors
+        if torch.is_grad_enabled() or _get_current_dispatch_mode() is not None:
+            with torch.enable_grad():
+                x = qkv if qkv.requires_grad else qkv.detach().requires_grad_()
+                (dqkv,) = torch.autograd.grad(_self_attention_math(x, ctx.heads, ctx.scale), x, dout.to(qkv.dtype),
+                                              create_graph=torch.is_grad_enabled())
+            return dqkv, None, None
+        return _EXT.amx_attention_backward(dout, qkv, P, ctx.heads, ctx.scale), None, None
+
+
+def self_attention_applies(qkv: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`self_attention` takes the AMX kernel: a contiguous bfloat16 CPU qkv (B, N,
+    3 heads d) with N and d multiples of 32 (N <= 1024), CPUs with AMX, torch on at most two
+    threads, not compiling and no Python dispatch mode (FlopCounterMode sees the operations)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and not torch.compiler.is_compiling()
+            and _get_current_dispatch_mode() is None and fused_available()
+            and _EXT.amx_attention_applies(qkv, heads))
+
+
+def self_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head softmax(q k^T / sqrt(d)) v with q, k, v the thirds of the projection ``qkv``
+    (B, N, 3 heads d), each (B, N, heads, d): (B, N, heads d). The AMX kernel where
+    :func:`self_attention_applies`, PyTorch operations otherwise."""
+    scale = (qkv.shape[-1] // (3 * heads)) ** -0.5
+    if self_attention_applies(qkv, heads):
+        return _SelfAttention.apply(qkv, heads, scale)
+    return _self_attention_math(qkv, heads, scale)
