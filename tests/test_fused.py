@@ -581,3 +581,29 @@ def test_attention_block_takes_the_amx_kernel_under_autocast(two_threads, monkey
     assert len(calls) == 1
     for a, b in zip(*results):
         assert (a - b).abs().max() < 2e-2 * b.abs().max()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_channel_linear_is_the_linear_layer_per_pixel(two_threads, autocast, residual):
+    """channel_linear on a channels-last input (the 1x1 convolution with the custom backward and
+    the residual inside) against nn.Linear on the (B, H, W, C) pixels: output and the gradients of
+    input, weight, bias and residual (float32: to rounding; bf16 autocast: to bf16 rounding)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    x0, r0 = torch.randn(3, 64, 5, 7), torch.randn(3, 96, 5, 7)
+    results = []
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        lin.zero_grad()
+        x = x0.contiguous(memory_format=fmt).requires_grad_()
+        r = r0.contiguous(memory_format=fmt).requires_grad_()
+        if fmt == torch.channels_last:
+            assert fused._custom_backward_applies(x, lin.weight) == fused_available()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = (fused.channel_linear(x, lin, residual=r if residual else None) if fmt == torch.channels_last
+                 else lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + (r if residual else 0))
+        (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        results.append([y.float(), x.grad, lin.weight.grad, lin.bias.grad] + ([r.grad] if residual else []))
+    tol = 2e-2 if autocast else 1e-5
+    for a, b in zip(*results):
+        assert a.shape == b.shape and (a - b).abs().max() <= tol * b.abs().max()

@@ -56,10 +56,12 @@ class SelfAttention2d(nn.Module):
         [Q, K, V] &= \mathrm{GN}(x)\, W_{qkv} \\
         \mathrm{out} &= x + \mathrm{softmax}\!\big(Q K^\top / \sqrt{d}\big)\, V\, W_o
 
-    computed per head by :func:`attend` (``scaled_dot_product_attention``, which picks a fused
-    kernel when one is available). :math:`W_o` is zero-initialised, so a fresh block
-    is the identity. The projections are Linear layers on the (B, N, C) token layout, equivalent
-    to 1x1 convolutions; for channels-last inputs that layout is free (no copy).
+    computed per head by kuosan's AMX kernel where it applies (``fused.self_attention``), else
+    by :func:`attend` (``scaled_dot_product_attention``, which picks a fused kernel when one is
+    available). :math:`W_o` is zero-initialised, so a fresh block is the identity. The projections
+    are Linear layers (their weights as in diffusers and improved-diffusion) applied to every
+    pixel's channels, i.e. 1x1 convolutions (``fused.channel_linear``); on channels-last inputs the
+    (B, N, C) token layout is a view, and the residual addition happens inside W_o's convolution.
 
     Args:
         channels: C, the number of input (and output) channels.
@@ -80,16 +82,17 @@ class SelfAttention2d(nn.Module):
         """(B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
         heads, d = self.num_heads, c // self.num_heads
-        tokens, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
-        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, C)
-        qkv = self.qkv(tokens)  # (B, N, 3C): q | k | v, each (heads, d)
+        normed, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
+        # the projections act on each pixel's channels: 1x1 convolutions on channels-last tensors
+        qkv = fused.channel_linear(normed, self.qkv)  # (B, 3C, H, W): q | k | v, each (heads, d)
+        qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, 3 * c)  # (B, N, 3C), a view if channels-last
         if fused.self_attention_applies(qkv, heads):  # AMX kernel: q, k, v read in place, one gradient
             out = fused.self_attention(qkv, heads)
         else:  # chunks of the last dimension: their gradients assemble with one concatenation
             q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
             out = attend(q, k, v).transpose(1, 2).reshape(b, h * w, c)
-        out = self.proj_out(out)  # (B, N, C)
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
+        out = out.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
+        return fused.channel_linear(out, self.proj_out, residual=x)
 
 
 def key_padding_mask(context_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -184,34 +184,55 @@ class _Conv2d(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, dy if ctx.needs_input_grad[7] else None
 
 
+def _custom_backward_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
+            and x.shape[0] > 0 and x.dtype in (torch.float32, torch.bfloat16)
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
+            and fused_available())
+
+
 def conv_backward_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
     """Whether :func:`conv2d` takes the custom backward for ``conv(x)``: training (grad enabled,
     weight trainable) on a channels-last float32/bfloat16 CPU tensor, zero padding given as
     numbers, the kernels built and not compiling."""
-    return (torch.is_grad_enabled() and conv.weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
-            and x.shape[0] > 0 and x.dtype in (torch.float32, torch.bfloat16) and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.compiler.is_compiling() and fused_available())
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and _custom_backward_applies(x, conv.weight)
+
+
+def _conv2d(x, weight, bias, stride, padding, dilation, groups, residual):
+    """:class:`_Conv2d` with autocast's casts made outside it (so the casts' own backward returns
+    float32 gradients to float32 parameters)."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    bias = None if bias is None else bias.to(dtype)
+    fuse = (residual is not None and residual.dtype == dtype and residual.device.type == "cpu"
+            and residual.is_contiguous(memory_format=torch.channels_last))
+    with torch.autocast("cpu", enabled=False):
+        y = _Conv2d.apply(x.to(dtype), weight.to(dtype), bias, stride, padding, dilation, groups,
+                          residual if fuse else None)
+    return y if residual is None or fuse else y + residual
 
 
 def conv2d(x: torch.Tensor, conv: torch.nn.Conv2d, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``conv(x)`` (plus ``residual``) for an ``nn.Conv2d``, with the faster weight gradient where
-    :func:`conv_backward_applies`. Under autocast the inputs are cast as autocast would (outside the
-    autograd Function, so the casts' own backward returns float32 gradients to float32
-    parameters). A residual in the convolution's dtype and channels-last layout is added inside
-    the convolution; otherwise by a separate addition (same result up to rounding)."""
-    autocast = torch.is_autocast_enabled("cpu")
-    if not conv_backward_applies(x, conv) or (not autocast and x.dtype != conv.weight.dtype):
+    :func:`conv_backward_applies`. Under autocast the inputs are cast as autocast would. A residual
+    in the convolution's dtype and channels-last layout is added inside the convolution; otherwise
+    by a separate addition (same result up to rounding)."""
+    if not conv_backward_applies(x, conv) or (not torch.is_autocast_enabled("cpu") and x.dtype != conv.weight.dtype):
         y = torch.nn.Conv2d.forward(conv, x)
         return y if residual is None else y + residual
-    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-    bias = None if conv.bias is None else conv.bias.to(dtype)
-    fuse = (residual is not None and residual.dtype == dtype and residual.device.type == "cpu"
-            and residual.is_contiguous(memory_format=torch.channels_last))
-    with torch.autocast("cpu", enabled=False):
-        y = _Conv2d.apply(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding, conv.dilation,
-                          conv.groups, residual if fuse else None)
-    return y if residual is None or fuse else y + residual
+    return _conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, residual)
+
+
+def channel_linear(x: torch.Tensor, linear: torch.nn.Linear, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear`` over the channels of every pixel of x (B, C, H, W) -> (B, O, H, W) (plus
+    ``residual``): a 1x1 convolution with the Linear's weight viewed as (O, C, 1, 1). On a
+    channels-last CPU tensor in training it is :func:`conv2d`'s convolution, whose weight and bias
+    gradient is the AMX kernel's (one pass, no transposed copy of the output gradient) and whose
+    forward adds the residual; otherwise ``F.linear`` on the (B, H, W, C) view."""
+    if (not _custom_backward_applies(x, linear.weight)
+            or (not torch.is_autocast_enabled("cpu") and x.dtype != linear.weight.dtype)):
+        y = F.linear(x.permute(0, 2, 3, 1), linear.weight, linear.bias).permute(0, 3, 1, 2)
+        return y if residual is None else y + residual
+    return _conv2d(x, linear.weight[:, :, None, None], linear.bias, (1, 1), (0, 0), (1, 1), 1, residual)
 
 
 def _self_attention_math(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
