@@ -513,7 +513,8 @@ def test_conv_backward_rejects_shapes_that_disagree(what):
 
 
 @amx
-@pytest.mark.parametrize("batch,n,heads,d", [(3, 256, 1, 128), (2, 64, 2, 32), (1, 128, 4, 64), (5, 32, 3, 96)])
+@pytest.mark.parametrize("batch,n,heads,d", [(3, 256, 1, 128), (2, 64, 2, 32), (1, 128, 4, 64), (5, 32, 3, 96),
+                                             (4, 16, 2, 64), (3, 48, 1, 32)])  # 16, 48: padded to the tile grid
 def test_amx_self_attention_matches_float64(two_threads, batch, n, heads, d):
     """The AMX self-attention kernel (forward and d(qkv)) against the float64 definition, within
     bf16 rounding; PyTorch's bf16 route is checked to the same bound, which it needs about twice of."""
@@ -533,14 +534,14 @@ def test_amx_self_attention_matches_float64(two_threads, batch, n, heads, d):
 
 @amx
 def test_amx_self_attention_where_it_applies_and_its_double_backward(two_threads):
-    """Token counts and head widths off the tile grid, float32, and a Python dispatch mode take
+    """Token counts off the 16-row grid, head widths off the 32-column grid, float32, and a Python dispatch mode take
     PyTorch's operations; a backward with create_graph recomputes through them, so first and
     second derivatives equal the PyTorch route's."""
     from torch.utils.flop_counter import FlopCounterMode
 
     ok = torch.randn(2, 64, 3 * 64).bfloat16()
     assert fused.self_attention_applies(ok, 2)
-    for bad, heads in ((torch.randn(2, 16, 3 * 64).bfloat16(), 2), (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
+    for bad, heads in ((torch.randn(2, 24, 3 * 64).bfloat16(), 2), (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
                        (ok.float(), 2), (ok.transpose(0, 1).contiguous().transpose(0, 1), 2), (ok, 5)):
         assert not fused.self_attention_applies(bad, heads)
     with FlopCounterMode(display=False):

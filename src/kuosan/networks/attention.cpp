@@ -136,11 +136,11 @@ inline __m512 exp_ps(__m512 x) {
 
 inline void store_bf16(bf16* out, __m512 v) { _mm256_storeu_si256((__m256i*)out, (__m256i)_mm512_cvtneps_pbh(v)); }
 
-// P (N x M bf16, row stride ldp) = softmax over each row of scale * S (N x M float32, row stride M)
-void softmax_rows(float* S, int64_t N, int64_t M, float scale, bf16* P, int64_t ldp) {
+// P (N x M bf16, row stride ldp) = softmax over each row of scale * S (N x M float32, row stride lds)
+void softmax_rows(float* S, int64_t lds, int64_t N, int64_t M, float scale, bf16* P, int64_t ldp) {
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t i = 0; i < N; ++i) {
-    float* s = S + i * M;
+    float* s = S + i * lds;
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < M; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
     const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(mx)), sc);
@@ -155,10 +155,11 @@ void softmax_rows(float* S, int64_t N, int64_t M, float scale, bf16* P, int64_t 
   }
 }
 
-// dS (N x M bf16, row stride M) = scale * P (dP - rowsum(P dP)), dP float32 (row stride M), P bf16 (row stride ldp)
-void softmax_backward_rows(const float* dP, const bf16* P, int64_t ldp, int64_t N, int64_t M, float scale, bf16* dS) {
+// dS (N x M bf16, row stride lds) = scale * P (dP - rowsum(P dP)), dP float32 (row stride ldg), P bf16 (row stride ldp)
+void softmax_backward_rows(const float* dP, int64_t ldg, const bf16* P, int64_t ldp, int64_t N, int64_t M, float scale,
+                           bf16* dS, int64_t lds) {
   for (int64_t i = 0; i < N; ++i) {
-    const float* g = dP + i * M;
+    const float* g = dP + i * ldg;
     const bf16* p = P + i * ldp;
     auto load_p = [&](int64_t j) {  // 16 bf16 -> float32: the bits in the upper half
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(p + j))), 16));
@@ -167,8 +168,14 @@ void softmax_backward_rows(const float* dP, const bf16* P, int64_t ldp, int64_t 
     for (int64_t j = 0; j < M; j += 16) dot = _mm512_fmadd_ps(load_p(j), _mm512_loadu_ps(g + j), dot);
     const __m512 r = _mm512_set1_ps(_mm512_reduce_add_ps(dot)), sc = _mm512_set1_ps(scale);
     for (int64_t j = 0; j < M; j += 16)
-      store_bf16(dS + i * M + j, _mm512_mul_ps(_mm512_mul_ps(load_p(j), sc), _mm512_sub_ps(_mm512_loadu_ps(g + j), r)));
+      store_bf16(dS + i * lds + j, _mm512_mul_ps(_mm512_mul_ps(load_p(j), sc), _mm512_sub_ps(_mm512_loadu_ps(g + j), r)));
   }
+}
+
+// out (Rp x C, row stride C) = the R rows of X (row stride ldx), then Rp - R rows of zeros
+void copy_padded(const bf16* X, int64_t ldx, int64_t R, int64_t Rp, int64_t C, bf16* out) {
+  for (int64_t r = 0; r < R; ++r) std::copy(X + r * ldx, X + r * ldx + C, out + r * C);
+  std::fill(out + R * C, out + Rp * C, bf16(0.f));
 }
 
 // out rows (row stride ldo) = C (R x Cn float32, row stride Cn) rounded to bf16
@@ -202,39 +209,72 @@ void for_items(int64_t n, int64_t scratch_bytes, F body) {
 
 bool amx_weight_grad_available();
 
-// qkv (B, N, 3 heads d) bf16 contiguous; N, d multiples of 32, on at most two threads
+// qkv (B, N, 3 heads d) bf16 contiguous; N a multiple of 16 (up to 1024), d of 32, on at most two threads
 bool amx_attention_applies(const torch::Tensor& qkv, int64_t heads) {
   if (qkv.dim() != 3 || qkv.scalar_type() != at::kBFloat16 || !qkv.is_contiguous() || heads < 1 ||
       qkv.size(2) % (3 * heads))
     return false;
   const int64_t N = qkv.size(1), d = qkv.size(2) / (3 * heads);
-  return N % 32 == 0 && N <= 1024 && d % 32 == 0 && qkv.size(0) > 0 && !omp_in_parallel() &&
+  return N % 16 == 0 && N > 0 && N <= 1024 && d % 32 == 0 && qkv.size(0) > 0 && !omp_in_parallel() &&
          omp_get_max_threads() <= 2 && amx_weight_grad_available();
 }
+
+#ifdef KUOSAN_AMX
+namespace {
+// Per (image, head): the token count N padded to Np, a multiple of 32 (the tile grid). With N < Np,
+// q, k, v (and dO) are first copied into zero-padded (Np x d) scratch, P and dS get zero columns
+// (no weight on the added keys) and rows, and only the first N rows of each result are stored.
+struct Item {
+  int64_t N, Np, d;
+  bool padded() const { return Np != N; }
+};
+
+// (pointer, row stride) of an (N x d) operand at x with row stride ld: itself, or its padded copy in buf
+std::pair<const bf16*, int64_t> operand(const Item& it, const bf16* x, int64_t ld, bf16* buf) {
+  if (!it.padded()) return {x, ld};
+  copy_padded(x, ld, it.N, it.Np, it.d, buf);
+  return {buf, it.d};
+}
+}  // namespace
+#endif
 
 // out (B, N, heads d) bf16 and P (B, heads, N, N) bf16
 std::tuple<torch::Tensor, torch::Tensor> amx_attention_forward(const torch::Tensor& qkv, int64_t heads, double scale) {
 #ifdef KUOSAN_AMX
   TORCH_CHECK(amx_attention_applies(qkv, heads), "kuosan: the AMX attention kernel does not take this qkv");
   const int64_t B = qkv.size(0), N = qkv.size(1), C = qkv.size(2) / 3, d = C / heads;
+  const Item it{N, (N + 31) / 32 * 32, d};
+  const int64_t Np = it.Np;
   auto out = torch::empty({B, N, C}, qkv.options());
   auto P = torch::empty({B, heads, N, N}, qkv.options());
   const bf16* x = (const bf16*)qkv.data_ptr();
   bf16 *o = (bf16*)out.data_ptr(), *p = (bf16*)P.data_ptr();
-  // scratch: S (N x N float32), packed K^T and V (N d bf16 each), O (N x d float32)
-  const int64_t s_bytes = N * N * 4, pk_bytes = N * d * 2, o_bytes = N * d * 4;
-  for_items(B * heads, s_bytes + 2 * pk_bytes + o_bytes, [&](int64_t item, char* buf) {
+  // scratch: S (Np x Np float32), packed K^T and V (Np d bf16 each), O (Np x d float32); if padded,
+  // P (Np x Np bf16) and padded q, k, v (Np d bf16 each)
+  const int64_t s_bytes = Np * Np * 4, pk_bytes = Np * d * 2, o_bytes = Np * d * 4;
+  const int64_t pad_bytes = it.padded() ? Np * Np * 2 + 3 * pk_bytes : 0;
+  for_items(B * heads, s_bytes + 2 * pk_bytes + o_bytes + pad_bytes, [&](int64_t item, char* buf) {
     const int64_t b = item / heads, h = item % heads;
     float* S = (float*)buf;
     bf16 *Kt = (bf16*)(buf + s_bytes), *Vp = (bf16*)(buf + s_bytes + pk_bytes);
     float* O = (float*)(buf + s_bytes + 2 * pk_bytes);
-    const bf16 *q = x + b * N * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+    bf16* pad = (bf16*)(buf + s_bytes + 2 * pk_bytes + o_bytes);  // P, then q, k, v
+    const bf16* q0 = x + b * N * 3 * C + h * d;
+    const auto [q, ldq] = operand(it, q0, 3 * C, pad + Np * Np);
+    const auto [k, ldk] = operand(it, q0 + C, 3 * C, pad + Np * Np + Np * d);
+    const auto [v, ldv] = operand(it, q0 + 2 * C, 3 * C, pad + Np * Np + 2 * Np * d);
     bf16* pi = p + item * N * N;
-    pack_transposed(k, 3 * C, N, d, Kt);
-    gemm(q, 3 * C, Kt, S, N, N, N, d);
-    softmax_rows(S, N, N, (float)scale, pi, N);
-    pack_rows(v, 3 * C, N, d, Vp);
-    gemm(pi, N, Vp, O, d, N, d, N);
+    pack_transposed(k, ldk, Np, d, Kt);
+    gemm(q, ldq, Kt, S, Np, Np, Np, d);
+    if (it.padded()) {  // softmax over the N keys into the zeroed padded P, then its N x N block saved
+      std::fill(pad, pad + Np * Np, bf16(0.f));
+      softmax_rows(S, Np, N, N, (float)scale, pad, Np);
+      for (int64_t i = 0; i < N; ++i) std::copy(pad + i * Np, pad + i * Np + N, pi + i * N);
+    } else {
+      softmax_rows(S, Np, N, N, (float)scale, pi, N);
+    }
+    pack_rows(v, ldv, Np, d, Vp);
+    gemm(it.padded() ? pad : pi, Np, Vp, O, d, Np, d, Np);
     store_rows(O, N, d, o + b * N * C + h * d, C);
   });
   return {out, P};
@@ -248,38 +288,53 @@ torch::Tensor amx_attention_backward(const torch::Tensor& dout_, const torch::Te
                                      int64_t heads, double scale) {
 #ifdef KUOSAN_AMX
   TORCH_CHECK(amx_attention_applies(qkv, heads) && P.is_contiguous() && P.scalar_type() == at::kBFloat16 &&
-                  dout_.numel() * 3 == qkv.numel(),
+                  dout_.numel() * 3 == qkv.numel() && P.numel() == qkv.size(0) * heads * qkv.size(1) * qkv.size(1),
               "kuosan: the AMX attention backward does not take these tensors");
   const auto dout = dout_.to(at::kBFloat16).contiguous();
   const int64_t B = qkv.size(0), N = qkv.size(1), C = qkv.size(2) / 3, d = C / heads;
+  const Item it{N, (N + 31) / 32 * 32, d};
+  const int64_t Np = it.Np;
   auto dqkv = torch::empty_like(qkv);
   const bf16 *x = (const bf16*)qkv.data_ptr(), *g = (const bf16*)dout.data_ptr(), *p = (const bf16*)P.data_ptr();
   bf16* dx = (bf16*)dqkv.data_ptr();
-  // scratch: dP (N x N float32), dS and a transpose (N x N bf16 each), a packed operand (N d bf16),
-  // a product (N x d float32)
-  const int64_t s_bytes = N * N * 4, t_bytes = N * N * 2, pk_bytes = N * d * 2, o_bytes = N * d * 4;
-  for_items(B * heads, s_bytes + 2 * t_bytes + pk_bytes + o_bytes, [&](int64_t item, char* buf) {
+  // scratch: dP (Np x Np float32), dS and a transpose (Np x Np bf16 each), a packed operand (Np d
+  // bf16), a product (Np x d float32); if padded, P (Np x Np bf16) and padded q, k, v, dO (Np d each)
+  const int64_t s_bytes = Np * Np * 4, t_bytes = Np * Np * 2, pk_bytes = Np * d * 2, o_bytes = Np * d * 4;
+  const int64_t pad_bytes = it.padded() ? t_bytes + 4 * pk_bytes : 0;
+  for_items(B * heads, s_bytes + 2 * t_bytes + pk_bytes + o_bytes + pad_bytes, [&](int64_t item, char* buf) {
     const int64_t b = item / heads, h = item % heads;
     float* dP = (float*)buf;
     bf16 *dS = (bf16*)(buf + s_bytes), *T = (bf16*)(buf + s_bytes + t_bytes);
     bf16* pk = (bf16*)(buf + s_bytes + 2 * t_bytes);
     float* R = (float*)(buf + s_bytes + 2 * t_bytes + pk_bytes);
+    bf16* pad = (bf16*)(buf + s_bytes + 2 * t_bytes + pk_bytes + o_bytes);  // P, then q, k, v, dO
     const int64_t row = b * N * 3 * C + h * d;
-    const bf16 *q = x + row, *k = q + C, *v = q + 2 * C, *dO = g + b * N * C + h * d, *pi = p + item * N * N;
+    const auto [q, ldq] = operand(it, x + row, 3 * C, pad + Np * Np);
+    const auto [k, ldk] = operand(it, x + row + C, 3 * C, pad + Np * Np + Np * d);
+    const auto [v, ldv] = operand(it, x + row + 2 * C, 3 * C, pad + Np * Np + 2 * Np * d);
+    const auto [dO, ldo] = operand(it, g + b * N * C + h * d, C, pad + Np * Np + 3 * Np * d);
+    const bf16* pi = p + item * N * N;
+    if (it.padded()) {  // P with zero columns and rows
+      bf16* pp = pad;
+      std::fill(pp, pp + Np * Np, bf16(0.f));
+      for (int64_t i = 0; i < N; ++i) std::copy(pi + i * N, pi + (i + 1) * N, pp + i * Np);
+      pi = pp;
+      std::fill(dS, dS + Np * Np, bf16(0.f));
+    }
     bf16 *dq = dx + row, *dk = dq + C, *dv = dq + 2 * C;
-    pack_transposed(v, 3 * C, N, d, pk);  // dP = dO V^T
-    gemm(dO, C, pk, dP, N, N, N, d);
-    softmax_backward_rows(dP, pi, N, N, N, (float)scale, dS);
-    pack_rows(k, 3 * C, N, d, pk);  // dQ = dS K
-    gemm(dS, N, pk, R, d, N, d, N);
+    pack_transposed(v, ldv, Np, d, pk);  // dP = dO V^T
+    gemm(dO, ldo, pk, dP, Np, Np, Np, d);
+    softmax_backward_rows(dP, Np, pi, Np, N, N, (float)scale, dS, Np);
+    pack_rows(k, ldk, Np, d, pk);  // dQ = dS K
+    gemm(dS, Np, pk, R, d, Np, d, Np);
     store_rows(R, N, d, dq, 3 * C);
-    transpose(dS, N, N, N, T);  // dK = dS^T Q
-    pack_rows(q, 3 * C, N, d, pk);
-    gemm(T, N, pk, R, d, N, d, N);
+    transpose(dS, Np, Np, Np, T);  // dK = dS^T Q
+    pack_rows(q, ldq, Np, d, pk);
+    gemm(T, Np, pk, R, d, Np, d, Np);
     store_rows(R, N, d, dk, 3 * C);
-    transpose(pi, N, N, N, T);  // dV = P^T dO
-    pack_rows(dO, C, N, d, pk);
-    gemm(T, N, pk, R, d, N, d, N);
+    transpose(pi, Np, Np, Np, T);  // dV = P^T dO
+    pack_rows(dO, ldo, Np, d, pk);
+    gemm(T, Np, pk, R, d, Np, d, Np);
     store_rows(R, N, d, dv, 3 * C);
   });
   return dqkv;

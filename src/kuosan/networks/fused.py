@@ -271,7 +271,7 @@ class _SelfAttention(torch.autograd.Function):
 
 def self_attention_applies(qkv: torch.Tensor, heads: int) -> bool:
     """Whether :func:`self_attention` takes the AMX kernel: a contiguous bfloat16 CPU qkv (B, N,
-    3 heads d) with N and d multiples of 32 (N <= 1024), CPUs with AMX, torch on at most two
+    3 heads d) with N a multiple of 16 (N <= 1024) and d of 32, CPUs with AMX, torch on at most two
     threads, not compiling and no Python dispatch mode (FlopCounterMode sees the operations)."""
     return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and not torch.compiler.is_compiling()
             and _get_current_dispatch_mode() is None and fused_available()
