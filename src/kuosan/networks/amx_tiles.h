@@ -1,5 +1,5 @@
-// AMX tile pieces shared by conv_weight_grad.cpp and attention.cpp: the tile configuration and a
-// 32 x 32 transpose of 16-bit values in AVX-512 registers.
+// AMX tile pieces shared by conv_weight_grad.cpp and attention.cpp: the tile configuration and
+// transposes of 16-bit (32 x 32) and 32-bit (16 x 16) values in AVX-512 registers.
 #pragma once
 #include <torch/extension.h>
 
@@ -19,11 +19,10 @@ struct TileConfig {  // the LDTILECFG layout (palette 1)
   uint8_t rows[16] = {};
 };
 
-// 32 x 32 transpose of 16-bit values: row i of r becomes column i. Block swaps of 16, 8, 4 and 2
-// lanes move whole 32-bit pairs (a two-source permute each); the swap of single lanes is a shift
-// and a blend.
-template <int B>
-inline void transpose_stage(__m512i r[32]) {  // swap blocks of B 32-bit units between rows i and i + 2B
+// rows i and i + D (i with bit D clear) exchange blocks of B 32-bit lanes: the upper B-block of
+// row i with the lower B-block of row i + D (a two-source permute each); a stage of the transposes below
+template <int B, int D, int Rows>
+inline void swap_lane_blocks(__m512i r[Rows]) {
   alignas(64) static constexpr int32_t lo[16] = {
 #define L(j) ((j) & B ? 16 + (j) - B : (j))
       L(0), L(1), L(2), L(3), L(4), L(5), L(6), L(7), L(8), L(9), L(10), L(11), L(12), L(13), L(14), L(15)};
@@ -34,18 +33,30 @@ inline void transpose_stage(__m512i r[32]) {  // swap blocks of B 32-bit units b
 #undef L
   const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
 #pragma GCC unroll 32
-  for (int i = 0; i < 32; ++i)
-    if (!(i & 2 * B)) {
-      const __m512i u = r[i], v = r[i + 2 * B];
+  for (int i = 0; i < Rows; ++i)
+    if (!(i & D)) {
+      const __m512i u = r[i], v = r[i + D];
       r[i] = _mm512_permutex2var_epi32(u, il, v);
-      r[i + 2 * B] = _mm512_permutex2var_epi32(u, ih, v);
+      r[i + D] = _mm512_permutex2var_epi32(u, ih, v);
     }
 }
+
+// 16 x 16 transpose of 32-bit values: row i of r becomes column i
+inline void transpose16x32(__m512i r[16]) {
+  swap_lane_blocks<8, 8, 16>(r);
+  swap_lane_blocks<4, 4, 16>(r);
+  swap_lane_blocks<2, 2, 16>(r);
+  swap_lane_blocks<1, 1, 16>(r);
+}
+
+// 32 x 32 transpose of 16-bit values: row i of r becomes column i. Block swaps of 16, 8, 4 and 2
+// lanes (between rows i and i + 2B, as each row holds 16 pairs) move whole 32-bit pairs; the swap
+// of single lanes is a shift and a blend.
 inline void transpose32(__m512i r[32]) {
-  transpose_stage<8>(r);
-  transpose_stage<4>(r);
-  transpose_stage<2>(r);
-  transpose_stage<1>(r);
+  swap_lane_blocks<8, 16, 32>(r);
+  swap_lane_blocks<4, 8, 32>(r);
+  swap_lane_blocks<2, 4, 32>(r);
+  swap_lane_blocks<1, 2, 32>(r);
 #pragma GCC unroll 16
   for (int i = 0; i < 32; i += 2) {
     const __m512i u = r[i], v = r[i + 1];

@@ -24,9 +24,11 @@
 #include <vector>
 
 #include "amx_tiles.h"
+#include "vec_math.h"
 
 namespace {
 using namespace kuosan_amx;
+using kuosan_vec::exp16;
 #ifdef KUOSAN_AMX
 // C (M x Nc float32, row stride ldc) = A (M x K bf16 rows, row stride lda) . B (packed, K / 2 rows of
 // Nc pairs); M, Nc and K multiples of 32. Each 32 x 32 block of C is four accumulator tiles.
@@ -67,26 +69,6 @@ void pack_rows(const bf16* X, int64_t ldx, int64_t R, int64_t C, bf16* out) {
     }
 }
 
-template <int B>  // rows i and i + B exchange blocks of B 32-bit lanes (one stage of a 16 x 16 transpose)
-inline void transpose16_stage(__m512i r[16]) {
-  alignas(64) static constexpr int32_t lo[16] = {
-#define L(j) ((j) & B ? 16 + (j) - B : (j))
-      L(0), L(1), L(2), L(3), L(4), L(5), L(6), L(7), L(8), L(9), L(10), L(11), L(12), L(13), L(14), L(15)};
-#undef L
-  alignas(64) static constexpr int32_t hi[16] = {
-#define L(j) ((j) & B ? 16 + (j) : (j) + B)
-      L(0), L(1), L(2), L(3), L(4), L(5), L(6), L(7), L(8), L(9), L(10), L(11), L(12), L(13), L(14), L(15)};
-#undef L
-  const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; ++i)
-    if (!(i & B)) {
-      const __m512i u = r[i], v = r[i + B];
-      r[i] = _mm512_permutex2var_epi32(u, il, v);
-      r[i + B] = _mm512_permutex2var_epi32(u, ih, v);
-    }
-}
-
 // out (C / 2 rows of R pairs) = X^T packed: out[c / 2][r] = (X[r][c], X[r][c + 1]), a transpose of
 // X's 32-bit pairs (X: R x C, row stride ldx; R, C multiples of 16 and 32)
 void pack_transposed(const bf16* X, int64_t ldx, int64_t R, int64_t C, bf16* out) {
@@ -95,10 +77,7 @@ void pack_transposed(const bf16* X, int64_t ldx, int64_t R, int64_t C, bf16* out
       __m512i r[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(X + (r0 + i) * ldx + c0);
-      transpose16_stage<8>(r);
-      transpose16_stage<4>(r);
-      transpose16_stage<2>(r);
-      transpose16_stage<1>(r);
+      transpose16x32(r);
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(out + (c0 / 2 + j) * 2 * R + 2 * r0, r[j]);
     }
@@ -117,22 +96,6 @@ void transpose(const bf16* X, int64_t ldx, int64_t R, int64_t C, bf16* out) {
     }
 }
 
-// e^x for x <= 0 (float32, relative error ~2e-7): 2^n e^f with n = round(x / ln 2), |f| <= ln(2) / 2,
-// e^f by its degree-6 Taylor polynomial; vscalefps gives 0 where 2^n underflows
-inline __m512 exp_ps(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), f);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
 
 inline void store_bf16(bf16* out, __m512 v) { _mm256_storeu_si256((__m256i*)out, (__m256i)_mm512_cvtneps_pbh(v)); }
 
@@ -146,7 +109,7 @@ void softmax_rows(float* S, int64_t lds, int64_t N, int64_t M, float scale, bf16
     const __m512 shift = _mm512_mul_ps(_mm512_set1_ps(_mm512_reduce_max_ps(mx)), sc);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < M; j += 16) {
-      const __m512 e = exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, shift));
+      const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, shift));
       _mm512_storeu_ps(s + j, e);
       sum = _mm512_add_ps(sum, e);
     }

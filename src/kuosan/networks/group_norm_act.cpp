@@ -20,6 +20,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
 inline float load(const float* p, int64_t i) { return p[i]; }
@@ -89,21 +91,7 @@ inline void store16(uint16_t* p, __m512 v, __mmask16 m) {  // round to nearest e
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
 #endif
 }
-inline __m512 exp16(__m512 x) {  // fast_exp, 16 lanes
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
-}
+using kuosan_vec::exp16;  // fast_exp, 16 lanes (vec_math.h)
 // 1 / (1 + exp(-z)) for bfloat16 data, where a relative error of 1e-5 is far below the format's 4e-3:
 // exp(-z) = 2^k p(r) with a degree-4 polynomial fitted for relative error (2.7e-6 on
 // |r| <= ln2 / 2), no clamping (scalef saturates 2^k p to 0 or inf, and 1 / (1 + inf) = 0), and the
