@@ -28,8 +28,8 @@
 
 namespace {
 using namespace kuosan_amx;
-using kuosan_vec::exp16;
 #ifdef KUOSAN_AMX
+using kuosan_vec::exp16;  // AMX implies AVX-512F, which vec_math.h needs
 // C (M x Nc float32, row stride ldc) = A (M x K bf16 rows, row stride lda) . B (packed, K / 2 rows of
 // Nc pairs); M, Nc and K multiples of 32. Each 32 x 32 block of C is four accumulator tiles.
 void gemm(const bf16* A, int64_t lda, const bf16* B, float* C, int64_t ldc, int64_t M, int64_t Nc, int64_t K) {
