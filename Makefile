@@ -8,7 +8,7 @@ DEMO_BUDGET ?= 300
 DEMO_OUT ?= runs/demo
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test bench clean
+.PHONY: install install-test demo test test-slow lint format clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.test: $(VENV)/.core
 	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.lint: $(VENV)/.core
+	$(BIN)/python -m pip install -q -e ".[lint]"
 	touch $@
 
 install: $(VENV)/.core
@@ -33,8 +37,22 @@ demo: $(VENV)/.core
 	$(BIN)/kuosan sample $(DEMO_OUT) -n 1000 --seed 1 --out $(DEMO_OUT)/samples.npy
 	$(BIN)/kuosan eval $(DEMO_OUT)/samples.npy --dataset digits --out $(DEMO_OUT)/metrics.json
 
+# The default suite leaves out the tests marked slow (multi-process training, compiled graphs, the
+# installed wheel); `make test-slow` runs those, and CI runs both.
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m slow
+
+# ruff, pinned in the lint extra: the lint rules and the formatting of pyproject.toml's [tool.ruff]
+lint: $(VENV)/.lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.lint
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

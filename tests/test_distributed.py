@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # two processes each, minutes of set-up on 2 cores
+
 from kuosan.train import checkpoint as ckpt
 
 TINY = ["--preset", "digits", "--no-progress", "model.params.base_channels=8", "model.params.num_res_blocks=1",

@@ -256,6 +256,7 @@ def test_cli_train_shapes_ldm_without_vae_as_a_user_would(tmp_path):
     assert "kuosan train --preset shapes-vae" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_dict_data(tmp_path, bert_dir):
     """torchrun with 2 processes x 4 examples == 1 process x (2 micro-batches of 4), bit for bit, for a
     text-conditional model: the conditioning of the dict data and the objective's draw (prompt dropout,

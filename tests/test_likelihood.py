@@ -263,6 +263,7 @@ def test_config_builds_the_likelihood_objective():
             validate(resolve_config("digits", overrides=bad))
 
 
+@pytest.mark.slow
 def test_cli_nll_both_methods(tmp_path):
     import json
     import subprocess

@@ -82,6 +82,7 @@ def test_log_and_pictures_are_written(tmp_path):
     assert (tmp_path / "samples" / "step_0000002.png").is_file()
 
 
+@pytest.mark.slow
 def test_compiled_training_computes_the_same_gradients(tmp_path):
     """train.compile=true (torch.compile of the network): the compiled module gives eager's loss and
     gradients on the same batch to float tolerance, it trains, and the checkpoint keeps the plain

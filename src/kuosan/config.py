@@ -8,10 +8,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
