@@ -122,7 +122,7 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
         sample_ips = 3 * 256 / (time.perf_counter() - t0)
     fused = False
     if system == "kuosan":
-        from kuosan.networks.fused import fused_available
+        from kuosan.ops import kernels_available as fused_available
 
         fused = cl and fused_available() and not mode.startswith("compile")
     return {"system": system, "shape": shape, "batch": batch, "mode": mode, "fused_norm_kernel": fused,

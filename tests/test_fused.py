@@ -1,15 +1,33 @@
-"""The fused GroupNorm kernel against the same function in float64 PyTorch operations, the
+"""The CPU kernels of kuosan.ops: the GroupNorm kernel against the same function in float64 PyTorch operations, the
 convolution backward against the definition, and the U-Net with and without them."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kuosan.networks import UNet
-from kuosan.networks import fused
-from kuosan.networks.blocks import Conv2d
-from kuosan.networks.fused import conv_backward_applies, fused_available, fusable, group_norm_act
+from types import SimpleNamespace
 
-pytestmark = pytest.mark.skipif(not fused_available(), reason="fused kernel cannot be built here")
+from torch import nn
+
+from kuosan import ops
+from kuosan.networks import UNet
+from kuosan.ops import conv_backward_applies, kernels_available
+from kuosan.ops import cpu
+from kuosan.ops.cpu import autograd
+from kuosan.ops.cpu.autograd import group_norm_applies as fusable
+
+pytestmark = pytest.mark.skipif(not kernels_available(), reason="the CPU kernels cannot be built here")
+
+
+def group_norm_act(x, groups, weight, bias, eps=1e-6, **kwargs):
+    """ops.group_norm_act with a norm of these parameters (anything with the nn.GroupNorm attributes)."""
+    return ops.group_norm_act(x, SimpleNamespace(num_groups=groups, weight=weight, bias=bias, eps=eps), **kwargs)
+
+
+class Conv2d(nn.Conv2d):
+    """An nn.Conv2d called through ops.conv2d, as the networks call theirs."""
+
+    def forward(self, x, residual=None):
+        return ops.conv2d(x, self, residual)
 
 
 def reference(x, groups, weight, bias, e, scale, shift, act):
@@ -176,17 +194,16 @@ def test_unbuildable_kernel_warns_once_and_falls_back(monkeypatch):
     """No compiler (or no ninja): one warning, then the PyTorch-operations path gives the result
     and convolutions train with nn.Conv2d's own backward."""
     import torch.utils.cpp_extension as cpp
-    from kuosan.networks import fused
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions")
 
-    monkeypatch.setattr(fused, "_EXT", None)
-    monkeypatch.setattr(fused, "_EXT_FAILED", False)
+    monkeypatch.setattr(cpu, "_EXT", None)
+    monkeypatch.setattr(cpu, "_FAILED", False)
     monkeypatch.setattr(cpp, "load", no_compiler)
     x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
-    with pytest.warns(UserWarning, match="fused CPU kernels unavailable.*Ninja is required"):
-        assert not fused.fused_available()
+    with pytest.warns(UserWarning, match="CPU kernels unavailable.*Ninja is required"):
+        assert not kernels_available()
     assert not fusable(x)
     y = group_norm_act(x, 4, torch.ones(8), torch.zeros(8), act=True)
     torch.testing.assert_close(y, F.silu(F.group_norm(x, 4, eps=1e-6)))
@@ -245,14 +262,14 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
     if bias:
         assert rel(conv.bias.grad, ref.bias.grad) < tol
     w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
-    taken = fused._EXT.conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
+    taken = cpu.extension().conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
                                        list(conv.padding), list(conv.dilation), 1, True, True, bias)[3]
     assert taken == route
     # dy in another layout (NCHW, or a channel slice as a concatenation's gradient gives) is made
     # channels-last first: the same route and values
     wide = torch.cat([g, g], 1).contiguous(memory_format=torch.channels_last)[:, :c_out]
     for dy in (g.contiguous(), wide):
-        other = fused._EXT.conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
+        other = cpu.extension().conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
                                            list(conv.padding), list(conv.dilation), 1, True, True, bias)
         assert other[3] == route and rel(other[1], ref.weight.grad) < tol and rel(other[0], x_ref.grad) < tol
 
@@ -348,7 +365,10 @@ def test_conv_backward_under_a_python_dispatch_mode():
     code = """
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from kuosan.networks.blocks import Conv2d
+from kuosan import ops
+class Conv2d(torch.nn.Conv2d):
+    def forward(self, x):
+        return ops.conv2d(x, self)
 torch.set_num_threads(2)
 conv = Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
 ref = torch.nn.Conv2d(64, 64, 3, padding=1)
@@ -373,9 +393,9 @@ def test_batch_split_weight_gradient_is_repeatable():
     other addresses. In a subprocess: fresh OpenMP threads, and a hang fails instead of stalling."""
     code = """
 import torch
-from kuosan.networks import fused
+from kuosan.ops import cpu
 torch.set_num_threads(2)
-ext = fused._extension()
+ext = cpu.extension()
 torch.manual_seed(0)
 for batch, c_in, c_out, k, size, dtype in [(64, 48, 32, 3, 8, torch.bfloat16), (16, 32, 32, 1, 6, torch.float32),
                                            (7, 24, 16, 3, 9, torch.bfloat16)]:
@@ -397,7 +417,7 @@ print("ok")
     run_script(code)
 
 
-amx = pytest.mark.skipif(not (fused.fused_available() and fused._extension().amx_weight_grad_available()),
+amx = pytest.mark.skipif(not (kernels_available() and cpu.extension().amx_weight_grad_available()),
                          reason="no AMX tiles on this CPU")
 
 
@@ -413,7 +433,7 @@ def test_amx_weight_gradient_matches_definition(two_threads, batch, c_in, c_out,
     """The AMX route (bfloat16 3x3 and 1x1 convolutions, stride 1, padding k // 2) against float64
     gradients of the same bfloat16 values: to bfloat16's rounding (2^-8 of the largest gradient);
     bitwise the same on a second call with the data at other addresses."""
-    ext = fused._extension()
+    ext = cpu.extension()
     torch.manual_seed(0)
     cl = torch.channels_last
     x = torch.randn(batch, c_in, *size).to(torch.bfloat16).contiguous(memory_format=cl)
@@ -439,7 +459,7 @@ def test_amx_route_serves_the_unet_convolutions(two_threads):
     """Through nn.Conv2d under bfloat16 autocast, as the U-Net trains: the parameters' float32
     gradients match float64 ones; float32 training and 3x3 convolutions whose channels are not
     multiples of 32 keep the other routes."""
-    ext = fused._extension()
+    ext = cpu.extension()
     torch.manual_seed(0)
     conv = Conv2d(64, 32, 3, padding=1).to(memory_format=torch.channels_last)
     x = torch.randn(8, 64, 6, 6).contiguous(memory_format=torch.channels_last)
@@ -481,7 +501,7 @@ def test_amx_route_serves_the_unet_convolutions(two_threads):
 def test_grouped_or_dilated_convolutions_keep_onednn_weight_gradient(two_threads, groups, dilation):
     """The rewritten routes were timed on ungrouped, undilated convolutions only; grouped and
     dilated ones take oneDNN's own weight gradient (same values as PyTorch's)."""
-    ext = fused._extension()
+    ext = cpu.extension()
     torch.manual_seed(0)
     x = torch.randn(8, 16, 9, 9).contiguous(memory_format=torch.channels_last)
     dy = torch.randn(8, 16, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -499,7 +519,7 @@ def test_conv_backward_rejects_shapes_that_disagree(what):
     """dy, x and w must describe one convolution: every route indexes dy through x's and w's sizes,
     so a dy of another size is an error, not a read past its end (here with the AMX-sized bf16
     shapes and need_input=False, where oneDNN would not look at dy's shape)."""
-    ext = fused._extension()
+    ext = cpu.extension()
     cl, bf = torch.channels_last, torch.bfloat16
     x = torch.randn(4, 32, 8, 8).to(bf).contiguous(memory_format=cl)
     w = torch.randn(32, 32, 3, 3).to(bf).contiguous(memory_format=cl)
@@ -520,12 +540,12 @@ def test_amx_self_attention_matches_float64(two_threads, batch, n, heads, d):
     bf16 rounding; PyTorch's bf16 route is checked to the same bound, which it needs about twice of."""
     torch.manual_seed(0)
     qkv = (1.5 * torch.randn(batch, n, 3 * heads * d)).bfloat16().requires_grad_()
-    assert fused.self_attention_applies(qkv.detach(), heads)
-    out = fused.self_attention(qkv, heads)
+    assert autograd.self_attention_applies(qkv.detach(), heads)
+    out = ops.self_attention(qkv, heads)
     g = torch.randn_like(out)
     out.backward(g)
     ref_in = qkv.detach().double().requires_grad_()
-    ref = fused._self_attention_math(ref_in, heads, d**-0.5)
+    ref = ops.reference.self_attention(ref_in, heads)
     ref.backward(g.double())
     assert out.shape == (batch, n, heads * d) and out.dtype == torch.bfloat16
     assert (out.double() - ref).abs().max() < 1e-2 * ref.abs().max()
@@ -540,14 +560,14 @@ def test_amx_self_attention_where_it_applies_and_its_double_backward(two_threads
     from torch.utils.flop_counter import FlopCounterMode
 
     ok = torch.randn(2, 64, 3 * 64).bfloat16()
-    assert fused.self_attention_applies(ok, 2)
+    assert autograd.self_attention_applies(ok, 2)
     for bad, heads in ((torch.randn(2, 24, 3 * 64).bfloat16(), 2), (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
                        (ok.float(), 2), (ok.transpose(0, 1).contiguous().transpose(0, 1), 2), (ok, 5)):
-        assert not fused.self_attention_applies(bad, heads)
+        assert not autograd.self_attention_applies(bad, heads)
     with FlopCounterMode(display=False):
-        assert not fused.self_attention_applies(ok, 2)
+        assert not autograd.self_attention_applies(ok, 2)
     derivatives, w = [], torch.randn(2, 64, 64)  # a linear loss: the same output gradient on both routes
-    for route in (fused.self_attention, lambda x, h: fused._self_attention_math(x, h, 32**-0.5)):
+    for route in (ops.self_attention, ops.reference.self_attention):
         x = ok.clone().requires_grad_()
         (dx,) = torch.autograd.grad((route(x, 2).float() * w).sum(), x, create_graph=True)
         (ddx,) = torch.autograd.grad(dx.float().square().sum(), x)
@@ -566,11 +586,11 @@ def test_attention_block_takes_the_amx_kernel_under_autocast(two_threads, monkey
     torch.nn.init.normal_(block.proj_out.weight, std=0.1)
     x0 = torch.randn(3, 64, 8, 8).contiguous(memory_format=torch.channels_last)
     calls = []
-    kernel = fused._SelfAttention.apply
+    kernel = autograd.SelfAttention.apply
     results = []
     for use in (True, False):
-        monkeypatch.setattr(fused._SelfAttention, "apply", lambda *a: calls.append(1) or kernel(*a))
-        monkeypatch.setattr(fused, "self_attention_applies", lambda qkv, h, _use=use, _f=fused.self_attention_applies:
+        monkeypatch.setattr(autograd.SelfAttention, "apply", lambda *a: calls.append(1) or kernel(*a))
+        monkeypatch.setattr(autograd, "self_attention_applies", lambda qkv, h, _use=use, _f=autograd.self_attention_applies:
                             _use and _f(qkv, h))
         block.zero_grad()
         x = x0.clone().requires_grad_()
@@ -599,9 +619,9 @@ def test_channel_linear_is_the_linear_layer_per_pixel(two_threads, autocast, res
         x = x0.contiguous(memory_format=fmt).requires_grad_()
         r = r0.contiguous(memory_format=fmt).requires_grad_()
         if fmt == torch.channels_last:
-            assert fused._custom_backward_applies(x, lin.weight) == fused_available()
+            assert autograd.conv_backward_applies(x, lin.weight) == kernels_available()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = (fused.channel_linear(x, lin, residual=r if residual else None) if fmt == torch.channels_last
+            y = (ops.channel_linear(x, lin, residual=r if residual else None) if fmt == torch.channels_last
                  else lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + (r if residual else 0))
         (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
         results.append([y.float(), x.grad, lin.weight.grad, lin.bias.grad] + ([r.grad] if residual else []))

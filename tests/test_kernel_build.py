@@ -9,10 +9,10 @@ import shutil
 import pytest
 from torch.utils.cpp_extension import is_ninja_available
 
-from kuosan.networks import fused
+from kuosan.ops import cpu
 
 
 @pytest.mark.skipif(not (shutil.which("c++") and is_ninja_available()), reason="no C++ compiler or ninja")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the kernels are written for x86-64")
 def test_kernels_build_here():
-    assert fused._extension() is not None, "the CPU kernels failed to build (the warning says why)"
+    assert cpu.extension() is not None, "the CPU kernels failed to build (the warning says why)"

@@ -1,6 +1,6 @@
 """Denoising networks: ``net(x_t, t) -> output``; the output's meaning is set by an adapter.
 
-``networks`` imports only ``kuosan.utils`` (and torch). ``NETWORKS`` maps config names to classes;
+``networks`` imports only ``kuosan.utils`` and ``kuosan.ops`` (and torch). ``NETWORKS`` maps config names to classes;
 every network keeps its constructor arguments in ``net.config`` so ``NETWORKS[name](**config)``
 rebuilds it from a checkpoint.
 """

@@ -12,41 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from kuosan import ops
+from kuosan.ops import attend
+
 from .blocks import normalization, zero_module
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""softmax(q k^T / sqrt(d)) v over (B, heads, N, d), via ``scaled_dot_product_attention``.
-
-    ``mask`` (boolean, broadcastable to (B, heads, N, M), True = may attend) removes keys: their
-    logits are -inf before the softmax, so they get weight exactly 0.
-
-    On CPU, half/bfloat16 inputs (e.g. under ``torch.autocast("cpu", torch.bfloat16)``) take one of
-    two routes, both with a float32 softmax (what improved-diffusion uses for stability): at U-Net
-    sizes where the two products dominate (N <= 64 tokens, or N <= 256 with d >= 64) the products
-    run in bfloat16 on the matrix units and only the (N, M) logits are float32; otherwise
-    torch's float32 flash kernel runs (its bfloat16 kernel is slower than the float32 one at U-Net
-    token counts). Measured forward+backward, torch 2.13, one thread, batch 32: N=256, d=128: 14 ms
-    vs 40 ms float32 flash; N=256, 4 heads of d=32: 93 ms vs 52 ms; N=1024, d=16: 2.2 s vs 0.36 s.
-    On GPUs the fused reduced-precision kernels are used as they are.
-    """
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        n, m, d = q.shape[-2], k.shape[-2], q.shape[-1]
-        if max(n, m) <= 64 or (max(n, m) <= 256 and d >= 64):
-            # dense operands: a product of strided views (q, k, v sliced from one qkv projection)
-            # runs 3-6x slower in oneDNN (0.36 vs 2.2 ms at B=32, N=256, d=128); the copies cost 0.1 ms
-            k, v = k.contiguous(), v.contiguous()
-            logits = (q * d**-0.5) @ k.transpose(-1, -2)
-            if mask is not None:
-                logits = logits.masked_fill(~mask, float("-inf"))
-            with torch.autocast("cpu", enabled=False):  # the CPU kernel exponentiates and sums in float32
-                weights = logits.softmax(-1)
-            return weights @ v
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class SelfAttention2d(nn.Module):
@@ -56,11 +25,10 @@ class SelfAttention2d(nn.Module):
         [Q, K, V] &= \mathrm{GN}(x)\, W_{qkv} \\
         \mathrm{out} &= x + \mathrm{softmax}\!\big(Q K^\top / \sqrt{d}\big)\, V\, W_o
 
-    computed per head by kuosan's AMX kernel where it applies (``fused.self_attention``), else
-    by :func:`attend` (``scaled_dot_product_attention``, which picks a fused kernel when one is
-    available). :math:`W_o` is zero-initialised, so a fresh block is the identity. The projections
-    are Linear layers (their weights as in diffusers and improved-diffusion) applied to every
-    pixel's channels, i.e. 1x1 convolutions (``fused.channel_linear``); on channels-last inputs the
+    computed by :func:`kuosan.ops.self_attention` (kuosan's AMX kernel where it applies, else
+    ``scaled_dot_product_attention``, which picks a fused kernel when one is available).
+    :math:`W_o` is zero-initialised, so a fresh block is the identity. The projections are Linear layers (their weights as in diffusers and improved-diffusion) applied to every
+    pixel's channels, i.e. 1x1 convolutions (``ops.channel_linear``); on channels-last inputs the
     (B, N, C) token layout is a view, and the residual addition happens inside W_o's convolution.
 
     Args:
@@ -81,18 +49,14 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
-        heads, d = self.num_heads, c // self.num_heads
-        normed, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
+        heads = self.num_heads
+        normed, x = ops.group_norm_act(x, self.norm, passthrough=True)  # x's two gradients meet in the norm's backward
         # the projections act on each pixel's channels: 1x1 convolutions on channels-last tensors
-        qkv = fused.channel_linear(normed, self.qkv)  # (B, 3C, H, W): q | k | v, each (heads, d)
+        qkv = ops.channel_linear(normed, self.qkv)  # (B, 3C, H, W): q | k | v, each (heads, d)
         qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, 3 * c)  # (B, N, 3C), a view if channels-last
-        if fused.self_attention_applies(qkv, heads):  # AMX kernel: q, k, v read in place, one gradient
-            out = fused.self_attention(qkv, heads)
-        else:  # chunks of the last dimension: their gradients assemble with one concatenation
-            q, k, v = (t.reshape(b, h * w, heads, d).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-            out = attend(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = ops.self_attention(qkv, heads)  # (B, N, C)
         out = out.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
-        return fused.channel_linear(out, self.proj_out, residual=x)
+        return ops.channel_linear(out, self.proj_out, residual=x)
 
 
 def key_padding_mask(context_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -226,7 +190,7 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
         """(B, C, H, W), (B, L, D_c), (B, L) -> (B, C, H, W)."""
         b, c, h, w = x.shape
-        tokens, x = self.norm(x, passthrough=True)  # x's two gradients meet in the norm's backward
+        tokens, x = ops.group_norm_act(x, self.norm, passthrough=True)  # x's two gradients meet in the norm's backward
         tokens = self.proj_in(tokens.flatten(2).transpose(1, 2))  # (B, N, C)
         tokens = self.proj_out(self.block(tokens, context.to(tokens.dtype), context_mask))
         return x + tokens.transpose(1, 2).reshape(b, c, h, w)

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attend
+from kuosan import ops
+from kuosan.ops import attend
+
 from .blocks import Upsample, normalization
 
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM clamps the encoder's log-variance to this range
@@ -53,8 +55,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        h = self.conv1(self.norm1(x, act=True))
-        h = self.conv2(self.norm2(h, act=True))
+        h = self.conv1(ops.group_norm_act(x, self.norm1, act=True))
+        h = self.conv2(ops.group_norm_act(h, self.norm2, act=True))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
@@ -76,7 +78,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = ops.group_norm_act(x, self.group_norm).flatten(2).transpose(1, 2)  # (B, N, C)
         q, k, v = (proj(tokens)[:, None] for proj in (self.to_q, self.to_k, self.to_v))  # (B, 1, N, C)
         out = self.to_out(attend(q, k, v)[:, 0])
         return x + out.transpose(1, 2).reshape(b, c, h, w)
@@ -152,7 +154,7 @@ class Encoder(nn.Module):
         for level in self.down_blocks:
             h = level(h)
         h = self.mid_block(h)
-        return self.conv_out(self.conv_norm_out(h, act=True))
+        return self.conv_out(ops.group_norm_act(h, self.conv_norm_out, act=True))
 
 
 class Decoder(nn.Module):
@@ -174,7 +176,7 @@ class Decoder(nn.Module):
         h = self.mid_block(self.conv_in(z))
         for level in self.up_blocks:
             h = level(h)
-        return self.conv_out(self.conv_norm_out(h, act=True))
+        return self.conv_out(ops.group_norm_act(h, self.conv_norm_out, act=True))
 
 
 class DiagonalGaussian:

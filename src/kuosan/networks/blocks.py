@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused import conv2d, group_norm_act
+from kuosan import ops
 
 
 def clamp_groups(channels: int, groups: int) -> int:
@@ -22,34 +22,9 @@ def clamp_groups(channels: int, groups: int) -> int:
     return 1  # unreachable: 1 divides every channel count
 
 
-class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters and state-dict names) whose forward also takes what
-    follows it in a U-Net block, fused on channels-last CPU tensors (:mod:`kuosan.networks.fused`):
-    ``norm(x, e=, scale=, shift=, act=True)`` is ``SiLU(GN(x + e) (1 + scale) + shift)``;
-    ``passthrough=True`` also returns x, for the block's residual path (:func:`group_norm_act`)."""
-
-    def forward(self, x: torch.Tensor, *, e: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None, act: bool = False,
-                passthrough: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, e=e, scale=scale, shift=shift,
-                              act=act, passthrough=passthrough)
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state-dict names) whose training backward on channels-last
-    CPU tensors computes the weight gradient by a faster route where there is one (an AMX tile
-    kernel, batch and channels exchanged, or halves of the batch on two threads:
-    :func:`kuosan.networks.fused.conv2d`), and whose forward can add a residual inside the
-    convolution; every other case is ``nn.Conv2d``'s."""
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``conv(x)``, plus ``residual`` (added inside the convolution where it can be)."""
-        return conv2d(x, self, residual)
-
-
-def normalization(channels: int, *, groups: int = 32) -> GroupNorm:
+def normalization(channels: int, *, groups: int = 32) -> nn.GroupNorm:
     """GroupNorm with ``groups`` clamped to a divisor of ``channels`` (eps 1e-6 as in DDPM)."""
-    return GroupNorm(clamp_groups(channels, groups), channels, eps=1e-6)
+    return nn.GroupNorm(clamp_groups(channels, groups), channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -104,7 +79,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(
             normalization(in_channels, groups=groups),
             nn.SiLU(),
-            Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
         )
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
@@ -114,26 +89,29 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             nn.SiLU(),
             nn.Dropout(dropout),
-            zero_module(Conv2d(out_channels, out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         if in_channels == out_channels:
             self.skip = nn.Identity()
         else:
-            self.skip = Conv2d(in_channels, out_channels, 1)
+            self.skip = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W), (B, E) -> (B, C_out, H, W)."""
-        norm, _, conv = self.in_layers  # (GN, SiLU, conv) with the SiLU fused into the norm
-        h, x = norm(x, act=True, passthrough=True)  # x's two gradients meet in the norm's backward
-        h = conv(h)
+        # in_layers = (GN, SiLU, conv) and out_layers = (SiLU, dropout, conv), improved-diffusion's
+        # layers and state-dict names; each SiLU is applied by the norm before it (ops.group_norm_act)
+        norm, _, conv = self.in_layers
+        h, x = ops.group_norm_act(x, norm, act=True, passthrough=True)  # x's gradients meet in the norm
+        h = ops.conv2d(h, conv)
         e = self.emb_layers(emb)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.out_norm(h, scale=scale, shift=shift, act=True)
+            h = ops.group_norm_act(h, self.out_norm, scale=scale, shift=shift, act=True)
         else:
-            h = self.out_norm(h, e=e, act=True)
+            h = ops.group_norm_act(h, self.out_norm, e=e, act=True)
         _, dropout, conv = self.out_layers
-        return conv(dropout(h), residual=self.skip(x))
+        skip = x if isinstance(self.skip, nn.Identity) else ops.conv2d(x, self.skip)
+        return ops.conv2d(dropout(h), conv, residual=skip)
 
 
 class Downsample(nn.Module):
@@ -146,11 +124,11 @@ class Downsample(nn.Module):
     def __init__(self, *, channels: int, out_channels: int | None = None):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        self.conv = Conv2d(channels, out_channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
-        return self.conv(x)
+        return ops.conv2d(x, self.conv)
 
 
 class Upsample(nn.Module):
@@ -159,8 +137,8 @@ class Upsample(nn.Module):
     def __init__(self, *, channels: int, out_channels: int | None = None):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        self.conv = Conv2d(channels, out_channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C_out, 2H, 2W)."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return ops.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), self.conv)

@@ -35,7 +35,9 @@ import torch
 from torch import nn
 
 from .attention import SelfAttention2d, SpatialTransformer
-from .blocks import Conv2d, Downsample, ResBlock, Upsample, normalization, zero_module
+from kuosan import ops
+
+from .blocks import Downsample, ResBlock, Upsample, normalization, zero_module
 from .embeddings import TimestepEmbedding, broadcast_timesteps
 
 
@@ -138,7 +140,7 @@ class UNet(nn.Module):
                                           dropout=dropout)
             return SelfAttention2d(channels=c, num_heads=num_heads, groups=groups)
 
-        self.input_conv = Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
         ch = base_channels
         skip_channels = [ch]
         self.down = nn.ModuleList()
@@ -170,7 +172,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             normalization(ch, groups=groups),
             nn.SiLU(),
-            zero_module(Conv2d(ch, out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
 
     @property
@@ -194,7 +196,7 @@ class UNet(nn.Module):
         emb = self.time_embed(broadcast_timesteps(t, x))
         if self.pooled_dim:
             emb = emb + self.pooled_embed(pooled.to(emb.dtype))
-        h = self.input_conv(torch.cat([x, cond_image.to(x.dtype)], dim=1) if self.cond_channels else x)
+        h = ops.conv2d(torch.cat([x, cond_image.to(x.dtype)], dim=1) if self.cond_channels else x, self.input_conv)
         skips = [h]
         for block in self.down:
             h = block(h, emb, context, context_mask)
@@ -202,8 +204,8 @@ class UNet(nn.Module):
         h = self.middle(h, emb, context, context_mask)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        norm, _, conv = self.out  # (GN, SiLU, conv) with the SiLU fused into the norm
-        return conv(norm(h, act=True))
+        norm, _, conv = self.out  # (GN, SiLU, conv), the SiLU applied by the norm (ops.group_norm_act)
+        return ops.conv2d(ops.group_norm_act(h, norm, act=True), conv)
 
     def _check_conditioning(self, x, context, pooled, cond_image) -> None:
         """ValueError naming a missing, unexpected or misshapen conditioning input."""

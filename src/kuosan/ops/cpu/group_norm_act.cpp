@@ -1,5 +1,5 @@
 // Fused GroupNorm + per-sample affine + optional SiLU for channels-last CPU tensors, forward and
-// backward (built on first use by kuosan/networks/fused.py; see its docstring for the math).
+// backward (built on first use by kuosan/ops/cpu/__init__.py; the math is kuosan/ops/reference.py).
 //
 // Layout: x is (B, N, C) with N = H * W pixels and C channels contiguous (a channels-last
 // (B, C, H, W) tensor seen as its storage). Groups are G contiguous runs of Cg = C / G channels.

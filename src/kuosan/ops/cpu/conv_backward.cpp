@@ -1,6 +1,6 @@
 // Backward of a 2-D convolution with a faster weight gradient for U-Net shapes on a few CPU cores;
 // returns dx, dW, dbias (in the dtypes of x and w) and which route computed dW
-// (built with the other kernels by kuosan/networks/fused.py).
+// (built with the other kernels by kuosan/ops/cpu/__init__.py).
 //
 //   dW[o, c, i, j] = sum_{b, p, q} dy[b, o, p, q] * xpad[b, c, p s + i, q s + j]
 //   dbias[o]       = sum_{b, p, q} dy[b, o, p, q]
