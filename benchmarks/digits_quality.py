@@ -19,11 +19,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kuosan.build import build_denoiser, build_schedule, build_trainer
+from kuosan.app import build_trainer
+
+from kuosan.build import build_denoiser, build_schedule
 from kuosan.config import resolve_config
 from kuosan.data import load_digits
 from kuosan.metrics import digit_quality
-from kuosan.pipeline import generate
+from kuosan.samplers.loop import generate
 from kuosan.utils import resolve_precision
 
 

@@ -29,7 +29,11 @@ import warnings
 import numpy as np
 import torch
 
-from kuosan.build import build_schedule, build_trainer, load_run
+from kuosan.app import build_trainer
+
+from kuosan.build import build_schedule
+
+from kuosan.runs import load_run
 from kuosan.config import resolve_config
 from kuosan.data import DIGITS_BIN_WIDTH, DIGITS_NUM_LEVELS, load_digits
 from kuosan.diffusion import VPDenoiser

@@ -323,9 +323,10 @@ def fit_grid(nfes: list[int], seed: int = 11) -> None:
 def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
     """Digit quality (Frechet distance in the shipped classifier's features, lower is better) of a
     trained digits run: kuosan's samplers at 10 evaluations against DDIM at 50 (each grid)."""
-    from kuosan.build import build_denoiser, build_schedule, load_run
+    from kuosan.build import build_denoiser, build_schedule
+    from kuosan.runs import load_run
     from kuosan.metrics import digit_quality
-    from kuosan.pipeline import prior_noise
+    from kuosan.samplers.loop import prior_noise
 
     cfg, net = load_run(run_dir)
     denoiser, schedule = build_denoiser(cfg, net), build_schedule(cfg)

@@ -191,7 +191,8 @@ def run_fisher(steps: int, batch: int, seed: int, sigma: float = 0.1) -> None:
 
 def _train_or_load(preset: str, run_dir: str | None, budget: float | None, steps: int | None, seed: int):
     """(config, EMA network, {"step", "train_seconds"}) of a preset trained here, or of a trained run."""
-    from kuosan.build import build_trainer, load_run
+    from kuosan.app import build_trainer
+    from kuosan.runs import load_run
     from kuosan.config import resolve_config
     from kuosan.train import checkpoint as ckpt
 
@@ -210,7 +211,8 @@ def run_digits(budget: float | None, steps: int | None, n: int, seed: int, save_
                run_dirs: dict | None = None) -> None:
     from kuosan.build import build_denoiser, build_schedule
     from kuosan.metrics import digit_quality, load_digit_classifier
-    from kuosan.pipeline import generate, prior_for
+    from kuosan.build import prior_for
+    from kuosan.samplers.loop import generate
 
     classifier = load_digit_classifier()
     runs = {"digits": [("ddim", 20, {})],

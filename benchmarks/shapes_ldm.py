@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from kuosan.build import build_trainer, load_autoencoder
+from kuosan.app import build_trainer
+
+from kuosan.runs import load_autoencoder
 from kuosan.config import resolve_config
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_caption, make_shapes
 from kuosan.metrics.shapes_classifier import load_shapes_classifier, prompt_accuracy

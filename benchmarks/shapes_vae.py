@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from kuosan.build import build_trainer
+from kuosan.app import build_trainer
 from kuosan.config import resolve_config
 from kuosan.data import load_dataset
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS

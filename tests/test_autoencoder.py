@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from kuosan.build import build_network, build_trainer, load_autoencoder, validate
+from kuosan.app import build_trainer
+
+from kuosan.build import build_network, validate
+
+from kuosan.runs import load_autoencoder
 from kuosan.config import Config, ConfigError, resolve_config
 from kuosan.losses.autoencoder import AutoencoderObjective, gaussian_nll, negative_elbo, reconstruction_loss
 from kuosan.metrics.reconstruction import psnr
@@ -289,7 +293,7 @@ def test_cli_trains_reconstructs_and_refuses_to_sample(tmp_path, capsys):
     assert info["latent_shape"] == [4, 8, 8] and info["config"]["model"]["network"] == "vae"
     # the other bad requests, in-process (the same main() the subprocess runs)
     for argv, needle in [(["nll", str(run)], "autoencoder run"),
-                         (["reconstruct", str(run), "--split", "train"], "--split 'train'"),
+                         (["reconstruct", str(run), "--split", "train"], "split 'train'"),
                          (["reconstruct", str(tmp_path / "missing")], "run directory not found"),
                          (["reconstruct", str(run), "--out", "x.jpg"], "--out must end in .png"),
                          (["train", "--preset", "shapes-vae", "--steps", "1", "--out", str(tmp_path / "ae"),

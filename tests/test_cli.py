@@ -58,7 +58,7 @@ def test_toy2d_preset(tmp_path):
 def test_bad_sampler_steps_and_output(run, tmp_path):
     before = _digest(run)
     fails_cleanly(kuosan("sample", run, "--sampler", "nope", "--out", tmp_path / "a.npy", check=False),
-                   "--sampler 'nope'", "ddim")
+                   "sampler='nope'", "ddim")
     fails_cleanly(kuosan("sample", run, "--steps", 1001, "--out", tmp_path / "a.npy", check=False),
                    "more than the 1000")
     fails_cleanly(kuosan("sample", run, "--out", tmp_path / "a.txt", check=False), ".npy or .png")

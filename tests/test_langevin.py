@@ -225,7 +225,9 @@ def test_ncsn_run_trains_and_samples_through_the_cli(tmp_path):
     annealed Langevin and PC; the run's denoiser is a ScoreDenoiser on the geometric levels."""
     import numpy as np
 
-    from kuosan.build import build_denoiser, build_objective, build_schedule, load_run
+    from kuosan.build import build_denoiser, build_objective, build_schedule
+
+    from kuosan.runs import load_run
     from kuosan.cli import main
     from kuosan.diffusion.parameterization import ScoreDenoiser
     from kuosan.losses.score_matching import AnnealedDSMObjective

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kuosan.build import build_trainer, load_autoencoder
+from kuosan.app import build_trainer
+
+from kuosan.runs import load_autoencoder
 from kuosan.cli import main
 from kuosan.config import ConfigError, resolve_config
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior, random_box_masks
@@ -231,7 +233,7 @@ def test_cli_txt2img_img2img_inpaint(tmp_path, ldm_runs, capsys):
     (["txt2img", "{run}", "red", "--sampler", "nope", "--out", "{tmp}/x.png"], "unknown sampler"),
     (["img2img", "{run}", "{tmp}/nothing.png", "red", "--out", "{tmp}/x.png"], "image file not found"),
     (["img2img", "{run}", "{big}", "red", "--out", "{tmp}/x.png"], "works on images of shape (3, 32, 32)"),
-    (["img2img", "{run}", "{img}", "red", "--strength", "1.5", "--out", "{tmp}/x.png"], "--strength"),
+    (["img2img", "{run}", "{img}", "red", "--strength", "1.5", "--out", "{tmp}/x.png"], "strength must be in [0, 1]"),
     (["img2img", "{run}", "{notimg}", "red", "--out", "{tmp}/x.png"], "cannot read"),
     (["inpaint", "{run}", "{img}", "{big}", "red", "--out", "{tmp}/x.png"], "the mask is 64x64"),
     (["sample", "{run}", "--out", "{tmp}/x.png"], "use kuosan txt2img"),

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kuosan.build import build_trainer, load_run
+from kuosan.app import build_trainer
+
+from kuosan.runs import load_run
 from kuosan.config import resolve_config
 from kuosan.train import TrainingDiverged, ema_decay_at
 from kuosan.train import checkpoint as ckpt

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from kuosan.build import build_trainer
+from kuosan.app import build_trainer
 from kuosan.train import checkpoint as ckpt
 
 

@@ -1,5 +1,6 @@
-"""The only place where an experiment Config becomes objects: data, network, schedule, denoiser,
-trainer. Every invalid combination fails here with a ConfigError before anything is written."""
+"""Where an experiment Config becomes objects: data, network, schedule, objective, Denoiser, text
+encoder (the trainer on top of them: :func:`kuosan.app.build_trainer`). Every invalid combination
+fails here with a ConfigError before anything is written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,22 +51,17 @@ def validate(cfg: Config) -> Config:
         (d.timestep_sampler in TIMESTEP_SAMPLERS, "diffusion.timestep_sampler", d.timestep_sampler,
          list(TIMESTEP_SAMPLERS)),
         (tr.precision in ("auto", "fp32", "bf16"), "train.precision", tr.precision, ["auto", "fp32", "bf16"]),
-        (s.sampler in SAMPLERS, "sample.sampler", s.sampler, list(SAMPLERS)),
-        (s.grid in GRIDS, "sample.grid", s.grid, list(GRIDS)),
     ]
     for ok, key, val, choices in checks:
         if not ok:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(choices)}")
     for key, val, lo in [("diffusion.T", d.T, 2), ("train.batch_size", tr.batch_size, 1),
-                         ("sample.steps", s.steps, 1), ("train.warmup_steps", tr.warmup_steps, 0),
-                         ("train.grad_accum", tr.grad_accum, 1)]:
+                         ("train.warmup_steps", tr.warmup_steps, 0), ("train.grad_accum", tr.grad_accum, 1)]:
         if val < lo:
             raise ConfigError(f"{key} must be at least {lo}, got {val}")
     if d.kind == "ncsn":
         _validate_ncsn(cfg)
-    levels, what = (d.num_scales, "noise levels") if d.kind == "ncsn" else (d.T, "training timesteps")
-    if s.steps > levels and s.grid in ("leading", "linspace", "trailing"):
-        raise ConfigError(f"sample.steps={s.steps} is more than the {levels} {what}")
+    validate_sampling(cfg)
     if d.learn_sigma and d.loss == "simple":
         raise ConfigError("diffusion.learn_sigma=true needs diffusion.loss=hybrid or vlb (L_simple does not train "
                           "the variance)")
@@ -82,6 +78,20 @@ def validate(cfg: Config) -> Config:
     if cfg.model.network in AUTOENCODERS:
         _validate_autoencoder(cfg)
     return cfg
+
+
+def validate_sampling(cfg: Config, *, prefix: str = "sample.") -> None:
+    """Check the sampler, grid and steps of ``cfg.sample`` against the run's noise levels; the
+    ConfigError names the key as ``prefix`` + name (``prefix=""``: as a function's argument)."""
+    d, s = cfg.diffusion, cfg.sample
+    for key, val, choices in (("sampler", s.sampler, SAMPLERS), ("grid", s.grid, GRIDS)):
+        if val not in choices:
+            raise ConfigError(f"{prefix}{key}={val!r} is not one of {', '.join(choices)}")
+    if s.steps < 1:
+        raise ConfigError(f"{prefix}steps must be at least 1, got {s.steps}")
+    levels, what = (d.num_scales, "noise levels") if d.kind == "ncsn" else (d.T, "training timesteps")
+    if s.steps > levels and s.grid in ("leading", "linspace", "trailing"):
+        raise ConfigError(f"{prefix}steps={s.steps} is more than the {levels} {what}")
 
 
 def _validate_autoencoder(cfg: Config) -> None:
@@ -202,6 +212,11 @@ def build_objective(cfg: Config):
                               snr_gamma=d.snr_gamma)
 
 
+def prior_for(cfg: Config) -> str:
+    """The prior of a config's model (``samplers.loop.prior_noise``): "ve" for diffusion.kind=ncsn, else "vp"."""
+    return "ve" if cfg.diffusion.kind == "ncsn" else "vp"
+
+
 def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
     """The network as a Denoiser D(x, sigma) -> x0_hat, with x0 clamping if ``clip`` (default: the
     config's sample.clip)."""
@@ -210,43 +225,6 @@ def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
     else:
         den = VPDenoiser(net, build_schedule(cfg), cfg.diffusion.prediction, learn_sigma=cfg.diffusion.learn_sigma)
     return ClampDenoiser(den) if (cfg.sample.clip if clip is None else clip) else den
-
-
-def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None = None, progress: bool = True):
-    """Seeded network + Trainer for a config. Seeds torch's global RNG (initialisation, dropout):
-    the one place outside user code that does."""
-    from kuosan.pipeline import sample_fn_for
-    from kuosan.train import Trainer
-
-    from kuosan.train.distributed import rank_and_world
-    from kuosan.pipelines import conditional_sample_fn
-
-    validate(cfg)
-    world = rank_and_world()[1]
-    if cfg.train.batch_size % (world * cfg.train.grad_accum):
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
-                          f"train.grad_accum={cfg.train.grad_accum}")
-    if cfg.text.encoder or cfg.latent.autoencoder:  # text and/or latent diffusion: dict data, wrapped objective
-        data, objective, extras = build_conditional_training(cfg, data)
-        x_shape = tuple(data["x"].shape[1:])
-        sample_fn = conditional_sample_fn(cfg, x_shape, **extras)
-    else:
-        data = build_data(cfg) if data is None else data
-        x_shape = tuple(data.shape[1:])
-        objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
-    torch.manual_seed(cfg.train.seed)
-    net = build_network(cfg, x_shape)
-    if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
-        objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
-    tr = cfg.train
-    return Trainer(net, objective, data, out_dir=out_dir, config=cfg.to_dict(),
-                   batch_size=tr.batch_size, grad_accum=tr.grad_accum, lr=tr.lr,
-                   weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
-                   grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
-                   precision=resolve_precision(tr.precision), channels_last=tr.channels_last, compile=tr.compile,
-                   retain_memory=tr.retain_memory,
-                   checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
-                   seed=tr.seed, sample_fn=sample_fn, progress=progress)
 
 
 # --- text-conditional and latent diffusion (docs/latent_diffusion.md) -------------------------------------
@@ -282,19 +260,6 @@ def build_text_encoder(cfg: Config):
         raise ConfigError(f"text.encoder={cfg.text.encoder!r}: {e}") from None
 
 
-def load_latent_autoencoder(cfg: Config) -> nn.Module:
-    """The trained autoencoder of ``latent.autoencoder`` (frozen, eval mode); a one-line ConfigError
-    saying how to train it when the directory holds none."""
-    from kuosan.train import checkpoint as ckpt
-
-    path = Path(cfg.latent.autoencoder)
-    if not path.is_dir() or not ckpt.find_checkpoint(path):
-        raise ConfigError(f"latent.autoencoder={str(path)!r} holds no trained autoencoder; train one first: "
-                          f"kuosan train --preset shapes-vae --out {path}")
-    _, ae = load_autoencoder(path)
-    return ae.eval().requires_grad_(False)
-
-
 @torch.no_grad()
 def encode_posterior(autoencoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256):
     """(mean, std) of the autoencoder's posterior q(z | x) for every image, in batches; a plain
@@ -310,56 +275,6 @@ def encode_posterior(autoencoder: nn.Module, images: torch.Tensor, *, batch_size
     return torch.cat(means), (torch.cat(stds) if stds else None)
 
 
-def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
-    """(data dict, ConditionalObjective, sample-picture extras) of a text and/or latent diffusion run.
-
-    Encodes once what is frozen: every distinct caption with the text encoder, every training image
-    with the autoencoder (posterior mean and std, so each step draws a fresh latent). Fills in the
-    config what the checkpoint must remember: ``latent.scale_factor`` (when 0) and the U-Net's
-    conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
-    from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
-
-    captions = None
-    if images is None:
-        if cfg.data.name == "shapes":
-            from kuosan.data.shapes import make_shapes
-
-            batch = make_shapes(cfg.data.n, cfg.train.seed)
-            images, captions = batch.images, batch.captions
-        else:
-            images = build_data(cfg)
-    data: dict[str, torch.Tensor] = {}
-    autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
-    if autoencoder is not None:
-        mean, std = encode_posterior(autoencoder, images)
-        if not cfg.latent.scale_factor:
-            cfg.latent.scale_factor = latent_scale_from_posterior(mean, torch.zeros_like(mean) if std is None else std)
-        data["x"] = cfg.latent.scale_factor * mean
-        if std is not None:
-            data["x_std"] = cfg.latent.scale_factor * std
-    else:
-        data["x"] = images
-    prompts = uncond = None
-    params = cfg.model.params
-    if cfg.text.encoder:
-        if captions is None:
-            raise ConfigError("text.encoder needs captions: data.name=shapes")
-        encoder = build_text_encoder(cfg)
-        distinct = sorted(set(captions))
-        where = {c: i for i, c in enumerate(distinct)}
-        data["caption"] = torch.tensor([where[c] for c in captions])
-        prompts, uncond = encoder.encode(distinct), encoder.encode([""])
-        params.setdefault("context_dim", encoder.dim)
-        params.setdefault("pooled_dim", encoder.dim)
-    if cfg.text.inpaint_fraction > 0:
-        params.setdefault("cond_channels", 1 + data["x"].shape[1])
-    objective = ConditionalObjective(build_objective(cfg), prompts=prompts, uncond=uncond,
-                                     cond_drop=cfg.text.cond_drop, inpaint_fraction=cfg.text.inpaint_fraction)
-    extras = {"prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
-              "uncond": uncond, "autoencoder": autoencoder}
-    return data, objective, extras
-
-
 def build_autoencoder_objective(cfg: Config, net: nn.Module, data_shape: tuple[int, ...]) -> AutoencoderObjective:
     """Reconstruction (+ kl_weight * KL for the VAE, whose draw is the reparameterisation noise of the
     latent's shape) of ``losses/autoencoder.py``."""
@@ -368,48 +283,6 @@ def build_autoencoder_objective(cfg: Config, net: nn.Module, data_shape: tuple[i
     return AutoencoderObjective(recon=a.recon, kl_weight=a.kl_weight, latent_shape=latent_shape)
 
 
-def reconstruction_fn(data: torch.Tensor):
-    """The Trainer's picture callback for autoencoders: the first n/2 training images (fixed), each row
-    of 8 over the row of its reconstructions."""
-    from kuosan.metrics.reconstruction import reconstruction_pairs
-
-    def sample_fn(net, n, generator):
-        return reconstruction_pairs(net, data[: max(1, n // 2)], nrow=8)
-
-    return sample_fn
-
-
-def load_autoencoder(run_dir: str | Path, *, weights: str = "ema"):
-    """(config, autoencoder) of a trained first-stage run (model.network vae or ae), in eval mode with
-    requires_grad False; ``net.data_shape`` is the image shape it was trained on."""
-    from kuosan.train import checkpoint as ckpt
-
-    kind = ckpt.read_config(run_dir).get("model", {}).get("network")
-    if kind not in AUTOENCODERS:
-        raise ckpt.CheckpointError(f"{run_dir} is not an autoencoder run (model.network={kind!r}, expected one of "
-                                   f"{', '.join(AUTOENCODERS)})")
-    return load_run(run_dir, weights=weights)
-
-
-def load_run(run_dir: str | Path, *, weights: str = "ema"):
-    """(config, network) of a trained run, the network in eval mode with its ``weights`` ("ema" or
-    "model") loaded from safetensors."""
-    from kuosan.train import checkpoint as ckpt
-
-    cfg = validate(Config.from_dict(ckpt.read_config(run_dir)))
-    state = ckpt.read_state(run_dir)
-    net = build_network(cfg, tuple(state["data_shape"]))
-    try:
-        net.load_state_dict(ckpt.load_tensors(run_dir, weights))
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"weights in {run_dir} do not fit the config's network: "
-                                   f"{str(e).splitlines()[0]}") from None
-    net.eval().requires_grad_(False)
-    net.data_shape = tuple(state["data_shape"])
-    if cfg.train.channels_last and len(net.data_shape) == 3:  # as trained: NHWC convolutions, fused norms
-        net.to(memory_format=torch.channels_last)
-    return cfg, net
-
-
-__all__ = ["ConfigError", "DataError", "build_data", "build_denoiser", "build_network", "build_schedule",
-           "build_trainer", "data_bin_width", "load_autoencoder", "load_run", "validate"]
+__all__ = ["ConfigError", "DataError", "build_autoencoder_objective", "build_data", "build_denoiser", "build_network",
+           "build_objective", "build_schedule", "build_text_encoder", "data_bin_width", "encode_posterior", "prior_for",
+           "validate", "validate_sampling"]

@@ -201,6 +201,13 @@ def parse_override(item: str) -> dict:
     return out
 
 
+def merge_overrides(base: dict, overrides: list[str]) -> dict:
+    """A config dict with dotted ``section.key=value`` overrides applied on top, in order."""
+    for item in overrides:
+        base = _merge(base, parse_override(item))
+    return base
+
+
 def resolve_config(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
     """Preset, then file, then dotted overrides, each on top of the last."""
     from kuosan.presets import PRESETS
@@ -212,6 +219,4 @@ def resolve_config(preset: str | None = None, file: str | None = None, overrides
         d = _merge(d, PRESETS[preset])
     if file is not None:
         d = _merge(d, load_config_file(file))
-    for item in overrides:
-        d = _merge(d, parse_override(item))
-    return Config.from_dict(d)
+    return Config.from_dict(merge_overrides(d, overrides))

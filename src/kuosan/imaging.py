@@ -61,3 +61,26 @@ def save_samples_png(samples: torch.Tensor, path: str | Path, **kwargs) -> Path:
         raise ValueError(f"cannot draw samples of shape {tuple(samples.shape)}")
     img.save(path)
     return path
+
+
+class ImageReadError(ValueError):
+    """A missing or unreadable picture file."""
+
+
+def read_image(path: str | Path, *, mask: bool = False) -> torch.Tensor:
+    """A picture file (PNG, JPEG, ...) as a (1, 3, H, W) tensor in [-1, 1]; with ``mask=True`` as a
+    (1, 1, H, W) mask in {0, 1} (white = 1: the region to repaint). ImageReadError (one line) for a
+    missing or unreadable file."""
+    from PIL import UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{'mask' if mask else 'image'} file not found: {p}")
+    try:
+        with Image.open(p) as img:
+            arr = np.asarray(img.convert("L" if mask else "RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ImageReadError(f"cannot read {p} as an image: {e}") from None
+    if mask:
+        return torch.from_numpy(arr > 127.5).float()[None, None]
+    return torch.from_numpy(arr / 127.5 - 1).permute(2, 0, 1)[None]

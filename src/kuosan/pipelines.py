@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kuosan.build import build_denoiser, build_schedule, encode_posterior
 from kuosan.diffusion.guidance import (CFGDenoiser, ClampDenoiser, ConcatInpaintDenoiser, ReplaceInpaintDenoiser,
                                       broadcast_batch)
 from kuosan.diffusion.schedules import make_sigmas
-from kuosan.pipeline import prior_noise
-from kuosan.samplers import get_sampler
+from kuosan.runs import Run
+from kuosan.samplers.loop import prior_noise, sample_batches
 
 DEFAULT_GUIDANCE = 3.0
 INPAINT_METHODS = ("auto", "concat", "replace")
@@ -51,8 +52,6 @@ class TextToImagePipeline:
     """
 
     def __init__(self, cfg, net, *, text_encoder=None, autoencoder=None):
-        from kuosan.build import build_denoiser, build_schedule
-
         self.cfg, self.net, self.text_encoder, self.autoencoder = cfg, net, text_encoder, autoencoder
         self.schedule = build_schedule(cfg)
         self.denoiser = build_denoiser(cfg, net, clip=False)
@@ -60,13 +59,9 @@ class TextToImagePipeline:
         self.clip = autoencoder is None and cfg.sample.clip  # latents have no fixed range
 
     @classmethod
-    def from_run(cls, run_dir, *, weights: str = "ema") -> "TextToImagePipeline":
-        from kuosan.build import build_text_encoder, load_latent_autoencoder, load_run
-
-        cfg, net = load_run(run_dir, weights=weights)
-        text = build_text_encoder(cfg) if cfg.text.encoder else None
-        ae = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
-        return cls(cfg, net, text_encoder=text, autoencoder=ae)
+    def from_run(cls, run_dir, *, weights: str = "ema") -> TextToImagePipeline:
+        run = Run.open(run_dir, weights=weights)
+        return cls(run.config, run.network, text_encoder=run.text_encoder, autoencoder=run.autoencoder)
 
     # --- encoders -----------------------------------------------------------------------------------
 
@@ -88,8 +83,6 @@ class TextToImagePipeline:
                 raise ValueError(f"this run works on images of shape {self.latent_shape}, "
                                  f"got {tuple(images.shape[1:])}")
             return images.float()
-        from kuosan.build import encode_posterior
-
         f = self.autoencoder.downsampling_factor
         want = (self.autoencoder.config["in_channels"], self.latent_shape[1] * f, self.latent_shape[2] * f)
         if tuple(images.shape[1:]) != want:
@@ -136,25 +129,14 @@ class TextToImagePipeline:
         """Sample n latents with conditioning ``cond`` guided away from ``uncond`` (both batch n).
         ``start(i0, i1, sigmas, generator) -> (x, sigmas)`` gives img2img's starting point and grid;
         ``inpaint(i0, i1, den, generator) -> den`` wraps the denoiser for inpainting."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        fn = get_sampler(sampler or self.cfg.sample.sampler)
-        sigmas_full = self._sigmas(steps, grid)
-        out = []
-        for i0 in range(0, n, batch_size):
-            i1 = min(i0 + batch_size, n)
+
+        def wrap(i0, i1, generator):
             den = self._guided({k: v[i0:i1] for k, v in uncond.items()}, guidance, inpaint is not None)
-            if inpaint is not None:
-                den = inpaint(i0, i1, den, generator)
-            if start is None:
-                sigmas = sigmas_full
-                x = prior_noise((i1 - i0, *self.latent_shape), float(sigmas[0]), generator=generator)
-            else:
-                x, sigmas = start(i0, i1, sigmas_full, generator)
-            if len(sigmas) > 1:
-                x = fn(den, x, sigmas, generator=generator, extra_args={k: v[i0:i1] for k, v in cond.items()})
-            out.append(x)
-        return torch.cat(out)
+            return inpaint(i0, i1, den, generator) if inpaint is not None else den
+
+        return sample_batches(self.denoiser, self._sigmas(steps, grid), self.latent_shape, n,
+                              sampler=sampler or self.cfg.sample.sampler, generator=generator, batch_size=batch_size,
+                              wrap=wrap, start=start, extra_args=cond)
 
     # --- the three tasks ------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from kuosan.metrics.memorization import memorization_report
 from kuosan.metrics.precision_recall import precision_recall
 
 DATASETS = ("digits",)
+SAMPLE_SHAPES = {"digits": (1, 8, 8)}  # the per-sample shape each evaluation suite takes
 
 
 @torch.no_grad()
@@ -76,4 +77,4 @@ def evaluate_samples(samples: torch.Tensor, dataset: str = "digits", **kwargs) -
     return evaluate_digits(samples, **kwargs)
 
 
-__all__ = ["DATASETS", "evaluate_digits", "evaluate_samples"]
+__all__ = ["DATASETS", "SAMPLE_SHAPES", "evaluate_digits", "evaluate_samples"]

@@ -1,0 +1,88 @@
+"""Sampling from a trained run, and a run's description, as the CLI and the Python API run them."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from kuosan.build import prior_for, validate_sampling
+from kuosan.config import ConfigError
+from kuosan.runs import Run
+from kuosan.samplers import SAMPLERS
+from kuosan.samplers.loop import generate
+
+# the keywords every sampler takes, which sample() passes itself
+_COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "extra_args"}
+
+
+def sampler_options(name: str) -> list[str]:
+    """The keyword options sampler ``name`` takes beyond the common ones (eta, langevin_steps, ...)."""
+    return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _COMMON]
+
+
+def refuse_autoencoder(run_dir: str | Path) -> None:
+    """ConfigError (one line) when ``run_dir`` is a first-stage autoencoder run: it reconstructs, it
+    does not generate, and it has no likelihood."""
+    from kuosan.networks import AUTOENCODERS
+    from kuosan.train import checkpoint as ckpt
+
+    network = ckpt.read_config(run_dir).get("model", {}).get("network")
+    if network in AUTOENCODERS:
+        raise ConfigError(f"{run_dir} is an autoencoder run (model.network={network}): it reconstructs, it does not "
+                          f"generate; use `kuosan reconstruct {run_dir}`, or train a latent diffusion model on it")
+
+
+def sample(
+    run_dir: str | Path,
+    n: int,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    grid: str | None = None,
+    clip: bool | None = None,
+    seed: int = 0,
+    weights: str = "ema",
+    batch_size: int = 1000,
+    **sampler_options_,
+) -> torch.Tensor:
+    """n samples (n, ...) from the unconditional run in ``run_dir``, images clamped to [-1, 1]. Unset
+    ``sampler``, ``steps``, ``grid``, ``clip`` take the run's ``sample`` config; the remaining keywords
+    are the sampler's own options (``sampler_options``). ConfigError naming the impossible choice."""
+    if n < 1:
+        raise ConfigError(f"the number of samples must be at least 1, got {n}")
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
+    refuse_autoencoder(run_dir)
+    run = Run.open(run_dir, weights=weights)
+    cfg = run.config
+    if run.is_conditional:
+        raise ConfigError(f"{run_dir} is a text-conditional or latent diffusion run: use kuosan txt2img (or "
+                          "kuosan.pipelines.TextToImagePipeline)")
+    for key, val in (("sampler", sampler), ("steps", steps), ("grid", grid), ("clip", clip)):
+        if val is not None:
+            setattr(cfg.sample, key, val)
+    validate_sampling(cfg, prefix="")
+    unknown = sorted(set(sampler_options_) - set(sampler_options(cfg.sample.sampler)))
+    if unknown:
+        takes = ", ".join(sampler_options(cfg.sample.sampler)) or "no options"
+        raise ConfigError(f"sampler {cfg.sample.sampler} does not take {', '.join(unknown)} (it takes: {takes})")
+    g = torch.Generator().manual_seed(seed)
+    x = generate(run.denoiser(), run.schedule, run.network.data_shape, n, sampler=cfg.sample.sampler,
+                 steps=cfg.sample.steps, grid=cfg.sample.grid, generator=g, batch_size=batch_size,
+                 prior=prior_for(cfg), **sampler_options_)
+    return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
+
+
+def run_info(run_dir: str | Path) -> dict:
+    """What a run is: step, training time, last loss, data shape, parameter count, config (and an
+    autoencoder's latent shape)."""
+    run = Run.open(run_dir)
+    state = run.state
+    info = {"run": str(run_dir), "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
+            "last_loss": state.get("last_loss"), "data_shape": state["data_shape"],
+            "parameters": sum(p.numel() for p in run.network.parameters()), "config": run.config.to_dict()}
+    if hasattr(run.network, "latent_shape"):  # a first-stage autoencoder
+        info["latent_shape"] = list(run.network.latent_shape(state["data_shape"]))
+    return info

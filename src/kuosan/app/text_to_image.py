@@ -1,0 +1,57 @@
+"""Text-to-image, image-to-image and inpainting from a trained text-conditional (latent) run, as the
+CLI and the Python API run them (:class:`kuosan.pipelines.TextToImagePipeline` does the work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kuosan.config import ConfigError
+from kuosan.imaging import read_image
+from kuosan.pipelines import DEFAULT_GUIDANCE, INPAINT_METHODS, TextToImagePipeline
+
+TASKS = ("txt2img", "img2img", "inpaint")
+
+
+def text_to_image(run_dir: str | Path, prompt: str, *, task: str = "txt2img", n: int = 1, image=None, mask=None,
+                  strength: float = 0.6, method: str = "auto", guidance: float = DEFAULT_GUIDANCE,
+                  negative: str | None = None, steps: int | None = None, sampler: str | None = None, seed: int = 0,
+                  weights: str = "ema") -> torch.Tensor:
+    """``n`` images (n, C, H, W) in [-1, 1] for ``prompt``: ``task`` txt2img, img2img (``image`` redrawn
+    with ``strength``) or inpaint (``image`` repainted where ``mask`` is white, by ``method``). ``image``
+    and ``mask`` are file paths or tensors ((1, 3, H, W) in [-1, 1]; (1, 1, H, W) in {0, 1}).
+    ConfigError (one line) for an impossible request."""
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    if n < 1:
+        raise ConfigError(f"the number of images must be at least 1, got {n}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    if task == "img2img" and not 0 <= strength <= 1:
+        raise ConfigError(f"strength must be in [0, 1], got {strength}")
+    if task == "inpaint" and method not in INPAINT_METHODS:
+        raise ConfigError(f"method {method!r} is not one of {', '.join(INPAINT_METHODS)}")
+    if task != "txt2img":
+        if image is None:
+            raise ConfigError(f"{task} needs an image")
+        image = read_image(image) if not isinstance(image, torch.Tensor) else image
+    if task == "inpaint":
+        if mask is None:
+            raise ConfigError("inpaint needs a mask")
+        mask = read_image(mask, mask=True) if not isinstance(mask, torch.Tensor) else mask
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise ConfigError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image "
+                              f"{image.shape[-1]}x{image.shape[-2]}")
+    pipe = TextToImagePipeline.from_run(run_dir, weights=weights)
+    prompts = [prompt] * n
+    common = dict(guidance=guidance, negative=negative or None, steps=steps, sampler=sampler,
+                  generator=torch.Generator().manual_seed(seed))
+    try:
+        if task == "txt2img":
+            return pipe.txt2img(prompts, **common)
+        if task == "img2img":
+            return pipe.img2img(image, prompts, strength=strength, **common)
+        return pipe.inpaint(image, mask, prompts, method=method, **common)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None

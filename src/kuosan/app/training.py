@@ -1,0 +1,172 @@
+"""Training as the CLI and the Python API run it: a Config becomes a seeded network and a Trainer
+(:func:`build_trainer`), and :func:`train` runs it for a number of steps or seconds, resuming a run
+directory on request."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from kuosan.build import (build_autoencoder_objective, build_data, build_denoiser, build_network, build_objective,
+                          build_schedule, build_text_encoder, encode_posterior, prior_for, validate)
+from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
+from kuosan.data.shapes import make_shapes
+from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
+from kuosan.metrics.reconstruction import reconstruction_pairs
+from kuosan.networks import AUTOENCODERS
+from kuosan.pipelines import conditional_sample_fn
+from kuosan.runs import load_latent_autoencoder
+from kuosan.samplers.loop import generate
+from kuosan.train import Trainer, distributed
+from kuosan.train import checkpoint as ckpt
+from kuosan.train.distributed import rank_and_world
+from kuosan.utils import resolve_precision
+
+
+def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None = None, progress: bool = True):
+    """Seeded network + Trainer for a config. Seeds torch's global RNG (initialisation, dropout):
+    the one place outside user code that does."""
+    validate(cfg)
+    world = rank_and_world()[1]
+    if cfg.train.batch_size % (world * cfg.train.grad_accum):
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
+                          f"train.grad_accum={cfg.train.grad_accum}")
+    if cfg.text.encoder or cfg.latent.autoencoder:  # text and/or latent diffusion: dict data, wrapped objective
+        data, objective, extras = build_conditional_training(cfg, data)
+        x_shape = tuple(data["x"].shape[1:])
+        sample_fn = conditional_sample_fn(cfg, x_shape, **extras)
+    else:
+        data = build_data(cfg) if data is None else data
+        x_shape = tuple(data.shape[1:])
+        objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
+    torch.manual_seed(cfg.train.seed)
+    net = build_network(cfg, x_shape)
+    if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
+        objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
+    tr = cfg.train
+    return Trainer(net, objective, data, out_dir=out_dir, config=cfg.to_dict(),
+                   batch_size=tr.batch_size, grad_accum=tr.grad_accum, lr=tr.lr,
+                   weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
+                   grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
+                   precision=resolve_precision(tr.precision), channels_last=tr.channels_last, compile=tr.compile,
+                   retain_memory=tr.retain_memory,
+                   checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
+                   seed=tr.seed, sample_fn=sample_fn, progress=progress)
+
+
+
+def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
+    """(data dict, ConditionalObjective, sample-picture extras) of a text and/or latent diffusion run.
+
+    Encodes once what is frozen: every distinct caption with the text encoder, every training image
+    with the autoencoder (posterior mean and std, so each step draws a fresh latent). Fills in the
+    config what the checkpoint must remember: ``latent.scale_factor`` (when 0) and the U-Net's
+    conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
+    captions = None
+    if images is None:
+        if cfg.data.name == "shapes":
+            batch = make_shapes(cfg.data.n, cfg.train.seed)
+            images, captions = batch.images, batch.captions
+        else:
+            images = build_data(cfg)
+    data: dict[str, torch.Tensor] = {}
+    autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
+    if autoencoder is not None:
+        mean, std = encode_posterior(autoencoder, images)
+        if not cfg.latent.scale_factor:
+            cfg.latent.scale_factor = latent_scale_from_posterior(mean, torch.zeros_like(mean) if std is None else std)
+        data["x"] = cfg.latent.scale_factor * mean
+        if std is not None:
+            data["x_std"] = cfg.latent.scale_factor * std
+    else:
+        data["x"] = images
+    prompts = uncond = None
+    params = cfg.model.params
+    if cfg.text.encoder:
+        if captions is None:
+            raise ConfigError("text.encoder needs captions: data.name=shapes")
+        encoder = build_text_encoder(cfg)
+        distinct = sorted(set(captions))
+        where = {c: i for i, c in enumerate(distinct)}
+        data["caption"] = torch.tensor([where[c] for c in captions])
+        prompts, uncond = encoder.encode(distinct), encoder.encode([""])
+        params.setdefault("context_dim", encoder.dim)
+        params.setdefault("pooled_dim", encoder.dim)
+    if cfg.text.inpaint_fraction > 0:
+        params.setdefault("cond_channels", 1 + data["x"].shape[1])
+    objective = ConditionalObjective(build_objective(cfg), prompts=prompts, uncond=uncond,
+                                     cond_drop=cfg.text.cond_drop, inpaint_fraction=cfg.text.inpaint_fraction)
+    extras = {"prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
+              "uncond": uncond, "autoencoder": autoencoder}
+    return data, objective, extras
+
+
+
+def reconstruction_fn(data: torch.Tensor):
+    """The Trainer's picture callback for autoencoders: the first n/2 training images (fixed), each row
+    of 8 over the row of its reconstructions."""
+    def sample_fn(net, n, generator):
+        return reconstruction_pairs(net, data[: max(1, n // 2)], nrow=8)
+
+    return sample_fn
+
+
+def sample_fn_for(cfg: Config, data_shape: tuple[int, ...]):
+    """The Trainer's picture callback for an unconditional run: its config's sampler, steps and grid."""
+    schedule = build_schedule(cfg)
+
+    def sample_fn(net, n, generator):
+        return generate(build_denoiser(cfg, net), schedule, data_shape, n, sampler=cfg.sample.sampler,
+                        steps=cfg.sample.steps, grid=cfg.sample.grid, generator=generator, prior=prior_for(cfg))
+
+    return sample_fn
+
+
+def train(
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] = (),
+    steps: int | None = None,
+    time_budget: float | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train a run into ``out`` from a preset and/or an experiment file with ``section.key=value``
+    overrides, for ``steps`` optimizer steps or ``time_budget`` seconds (default: the config's), and
+    return the Trainer's summary (``interrupted`` is True after Ctrl-C, the last checkpoint kept). ``resume=True`` continues the run in ``out`` (its config, with the
+    overrides). ValueError (ConfigError) for an impossible request, before anything is written;
+    under torchrun the processes join one process group."""
+    out = Path(out)
+    if preset is None and config is None and not resume:
+        raise ConfigError("give a preset or an experiment file (or resume a run)")
+    existing = ckpt.find_checkpoint(out)
+    if existing and not resume:
+        raise ConfigError(f"{out} already holds a checkpoint; resume it or choose another output directory")
+    if resume and not existing:
+        raise ConfigError(f"resume: no checkpoint in {out}")
+    overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None else [])
+    if resume:
+        cfg = Config.from_dict(merge_overrides(ckpt.read_config(out), overrides))
+    else:
+        cfg = resolve_config(preset, config, overrides)
+    steps = steps if steps is not None else cfg.train.steps
+    budget = time_budget if time_budget is not None else cfg.train.time_budget
+    if steps is None and budget is None:
+        raise ConfigError("give a number of steps or a time budget (or train.steps / train.time_budget in the config)")
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"the time budget must be positive, got {budget}")
+    distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
+    try:
+        trainer = build_trainer(cfg, out, progress=progress)
+        if resume:
+            trainer.resume()
+            if trainer.rank == 0:
+                print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
+        return trainer.fit(steps=steps, time_budget=budget)
+    finally:
+        distributed.shutdown()

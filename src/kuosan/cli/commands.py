@@ -1,0 +1,140 @@
+"""The commands of the ``kuosan`` command line: each turns its parsed arguments into one call of an
+application function (:mod:`kuosan.app`) and prints the result as one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from kuosan import app
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def _positive(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be at least 1, got {value}")
+
+
+def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
+    out = Path(path)
+    if out.suffix not in suffixes:
+        raise UserError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
+    return out
+
+
+def _save_images(x, out: Path) -> None:
+    """FILE.npy (the array) or FILE.png (a grid)."""
+    import numpy as np
+
+    from kuosan.imaging import save_samples_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    else:
+        save_samples_png(x, out)
+
+
+def train(args) -> int:
+    summary = app.train(args.out, preset=args.preset, config=args.config, overrides=args.overrides, steps=args.steps,
+                        time_budget=args.time_budget, seed=args.seed, resume=args.resume,
+                        progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 130 if summary["interrupted"] else 0
+
+
+def sample(args) -> int:
+    out = _out_file(args.out, (".npy", ".png"))
+    _positive("-n", args.num)
+    _positive("--langevin-steps", args.langevin_steps)
+    options = {key: value for key, value in (("eta", args.eta), ("langevin_steps", args.langevin_steps),
+                                             ("snr", args.snr)) if value is not None}
+    x = app.sample(args.run, args.num, sampler=args.sampler, steps=args.steps, grid=args.grid,
+                   clip=False if args.no_clip else None, seed=args.seed, weights=args.weights,
+                   batch_size=args.batch_size, **options)
+    _save_images(x, out)
+    print(json.dumps({"out": str(out), "shape": list(x.shape)}))
+    return 0
+
+
+def info(args) -> int:
+    print(json.dumps(app.run_info(args.run), indent=2))
+    return 0
+
+
+def evaluate(args) -> int:
+    report = app.evaluate(args.samples, args.dataset, inception_weights=args.inception_weights, resize=args.resize,
+                          stats_cache=args.stats_cache)
+    text = json.dumps({"samples": str(args.samples), "dataset": args.dataset, **report})
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def nll(args) -> int:
+    _positive("-n", args.num)
+    _positive("--batch-size", args.batch_size)
+    result, bpd = app.likelihood(args.run, split=args.split, method=args.method, n=args.num,
+                                 batch_size=args.batch_size, seed=args.seed, weights=args.weights,
+                                 variance=args.variance, clip=not args.no_clip, dequantize=args.dequantize,
+                                 steps=args.steps, rtol=args.rtol, atol=args.atol, trace=args.trace, probe=args.probe)
+    if args.out:
+        import numpy as np
+
+        np.save(args.out, bpd.numpy())
+    print(json.dumps(result))
+    return 0
+
+
+def reconstruct(args) -> int:
+    if args.out is not None:
+        _out_file(args.out, (".png",))
+    for flag, value in (("-n", args.num), ("--eval-n", args.eval_n), ("--batch-size", args.batch_size)):
+        _positive(flag, value)
+    result, picture = app.reconstruct(args.run, split=args.split, eval_n=args.eval_n, weights=args.weights,
+                                      sample=args.sample, batch_size=args.batch_size, seed=args.seed,
+                                      pairs=args.num if args.out else 0)
+    if args.out:
+        from kuosan.imaging import save_samples_png
+
+        save_samples_png(picture, args.out, nrow=8)
+        result["out"] = args.out
+    print(json.dumps(result))
+    return 0
+
+
+def text_to_image(args) -> int:
+    out = _out_file(args.out, (".npy", ".png"))
+    _positive("-n", args.num)
+    _positive("--steps", args.steps)
+    _quiet_transformers()
+    x = app.text_to_image(args.run, args.prompt, task=args.command, n=args.num, image=getattr(args, "image", None),
+                          mask=getattr(args, "mask", None), strength=getattr(args, "strength", 0.6),
+                          method=getattr(args, "method", "auto"), guidance=args.guidance, negative=args.negative,
+                          steps=args.steps, sampler=args.sampler, seed=args.seed, weights=args.weights)
+    _save_images(x, out)
+    print(json.dumps({"out": str(out), "shape": list(x.shape), "prompt": args.prompt}))
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """No progress bars from transformers' weight loading on the command line."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+COMMANDS = {"train": train, "sample": sample, "info": info, "eval": evaluate, "nll": nll,
+            "reconstruct": reconstruct, "txt2img": text_to_image, "img2img": text_to_image,
+            "inpaint": text_to_image}
+
+__all__ = ["COMMANDS", "UserError"]
