@@ -7,6 +7,7 @@ sampled with 20 DDIM steps (trailing spacing, x0 clipping) and judged by the sam
 Prints JSON lines: one per system (training steps, parameters, Frechet distance in classifier
 features to the test split, confident share, class histogram entropy) and the floor (train vs test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from kuosan.app import build_trainer
-
 from kuosan.build import build_denoiser, build_schedule
 from kuosan.config import resolve_config
 from kuosan.data import load_digits
@@ -30,8 +30,12 @@ from kuosan.utils import resolve_precision
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cores": os.cpu_count()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+    }
 
 
 def run_kuosan(budget: float, n: int, seed: int, overrides: list[str]) -> dict:
@@ -43,13 +47,28 @@ def run_kuosan(budget: float, n: int, seed: int, overrides: list[str]) -> dict:
         train_s = time.perf_counter() - t0
         net = trainer.ema.shadow
         t0 = time.perf_counter()
-        x = generate(build_denoiser(cfg, net), build_schedule(cfg), (1, 8, 8), n, sampler="ddim", steps=20,
-                     grid="trailing", generator=torch.Generator().manual_seed(seed + 1))
+        x = generate(
+            build_denoiser(cfg, net),
+            build_schedule(cfg),
+            (1, 8, 8),
+            n,
+            sampler="ddim",
+            steps=20,
+            grid="trailing",
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
         sample_s = time.perf_counter() - t0
-    return {"system": "kuosan", "steps": summary["step"], "batch_size": cfg.train.batch_size,
-            "params": sum(p.numel() for p in net.parameters()), "train_seconds": round(train_s, 1),
-            "sample_seconds": round(sample_s, 1), "precision": resolve_precision(cfg.train.precision),
-            "schedule": cfg.diffusion.schedule, **digit_quality(x.clamp(-1, 1))}
+    return {
+        "system": "kuosan",
+        "steps": summary["step"],
+        "batch_size": cfg.train.batch_size,
+        "params": sum(p.numel() for p in net.parameters()),
+        "train_seconds": round(train_s, 1),
+        "sample_seconds": round(sample_s, 1),
+        "precision": resolve_precision(cfg.train.precision),
+        "schedule": cfg.diffusion.schedule,
+        **digit_quality(x.clamp(-1, 1)),
+    }
 
 
 def run_diffusers(budget: float, n: int, seed: int, batch_size: int, lr: float, precision: str) -> dict:
@@ -60,9 +79,16 @@ def run_diffusers(budget: float, n: int, seed: int, batch_size: int, lr: float, 
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=2,
-                       block_out_channels=(64, 128), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=2,
+        block_out_channels=(64, 128),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    )
     sched = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=1.0)
@@ -101,10 +127,17 @@ def run_diffusers(budget: float, n: int, seed: int, batch_size: int, lr: float, 
             out.append(x)
     sample_s = time.perf_counter() - t0
     x = torch.cat(out)
-    return {"system": "diffusers", "steps": step, "batch_size": batch_size,
-            "params": sum(p.numel() for p in unet.parameters()), "train_seconds": round(train_s, 1),
-            "sample_seconds": round(sample_s, 1), "precision": precision, "schedule": "linear",
-            **digit_quality(x.clamp(-1, 1))}
+    return {
+        "system": "diffusers",
+        "steps": step,
+        "batch_size": batch_size,
+        "params": sum(p.numel() for p in unet.parameters()),
+        "train_seconds": round(train_s, 1),
+        "sample_seconds": round(sample_s, 1),
+        "precision": precision,
+        "schedule": "linear",
+        **digit_quality(x.clamp(-1, 1)),
+    }
 
 
 def main():
@@ -113,12 +146,21 @@ def main():
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["kuosan", "diffusers"])
-    p.add_argument("--diffusers-precision", choices=["fp32", "bf16", "both"], default="both",
-                   help="diffusers' training precision (both: report each, its best counts)")
+    p.add_argument(
+        "--diffusers-precision",
+        choices=["fp32", "bf16", "both"],
+        default="both",
+        help="diffusers' training precision (both: report each, its best counts)",
+    )
     p.add_argument("overrides", nargs="*", help="kuosan config overrides, e.g. train.lr=1e-3")
     args = p.parse_args()
-    base = {"bench": "digits_quality", "budget_s": args.budget, "samples": args.samples, "sampler": "ddim-20",
-            "machine": machine()}
+    base = {
+        "bench": "digits_quality",
+        "budget_s": args.budget,
+        "samples": args.samples,
+        "sampler": "ddim-20",
+        "machine": machine(),
+    }
     results = []
     if args.only != "diffusers":
         results.append(run_kuosan(args.budget, args.samples, args.seed, args.overrides))
@@ -127,16 +169,29 @@ def main():
         cfg = resolve_config("digits", None, args.overrides)
         precisions = ["fp32", "bf16"] if args.diffusers_precision == "both" else [args.diffusers_precision]
         for precision in precisions:
-            results.append(run_diffusers(args.budget, args.samples, args.seed, cfg.train.batch_size, cfg.train.lr,
-                                         precision))
+            results.append(
+                run_diffusers(args.budget, args.samples, args.seed, cfg.train.batch_size, cfg.train.lr, precision)
+            )
             print(json.dumps({**base, **results[-1]}), flush=True)
     if len({r["system"] for r in results}) == 2:
         ours = next(r for r in results if r["system"] == "kuosan")
         best = min((r for r in results if r["system"] == "diffusers"), key=lambda r: r["fd"])
-        print(json.dumps({**base, "summary": True, "kuosan_fd": ours["fd"], "diffusers_best_fd": best["fd"],
-                          "diffusers_best_precision": best["precision"], "fd_ratio": ours["fd"] / best["fd"],
-                          "kuosan_confident": ours["confident"], "diffusers_confident": best["confident"],
-                          "fd_floor": ours["fd_floor"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "summary": True,
+                    "kuosan_fd": ours["fd"],
+                    "diffusers_best_fd": best["fd"],
+                    "diffusers_best_precision": best["precision"],
+                    "fd_ratio": ours["fd"] / best["fd"],
+                    "kuosan_confident": ours["confident"],
+                    "diffusers_confident": best["confident"],
+                    "fd_floor": ours["fd_floor"],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

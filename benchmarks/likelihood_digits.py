@@ -15,6 +15,7 @@ best test score over the whole grid is printed too (selection on test: the most 
 for the baseline). Prints JSON lines: machine, model, one per mixture, kuosan vlb and ode, a
 tolerance check of the ODE on 40 images, and a summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,19 +31,22 @@ import numpy as np
 import torch
 
 from kuosan.app import build_trainer
-
 from kuosan.build import build_schedule
-
-from kuosan.runs import load_run
 from kuosan.config import resolve_config
 from kuosan.data import DIGITS_BIN_WIDTH, DIGITS_NUM_LEVELS, load_digits
 from kuosan.diffusion import VPDenoiser
 from kuosan.diffusion.likelihood import bpd_from_log_density, dequantize, ode_log_likelihood, vlb_bpd
+from kuosan.runs import load_run
 
-OVERRIDES = ["diffusion.loss=hybrid", "diffusion.learn_sigma=true", "diffusion.dequantize=true",
-             "model.params.base_channels=32"]
-GMM_GRID = ([("full", k, r) for k in (1, 2, 4, 6, 8, 12, 16) for r in (1e-4, 1e-3, 3e-3, 1e-2)]
-            + [("diag", k, r) for k in (20, 40, 80, 120) for r in (1e-4, 1e-3)])
+OVERRIDES = [
+    "diffusion.loss=hybrid",
+    "diffusion.learn_sigma=true",
+    "diffusion.dequantize=true",
+    "model.params.base_channels=32",
+]
+GMM_GRID = [("full", k, r) for k in (1, 2, 4, 6, 8, 12, 16) for r in (1e-4, 1e-3, 3e-3, 1e-2)] + [
+    ("diag", k, r) for k in (20, 40, 80, 120) for r in (1e-4, 1e-3)
+]
 DIM = 64
 
 
@@ -51,8 +55,12 @@ def emit(**kw) -> None:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cores": os.cpu_count()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+    }
 
 
 def gmm_bpd(model, y: np.ndarray) -> float:
@@ -74,8 +82,15 @@ def run_gmm(y_train: np.ndarray, y_test: np.ndarray, seed: int) -> dict:
             warnings.simplefilter("ignore", ConvergenceWarning)
             val = gmm_bpd(GaussianMixture(**kw).fit(fit_part), val_part)
             test = gmm_bpd(GaussianMixture(**kw).fit(y_train), y_test)
-        row = {"system": "sklearn-gmm", "covariance": cov, "K": k, "reg_covar": reg, "val_bpd": round(val, 4),
-               "test_bpd": round(test, 4), "seconds": round(time.perf_counter() - t0, 1)}
+        row = {
+            "system": "sklearn-gmm",
+            "covariance": cov,
+            "K": k,
+            "reg_covar": reg,
+            "val_bpd": round(val, 4),
+            "test_bpd": round(test, 4),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         emit(**row)
         rows.append(row)
     by_val = min(rows, key=lambda r: r["val_bpd"])
@@ -94,8 +109,14 @@ def get_model(args):
     t0 = time.perf_counter()
     summary = trainer.fit(time_budget=args.budget, steps=args.steps)
     net = trainer.ema.shadow.eval().requires_grad_(False)
-    emit(system="kuosan", model=out, overrides=OVERRIDES, steps=summary["step"],
-         train_seconds=round(time.perf_counter() - t0, 1), params=sum(p.numel() for p in net.parameters()))
+    emit(
+        system="kuosan",
+        model=out,
+        overrides=OVERRIDES,
+        steps=summary["step"],
+        train_seconds=round(time.perf_counter() - t0, 1),
+        params=sum(p.numel() for p in net.parameters()),
+    )
     return cfg, net
 
 
@@ -131,12 +152,31 @@ def main() -> None:
 
     t0 = time.perf_counter()
     gv = torch.Generator().manual_seed(args.seed + 1)
-    vlb = torch.cat([vlb_bpd(den, chunk, schedule, variance=variance, bin_width=DIGITS_BIN_WIDTH,
-                             dequantized=cfg.diffusion.dequantize, generator=gv)["bpd"]
-                     for chunk in x_test.split(args.vlb_batch)])
-    emit(system="kuosan", method="vlb", bpd=round(float(vlb.mean()), 4),
-         stderr=round(float(vlb.std() / math.sqrt(len(vlb))), 4), n=len(vlb), T=schedule.T, variance=variance,
-         dequantized=cfg.diffusion.dequantize, seconds=round(time.perf_counter() - t0, 1))
+    vlb = torch.cat(
+        [
+            vlb_bpd(
+                den,
+                chunk,
+                schedule,
+                variance=variance,
+                bin_width=DIGITS_BIN_WIDTH,
+                dequantized=cfg.diffusion.dequantize,
+                generator=gv,
+            )["bpd"]
+            for chunk in x_test.split(args.vlb_batch)
+        ]
+    )
+    emit(
+        system="kuosan",
+        method="vlb",
+        bpd=round(float(vlb.mean()), 4),
+        stderr=round(float(vlb.std() / math.sqrt(len(vlb))), 4),
+        n=len(vlb),
+        T=schedule.T,
+        variance=variance,
+        dequantized=cfg.diffusion.dequantize,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
     def ode(y: torch.Tensor, tol: float, seed: int):
         gp = torch.Generator().manual_seed(seed)
@@ -146,29 +186,52 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ode_bpd, nfe = ode(y_test, args.rtol, args.seed + 2)
-    emit(system="kuosan", method="ode", bpd=round(float(ode_bpd.mean()), 4),
-         stderr=round(float(ode_bpd.std() / math.sqrt(len(ode_bpd))), 4), n=len(ode_bpd), rtol=args.rtol,
-         atol=args.rtol, probe="rademacher", nfe_per_batch=nfe, batch=args.ode_batch,
-         sigma_min=den.sigma_min, sigma_max=den.sigma_max, seconds=round(time.perf_counter() - t0, 1))
+    emit(
+        system="kuosan",
+        method="ode",
+        bpd=round(float(ode_bpd.mean()), 4),
+        stderr=round(float(ode_bpd.std() / math.sqrt(len(ode_bpd))), 4),
+        n=len(ode_bpd),
+        rtol=args.rtol,
+        atol=args.rtol,
+        probe="rademacher",
+        nfe_per_batch=nfe,
+        batch=args.ode_batch,
+        sigma_min=den.sigma_min,
+        sigma_max=den.sigma_max,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
     # the tolerance's effect: the first 40 images again at a 10x tighter tolerance, same points and probes
     t0 = time.perf_counter()
     n_chk = min(40, args.ode_batch)
     loose, _ = ode(y_test[:n_chk], args.rtol, args.seed + 2)
     tight, nfe_tight = ode(y_test[:n_chk], args.rtol / 10, args.seed + 2)
-    emit(check="ode_tolerance", n=n_chk, rtol=args.rtol, bpd=round(float(loose.mean()), 4),
-         rtol_tight=args.rtol / 10, bpd_tight=round(float(tight.mean()), 4),
-         max_abs_diff=round(float((loose - tight).abs().max()), 4), nfe_tight=nfe_tight,
-         seconds=round(time.perf_counter() - t0, 1))
+    emit(
+        check="ode_tolerance",
+        n=n_chk,
+        rtol=args.rtol,
+        bpd=round(float(loose.mean()), 4),
+        rtol_tight=args.rtol / 10,
+        bpd_tight=round(float(tight.mean()), 4),
+        max_abs_diff=round(float((loose - tight).abs().max()), 4),
+        nfe_tight=nfe_tight,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
     best = gmm["by_test"]["test_bpd"]
-    emit(summary="likelihood_digits", kuosan_vlb_bpd=round(float(vlb.mean()), 4),
-         kuosan_ode_bpd=round(float(ode_bpd.mean()), 4), gmm_best_test_bpd=best,
-         gmm_best_config={k: gmm["by_test"][k] for k in ("covariance", "K", "reg_covar")},
-         gmm_selected_by_val_test_bpd=gmm["by_val"]["test_bpd"],
-         gmm_selected_config={k: gmm["by_val"][k] for k in ("covariance", "K", "reg_covar")},
-         gmm_search_seconds=round(gmm_seconds, 1), uniform_bpd=round(math.log2(DIGITS_NUM_LEVELS), 4),
-         kuosan_beats_gmm=bool(vlb.mean() < best and ode_bpd.mean() < best))
+    emit(
+        summary="likelihood_digits",
+        kuosan_vlb_bpd=round(float(vlb.mean()), 4),
+        kuosan_ode_bpd=round(float(ode_bpd.mean()), 4),
+        gmm_best_test_bpd=best,
+        gmm_best_config={k: gmm["by_test"][k] for k in ("covariance", "K", "reg_covar")},
+        gmm_selected_by_val_test_bpd=gmm["by_val"]["test_bpd"],
+        gmm_selected_config={k: gmm["by_val"][k] for k in ("covariance", "K", "reg_covar")},
+        gmm_search_seconds=round(gmm_seconds, 1),
+        uniform_bpd=round(math.log2(DIGITS_NUM_LEVELS), 4),
+        kuosan_beats_gmm=bool(vlb.mean() < best and ode_bpd.mean() < best),
+    )
 
 
 if __name__ == "__main__":

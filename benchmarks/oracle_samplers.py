@@ -25,6 +25,7 @@ Prints one JSON line per run, then a summary line per (oracle, NFE) with kuosan'
 diffusers' best (ratio of FDs), and with --run-dir the digit-quality comparison on a trained model:
 kuosan's best sampler at 10 evaluations against DDIM at 50.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ SCH = DiscreteSchedule.from_name("linear", 1000)
 
 # --- oracles ----------------------------------------------------------------------------------------
 
+
 class FastMixtureDenoiser(GaussianMixtureDenoiser):
     """The same exact mixture denoiser with the per-component rotations done as one matrix product
     (B, d) @ (d, K d): the library's einsum form is ~10x slower on CPU for 64-D, 10 components."""
@@ -59,9 +61,9 @@ class FastMixtureDenoiser(GaussianMixtureDenoiser):
         if sigma.numel() > 1 and bool((sigma == sigma[0]).all()):
             sigma = sigma[:1]  # one noise level for the batch: (1, K, d) tables instead of (B, K, d)
         K, d = self.means.shape
-        Ut = self.U.permute(1, 0, 2).reshape(d, K * d)            # column block k is U_k
-        mU = torch.einsum("kd,kdj->kj", self.means, self.U)        # m_k^T U_k
-        z = (xf @ Ut).reshape(-1, K, d) - mU[None]                 # U_k^T (x - m_k)
+        Ut = self.U.permute(1, 0, 2).reshape(d, K * d)  # column block k is U_k
+        mU = torch.einsum("kd,kdj->kj", self.means, self.U)  # m_k^T U_k
+        z = (xf @ Ut).reshape(-1, K, d) - mU[None]  # U_k^T (x - m_k)
         return xf, z, self.lam[None] + sigma[:, None, None] ** 2
 
     def _log_resp_and_logp(self, z, lam_s):
@@ -75,15 +77,16 @@ class FastMixtureDenoiser(GaussianMixtureDenoiser):
         xf, z, lam_s = self._parts(x, sigma)
         log_r, _ = self._log_resp_and_logp(z, lam_s)
         r = log_r.exp()
-        w = r[..., None] * z * (self.lam[None] / lam_s)          # (B, K, d)
+        w = r[..., None] * z * (self.lam[None] / lam_s)  # (B, K, d)
         K, d = self.means.shape
         shrink = w.reshape(-1, K * d) @ self.U.permute(0, 2, 1).reshape(K * d, d)  # sum_k U_k w_k
         return (r @ self.means + shrink).reshape(x.shape).to(x.dtype)
 
 
 def _mixture_from_sklearn(gm, shape) -> FastMixtureDenoiser:
-    return FastMixtureDenoiser(torch.tensor(gm.weights_), torch.tensor(gm.means_), torch.tensor(gm.covariances_),
-                               shape=shape)
+    return FastMixtureDenoiser(
+        torch.tensor(gm.weights_), torch.tensor(gm.means_), torch.tensor(gm.covariances_), shape=shape
+    )
 
 
 def digits_oracle(seed: int = 0, components: int = 10) -> FastMixtureDenoiser:
@@ -131,6 +134,7 @@ class CountingEps(nn.Module):
 
 # --- metrics ----------------------------------------------------------------------------------------
 
+
 class Judge:
     """FD to the exact mixture moments, and the NLL gap against exact draws."""
 
@@ -157,6 +161,7 @@ class Judge:
 
 # --- the two libraries --------------------------------------------------------------------------------
 
+
 def kuosan_steps(sampler: str, nfe: int) -> int:
     """Steps that fit in ``nfe`` evaluations: k evaluations per step but one on the last."""
     k = EVALS_PER_STEP[sampler]
@@ -168,8 +173,7 @@ def run_kuosan(eps: CountingEps, sampler: str, grid: str, nfe: int, x_T: torch.T
     sigmas = make_sigmas(SCH, steps, grid)
     x = x_T * (1 + float(sigmas[0]) ** 2) ** 0.5  # x_T in the Denoiser's VE scaling at sigmas[0]
     eps.calls = 0
-    out = SAMPLERS[sampler](VPDenoiser(eps, SCH, "eps"), x, sigmas, generator=torch.Generator().manual_seed(seed),
-                           **kw)
+    out = SAMPLERS[sampler](VPDenoiser(eps, SCH, "eps"), x, sigmas, generator=torch.Generator().manual_seed(seed), **kw)
     return out, eps.calls
 
 
@@ -179,8 +183,10 @@ def diffusers_configs() -> list[tuple[str, str, dict]]:
     spacing is left out where it is within a rounding of "trailing"; UniPC "bh1" runs with
     final_sigmas_type="sigma_min" because with "zero" it returns NaN: B(h) = -h is infinite on the
     last step and multiplies a zero correction.)"""
-    cfgs = [("ddim", "DDIMScheduler", {"timestep_spacing": sp, "clip_sample": False, "set_alpha_to_one": True})
-            for sp in ("leading", "linspace", "trailing")]
+    cfgs = [
+        ("ddim", "DDIMScheduler", {"timestep_spacing": sp, "clip_sample": False, "set_alpha_to_one": True})
+        for sp in ("leading", "linspace", "trailing")
+    ]
     cfgs += [("euler", "EulerDiscreteScheduler", {"timestep_spacing": sp}) for sp in ("linspace", "trailing")]
     cfgs += [("euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True})]
     grids = ({"timestep_spacing": "trailing"}, {"use_karras_sigmas": True})
@@ -189,8 +195,13 @@ def diffusers_configs() -> list[tuple[str, str, dict]]:
             cfgs.append((f"dpmpp-{order}m", "DPMSolverMultistepScheduler", {"solver_order": order, **opts}))
         for opts in grids:
             cfgs.append((f"unipc-{order}", "UniPCMultistepScheduler", {"solver_order": order, **opts}))
-            cfgs.append((f"unipc-{order}-bh1", "UniPCMultistepScheduler",
-                         {"solver_order": order, "solver_type": "bh1", "final_sigmas_type": "sigma_min", **opts}))
+            cfgs.append(
+                (
+                    f"unipc-{order}-bh1",
+                    "UniPCMultistepScheduler",
+                    {"solver_order": order, "solver_type": "bh1", "final_sigmas_type": "sigma_min", **opts},
+                )
+            )
             cfgs.append((f"deis-{order}", "DEISMultistepScheduler", {"solver_order": order, **opts}))
     return cfgs
 
@@ -216,16 +227,25 @@ def run_diffusers(eps: CountingEps, cls_name: str, opts: dict, nfe: int, x_T: to
 
 # kuosan's side: the multistep solvers on every grid; the others (first order, two evaluations per
 # step, stochastic) on the diffusers-style grid and on kuosan's, to show where they stand
-KUOSAN_RUNS = ([(s, g) for s in ("unipc", "unipc-3", "dpmpp-3m", "dpmpp-2m")
-                for g in ("trailing", "karras", "exponential", "kuosan")]
-               + [(s, g) for s in ("euler", "heun", "dpmpp-2s") for g in ("trailing", "kuosan")]
-               + [(s, "kuosan") for s in ("euler-ancestral", "dpmpp-2m-sde", "dpmpp-3m-sde")])
+KUOSAN_RUNS = (
+    [
+        (s, g)
+        for s in ("unipc", "unipc-3", "dpmpp-3m", "dpmpp-2m")
+        for g in ("trailing", "karras", "exponential", "kuosan")
+    ]
+    + [(s, g) for s in ("euler", "heun", "dpmpp-2s") for g in ("trailing", "kuosan")]
+    + [(s, "kuosan") for s in ("euler-ancestral", "dpmpp-2m-sde", "dpmpp-3m-sde")]
+)
 SAMPLES = {"digits": 6000, "2d": 20_000}
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cores": os.cpu_count()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+    }
 
 
 def prior_draws(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -251,20 +271,46 @@ def bench_oracle(name: str, nfes: list[int], n: int, seed: int, diffusers_on: bo
     eps = CountingEps(oracle)
     x_T = prior_draws(n, oracle.shape, seed)
     flow = judge(flow_reference(oracle, x_T))
-    base = {"bench": "oracle_samplers", "oracle": name, "samples": n, "seed": seed, "fd_floor": judge.fd_floor,
-            "fd_flow": flow["fd"], "nll_gap_flow": flow["nll_gap"]}
+    base = {
+        "bench": "oracle_samplers",
+        "oracle": name,
+        "samples": n,
+        "seed": seed,
+        "fd_floor": judge.fd_floor,
+        "fd_flow": flow["fd"],
+        "nll_gap_flow": flow["nll_gap"],
+    }
     rows = []
     for nfe in nfes:
         for sampler, grid in KUOSAN_RUNS:
             x, calls = run_kuosan(eps, sampler, grid, nfe, x_T, seed)
-            rows.append({**base, "system": "kuosan", "sampler": sampler, "grid": grid, "nfe_budget": nfe,
-                         "nfe": calls, **judge(x)})
+            rows.append(
+                {
+                    **base,
+                    "system": "kuosan",
+                    "sampler": sampler,
+                    "grid": grid,
+                    "nfe_budget": nfe,
+                    "nfe": calls,
+                    **judge(x),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         if diffusers_on:
             for label, cls_name, opts in diffusers_configs():
                 x, calls = run_diffusers(eps, cls_name, opts, nfe, x_T, seed)
-                rows.append({**base, "system": "diffusers", "sampler": label, "scheduler": cls_name,
-                             "options": opts, "nfe_budget": nfe, "nfe": calls, **judge(x)})
+                rows.append(
+                    {
+                        **base,
+                        "system": "diffusers",
+                        "sampler": label,
+                        "scheduler": cls_name,
+                        "options": opts,
+                        "nfe_budget": nfe,
+                        "nfe": calls,
+                        **judge(x),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -275,16 +321,30 @@ def summarize(rows: list[dict]) -> list[dict]:
     for oracle in sorted({r["oracle"] for r in rows}):
         for nfe in sorted({r["nfe_budget"] for r in rows}):
             sel = [r for r in rows if r["oracle"] == oracle and r["nfe_budget"] == nfe and r["nfe"] <= nfe]
-            best = {sys_: min((r for r in sel if r["system"] == sys_), key=lambda r: r["fd"], default=None)
-                    for sys_ in ("kuosan", "diffusers")}
+            best = {
+                sys_: min((r for r in sel if r["system"] == sys_), key=lambda r: r["fd"], default=None)
+                for sys_ in ("kuosan", "diffusers")
+            }
             k, d = best["kuosan"], best["diffusers"]
             if k is None or d is None:
                 continue
-            out.append({"bench": "oracle_samplers", "summary": True, "oracle": oracle, "nfe": nfe,
-                        "fd_floor": k["fd_floor"], "fd_flow": k["fd_flow"], "kuosan_fd": k["fd"], "kuosan_best": f"{k['sampler']}/{k['grid']}",
-                        "kuosan_nll_gap": k["nll_gap"], "diffusers_fd": d["fd"],
-                        "diffusers_best": f"{d['scheduler']}{json.dumps(d['options'])}",
-                        "diffusers_nll_gap": d["nll_gap"], "fd_ratio": k["fd"] / d["fd"]})
+            out.append(
+                {
+                    "bench": "oracle_samplers",
+                    "summary": True,
+                    "oracle": oracle,
+                    "nfe": nfe,
+                    "fd_floor": k["fd_floor"],
+                    "fd_flow": k["fd_flow"],
+                    "kuosan_fd": k["fd"],
+                    "kuosan_best": f"{k['sampler']}/{k['grid']}",
+                    "kuosan_nll_gap": k["nll_gap"],
+                    "diffusers_fd": d["fd"],
+                    "diffusers_best": f"{d['scheduler']}{json.dumps(d['options'])}",
+                    "diffusers_nll_gap": d["nll_gap"],
+                    "fd_ratio": k["fd"] / d["fd"],
+                }
+            )
     return out
 
 
@@ -311,21 +371,44 @@ def fit_grid(nfes: list[int], seed: int = 11) -> None:
             sig = make_sigmas(SCH, nfe, "kuosan", sigma_hi=hi, sigma_lo=lo)
             for name, (oracle, judge, x_T) in setups.items():
                 r = judge(sample_unipc(oracle, x_T * (1 + float(sig[0]) ** 2) ** 0.5, sig))
-                print(json.dumps({"bench": "oracle_samplers", "fit_grid": True, "oracle": name, "nfe": nfe,
-                                  "sigma_hi": hi, "sigma_lo": lo, **r}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "bench": "oracle_samplers",
+                            "fit_grid": True,
+                            "oracle": name,
+                            "nfe": nfe,
+                            "sigma_hi": hi,
+                            "sigma_lo": lo,
+                            **r,
+                        }
+                    ),
+                    flush=True,
+                )
                 if name == "digits" and abs(r["nll_gap"]) <= (math.inf if nfe < 10 else 3.0 if nfe < 20 else 1.0):
                     scores[(hi, lo)] = r["fd"]
         (hi, lo), best = min(scores.items(), key=lambda kv: kv[1])
-        print(json.dumps({"bench": "oracle_samplers", "fit_grid": True, "nfe": nfe, "best_sigma_hi": hi,
-                          "best_sigma_lo": lo, "digits_fd": best}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "oracle_samplers",
+                    "fit_grid": True,
+                    "nfe": nfe,
+                    "best_sigma_hi": hi,
+                    "best_sigma_lo": lo,
+                    "digits_fd": best,
+                }
+            ),
+            flush=True,
+        )
 
 
 def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
     """Digit quality (Frechet distance in the shipped classifier's features, lower is better) of a
     trained digits run: kuosan's samplers at 10 evaluations against DDIM at 50 (each grid)."""
     from kuosan.build import build_denoiser, build_schedule
-    from kuosan.runs import load_run
     from kuosan.metrics import digit_quality
+    from kuosan.runs import load_run
     from kuosan.samplers.loop import prior_noise
 
     cfg, net = load_run(run_dir)
@@ -350,19 +433,37 @@ def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
                 x = prior_noise((min(1000, n - start), *net.data_shape), float(sigmas[0]), generator=g)
                 out.append(SAMPLERS[sampler](counted, x, sigmas, generator=g))
         q = digit_quality(torch.cat(out).clamp(-1, 1).float())
-        rows.append({"bench": "oracle_samplers", "trained_model": run_dir, "sampler": sampler, "grid": grid,
-                     "nfe": calls[0] // -(-n // 1000), "samples": n, "fd": q["fd"], "fd_floor": q["fd_floor"],
-                     "confident": q["confident"], "class_entropy": q["class_entropy"]})
+        rows.append(
+            {
+                "bench": "oracle_samplers",
+                "trained_model": run_dir,
+                "sampler": sampler,
+                "grid": grid,
+                "nfe": calls[0] // -(-n // 1000),
+                "samples": n,
+                "fd": q["fd"],
+                "fd_floor": q["fd_floor"],
+                "confident": q["confident"],
+                "class_entropy": q["class_entropy"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     ours = min((r for r in rows if r["nfe"] <= 10), key=lambda r: r["fd"])
     first = next(r for r in rows if r["nfe"] <= 10)  # the sampler chosen beforehand: unipc/kuosan
     ddim = min((r for r in rows if r["sampler"] == "ddim"), key=lambda r: r["fd"])
-    summary = {"bench": "oracle_samplers", "trained_model": run_dir, "summary": True,
-               "kuosan_10_fd": first["fd"], "kuosan_10": f"{first['sampler']}/{first['grid']}",
-               "kuosan_10_best_fd": ours["fd"], "kuosan_10_best": f"{ours['sampler']}/{ours['grid']}",
-               "ddim_50_best_fd": ddim["fd"], "ddim_50_best": f"ddim/{ddim['grid']}",
-               "kuosan_10_best_at_least_as_good": ours["fd"] <= ddim["fd"],
-               "kuosan_grid_10_at_least_as_good": first["fd"] <= ddim["fd"]}
+    summary = {
+        "bench": "oracle_samplers",
+        "trained_model": run_dir,
+        "summary": True,
+        "kuosan_10_fd": first["fd"],
+        "kuosan_10": f"{first['sampler']}/{first['grid']}",
+        "kuosan_10_best_fd": ours["fd"],
+        "kuosan_10_best": f"{ours['sampler']}/{ours['grid']}",
+        "ddim_50_best_fd": ddim["fd"],
+        "ddim_50_best": f"ddim/{ddim['grid']}",
+        "kuosan_10_best_at_least_as_good": ours["fd"] <= ddim["fd"],
+        "kuosan_grid_10_at_least_as_good": first["fd"] <= ddim["fd"],
+    }
     print(json.dumps(summary), flush=True)
     return rows + [summary]
 
@@ -390,8 +491,10 @@ def main():
             print(json.dumps(line), flush=True)
     if args.run_dir:
         trained_model_check(args.run_dir, 2000, args.seed)
-    print(json.dumps({"bench": "oracle_samplers", "seconds": round(time.perf_counter() - t0, 1),
-                      "machine": machine()}), flush=True)
+    print(
+        json.dumps({"bench": "oracle_samplers", "seconds": round(time.perf_counter() - t0, 1), "machine": machine()}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

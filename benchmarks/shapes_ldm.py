@@ -18,6 +18,7 @@ count measures, as read by the shapes attribute classifier:
 
 Prints JSON lines. Runs are kept in --work-dir (given runs are only read).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,11 @@ from pathlib import Path
 import torch
 
 from kuosan.app import build_trainer
-
-from kuosan.runs import load_autoencoder
 from kuosan.config import resolve_config
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_caption, make_shapes
 from kuosan.metrics.shapes_classifier import load_shapes_classifier, prompt_accuracy
 from kuosan.pipelines import TextToImagePipeline
+from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
 from kuosan.utils import resolve_precision
 
@@ -46,8 +46,13 @@ def emit(record: dict) -> None:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cores": os.cpu_count(), "load_avg_1min": os.getloadavg()[0]}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+        "load_avg_1min": os.getloadavg()[0],
+    }
 
 
 def train(preset: str, out: Path, budget: float, overrides: list[str]) -> Path:
@@ -64,8 +69,13 @@ def train(preset: str, out: Path, budget: float, overrides: list[str]) -> Path:
 
 def run_info(run: Path) -> dict:
     state, cfg = ckpt.read_state(run), ckpt.read_config(run)
-    return {"run": str(run), "steps": state["step"], "train_seconds": round(state["train_seconds"], 1),
-            "batch_size": cfg["train"]["batch_size"], "precision": resolve_precision(cfg["train"]["precision"])}
+    return {
+        "run": str(run),
+        "steps": state["step"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "batch_size": cfg["train"]["batch_size"],
+        "precision": resolve_precision(cfg["train"]["precision"]),
+    }
 
 
 def vae_psnr(vae_run: Path, images: torch.Tensor) -> dict:
@@ -76,8 +86,18 @@ def vae_psnr(vae_run: Path, images: torch.Tensor) -> dict:
     return {"vae_psnr_db": round(float(psnr(images, reconstruct(vae, images)).mean()), 2), "n": len(images)}
 
 
-def accuracy_vs_guidance(pipe: TextToImagePipeline, batch, scales, *, steps, sampler, seed, classifier,
-                         label: str, grid_path: Path | None = None) -> list[dict]:
+def accuracy_vs_guidance(
+    pipe: TextToImagePipeline,
+    batch,
+    scales,
+    *,
+    steps,
+    sampler,
+    seed,
+    classifier,
+    label: str,
+    grid_path: Path | None = None,
+) -> list[dict]:
     """Prompt accuracy of one image per caption at each guidance scale; the best scale's first 64 images
     go to ``grid_path``."""
     from kuosan.imaging import save_samples_png
@@ -85,13 +105,23 @@ def accuracy_vs_guidance(pipe: TextToImagePipeline, batch, scales, *, steps, sam
     rows, best = [], -1.0
     for scale in scales:
         t0 = time.perf_counter()
-        x = pipe.txt2img(batch.captions, guidance=scale, steps=steps, sampler=sampler,
-                         generator=torch.Generator().manual_seed(seed))
+        x = pipe.txt2img(
+            batch.captions, guidance=scale, steps=steps, sampler=sampler, generator=torch.Generator().manual_seed(seed)
+        )
         seconds = time.perf_counter() - t0
         acc = prompt_accuracy(x, batch.attributes, batch.named, classifier=classifier)
-        rows.append({"bench": "txt2img", "model": label, "guidance": scale, "steps": steps, "sampler": sampler,
-                     "sample_seconds": round(seconds, 1), "images_per_s": round(len(x) / seconds, 2),
-                     **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()}})
+        rows.append(
+            {
+                "bench": "txt2img",
+                "model": label,
+                "guidance": scale,
+                "steps": steps,
+                "sampler": sampler,
+                "sample_seconds": round(seconds, 1),
+                "images_per_s": round(len(x) / seconds, 2),
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
+            }
+        )
         emit(rows[-1])
         if grid_path is not None and acc["all_named"] > best:
             best = acc["all_named"]
@@ -104,31 +134,50 @@ def hole_masks(position: torch.Tensor, size: int = 32) -> torch.Tensor:
     [6, 26)^2 (every shape of the data set lies inside the box of its position)."""
     m = torch.zeros(len(position), 1, size, size)
     half = size // 2
-    boxes = {"top left": (0, half, 0, half), "top right": (0, half, half, size), "bottom left": (half, size, 0, half),
-             "bottom right": (half, size, half, size), "center": (6, 26, 6, 26)}
+    boxes = {
+        "top left": (0, half, 0, half),
+        "top right": (0, half, half, size),
+        "bottom left": (half, size, 0, half),
+        "bottom right": (half, size, half, size),
+        "center": (6, 26, 6, 26),
+    }
     for i, p in enumerate(position.tolist()):
         r0, r1, c0, c1 = boxes[ATTRIBUTES["position"][p]]
         m[i, :, r0:r1, c0:c1] = 1
     return m
 
 
-def inpainting(pipe: TextToImagePipeline, batch, *, scale, steps, sampler, seed, classifier, method,
-               grid_path: Path | None = None) -> dict:
+def inpainting(
+    pipe: TextToImagePipeline, batch, *, scale, steps, sampler, seed, classifier, method, grid_path: Path | None = None
+) -> dict:
     """Remove each image's shape (mask its position's box) and paint a new one there after a prompt with
     another shape and colour (size drawn anew, position kept). ``grid_path``: 16 inputs, the masked
     inputs and the results, row by row."""
     g = torch.Generator().manual_seed(seed)
     n = len(batch)
     a = batch.attributes
-    new = {"shape": (a["shape"] + torch.randint(1, 3, (n,), generator=g)) % 3,
-           "colour": (a["colour"] + torch.randint(1, 7, (n,), generator=g)) % 7,
-           "size": torch.randint(0, 2, (n,), generator=g), "position": a["position"]}
-    prompts = [make_caption(*(ATTRIBUTES[k][int(new[k][i])] for k in ("shape", "colour", "size", "position")))
-               for i in range(n)]
+    new = {
+        "shape": (a["shape"] + torch.randint(1, 3, (n,), generator=g)) % 3,
+        "colour": (a["colour"] + torch.randint(1, 7, (n,), generator=g)) % 7,
+        "size": torch.randint(0, 2, (n,), generator=g),
+        "position": a["position"],
+    }
+    prompts = [
+        make_caption(*(ATTRIBUTES[k][int(new[k][i])] for k in ("shape", "colour", "size", "position")))
+        for i in range(n)
+    ]
     masks = hole_masks(a["position"])
     t0 = time.perf_counter()
-    x = pipe.inpaint(batch.images, masks, prompts, method=method, guidance=scale, steps=steps, sampler=sampler,
-                     generator=torch.Generator().manual_seed(seed))
+    x = pipe.inpaint(
+        batch.images,
+        masks,
+        prompts,
+        method=method,
+        guidance=scale,
+        steps=steps,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+    )
     seconds = time.perf_counter() - t0
     keep = 1 - masks
     recon = pipe.decode(pipe.encode_images(batch.images))
@@ -141,11 +190,19 @@ def inpainting(pipe: TextToImagePipeline, batch, *, scale, steps, sampler, seed,
         k = min(16, n)
         shown = torch.cat([batch.images[:k], batch.images[:k] * keep[:k] + masks[:k], x[:k]])
         save_samples_png(shown, grid_path, nrow=k)
-    return {"bench": "inpaint", "method": method, "guidance": scale, "steps": steps, "n": n,
-            "known_mae_vs_input": round(float(err), 4), "known_mae_vs_vae_recon": round(float(err_recon), 4),
-            "known_mae_of_vae_recon": round(float(((recon - batch.images).abs() * keep).sum() / (keep.sum() * 3)), 4),
-            "hole_all_named": round(acc["all_named"], 4),
-            **{f"hole_{k}": round(acc[k], 4) for k in ATTRIBUTES}, "seconds": round(seconds, 1)}
+    return {
+        "bench": "inpaint",
+        "method": method,
+        "guidance": scale,
+        "steps": steps,
+        "n": n,
+        "known_mae_vs_input": round(float(err), 4),
+        "known_mae_vs_vae_recon": round(float(err_recon), 4),
+        "known_mae_of_vae_recon": round(float(((recon - batch.images).abs() * keep).sum() / (keep.sum() * 3)), 4),
+        "hole_all_named": round(acc["all_named"], 4),
+        **{f"hole_{k}": round(acc[k], 4) for k in ATTRIBUTES},
+        "seconds": round(seconds, 1),
+    }
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], path: Path, *, title: str) -> None:
@@ -213,41 +270,88 @@ def main() -> None:
 
     vae_run = Path(args.vae_run) if args.vae_run else train("shapes-vae", work / "vae", args.vae_budget, [])
     emit({"bench": "vae", **run_info(vae_run), **vae_psnr(vae_run, batch.images)})
-    ldm_run = Path(args.ldm_run) if args.ldm_run else train(
-        "shapes-ldm", work / "ldm", args.ldm_budget, [f"latent.autoencoder={vae_run}", *args.ldm_set])
+    ldm_run = (
+        Path(args.ldm_run)
+        if args.ldm_run
+        else train("shapes-ldm", work / "ldm", args.ldm_budget, [f"latent.autoencoder={vae_run}", *args.ldm_set])
+    )
     ldm_info = run_info(ldm_run)
     emit({"bench": "ldm_run", **ldm_info})
     pipe = TextToImagePipeline.from_run(ldm_run)
-    rows = accuracy_vs_guidance(pipe, batch, scales, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                                classifier=classifier, label="latent", grid_path=work / "latent_samples.png")
+    rows = accuracy_vs_guidance(
+        pipe,
+        batch,
+        scales,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        classifier=classifier,
+        label="latent",
+        grid_path=work / "latent_samples.png",
+    )
     best = max(rows, key=lambda r: r["all_named"])
     curves = {"latent (8x8x4)": [(r["guidance"], r["all_named"]) for r in rows]}
     method = "concat" if pipe.net.config.get("cond_channels") else "replace"  # what the model was trained for
-    emit(inpainting(pipe, batch, scale=best["guidance"], steps=args.steps, sampler=args.sampler, seed=args.seed,
-                    classifier=classifier, method=method, grid_path=work / "inpaint_samples.png"))
-    summary = {"bench": "latent_vs_pixel", "latent": {**ldm_info, "best_guidance": best["guidance"],
-                                                      "all_named": best["all_named"],
-                                                      "images_per_s": best["images_per_s"]}}
+    emit(
+        inpainting(
+            pipe,
+            batch,
+            scale=best["guidance"],
+            steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            classifier=classifier,
+            method=method,
+            grid_path=work / "inpaint_samples.png",
+        )
+    )
+    summary = {
+        "bench": "latent_vs_pixel",
+        "latent": {
+            **ldm_info,
+            "best_guidance": best["guidance"],
+            "all_named": best["all_named"],
+            "images_per_s": best["images_per_s"],
+        },
+    }
     if not args.no_pixel:
         budget = args.pixel_budget if args.pixel_budget is not None else ldm_info["train_seconds"]
-        pixel_run = Path(args.pixel_run) if args.pixel_run else train("shapes-pixel", work / "pixel", budget,
-                                                                      list(args.pixel_set))
+        pixel_run = (
+            Path(args.pixel_run)
+            if args.pixel_run
+            else train("shapes-pixel", work / "pixel", budget, list(args.pixel_set))
+        )
         pixel_info = run_info(pixel_run)
         px_scales = [float(s) for s in args.pixel_scales.split(",")] if args.pixel_scales else scales
-        px_rows = accuracy_vs_guidance(TextToImagePipeline.from_run(pixel_run), batch, px_scales, steps=args.steps,
-                                       sampler=args.sampler, seed=args.seed, classifier=classifier, label="pixel",
-                                       grid_path=work / "pixel_samples.png")
+        px_rows = accuracy_vs_guidance(
+            TextToImagePipeline.from_run(pixel_run),
+            batch,
+            px_scales,
+            steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            classifier=classifier,
+            label="pixel",
+            grid_path=work / "pixel_samples.png",
+        )
         px_best = max(px_rows, key=lambda r: r["all_named"])
         curves["pixel (32x32x3)"] = [(r["guidance"], r["all_named"]) for r in px_rows]
-        summary["pixel"] = {**pixel_info, "best_guidance": px_best["guidance"], "all_named": px_best["all_named"],
-                            "images_per_s": px_best["images_per_s"]}
+        summary["pixel"] = {
+            **pixel_info,
+            "best_guidance": px_best["guidance"],
+            "all_named": px_best["all_named"],
+            "images_per_s": px_best["images_per_s"],
+        }
         summary["sampling_speedup_latent_over_pixel"] = round(best["images_per_s"] / px_best["images_per_s"], 2)
     summary["target_all_named"] = 0.9
     summary["target_met"] = best["all_named"] >= 0.9
     emit(summary)
     plot_path = Path(args.plot) if args.plot else work / "accuracy_vs_guidance.png"
-    plot(curves, plot_path, title=f"shapes: all-named prompt accuracy, {args.n} held-out captions, "
-                                  f"{args.sampler} {args.steps} steps")
+    plot(
+        curves,
+        plot_path,
+        title=f"shapes: all-named prompt accuracy, {args.n} held-out captions, {args.sampler} {args.steps} steps",
+    )
     emit({"bench": "plot", "path": str(plot_path)})
     if any(math.isnan(r["all_named"]) for r in rows):
         raise SystemExit("NaN accuracy")

@@ -12,6 +12,7 @@ and scale factor 1/std (Rombach et al. 2022, Sec. 4.3.2).
 autocast (the choice of precision "auto"). Prints JSON lines. The machine may be shared: each line
 carries the load average, which bounds what the wall-clock budgets mean.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ from kuosan.utils import resolve_precision
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cores": os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def system_config(system: str, overrides: list[str]):
@@ -54,8 +60,14 @@ def speed(overrides: list[str], steps: int = 15) -> list[dict]:
             for _ in range(steps):
                 trainer.train_step()
             seconds = time.perf_counter() - t0
-        out.append({"bench": "shapes_vae_speed", "precision": precision,
-                    "images_per_s": round(steps * cfg.train.batch_size / seconds, 1), **machine()})
+        out.append(
+            {
+                "bench": "shapes_vae_speed",
+                "precision": precision,
+                "images_per_s": round(steps * cfg.train.batch_size / seconds, 1),
+                **machine(),
+            }
+        )
     return out
 
 
@@ -70,13 +82,22 @@ def run(system: str, budget: float, rounds: int, test: torch.Tensor, overrides: 
             net.eval()
             with torch.inference_mode():
                 report = reconstruction_report(net, test, batch_size=250)
-            yield {"bench": "shapes_vae", "system": system, "minutes": round(r * budget / 60, 2),
-                   "steps": summary["step"], "batch_size": cfg.train.batch_size,
-                   "train_seconds": round(summary["train_seconds"], 1),
-                   "params": sum(p.numel() for p in net.parameters()),
-                   "precision": resolve_precision(cfg.train.precision), "recon": cfg.autoencoder.recon,
-                   "kl_weight": cfg.autoencoder.kl_weight, "last_loss": round(summary["last_loss"], 2),
-                   "eval_seconds": round(time.perf_counter() - t0, 1), **report, **machine()}
+            yield {
+                "bench": "shapes_vae",
+                "system": system,
+                "minutes": round(r * budget / 60, 2),
+                "steps": summary["step"],
+                "batch_size": cfg.train.batch_size,
+                "train_seconds": round(summary["train_seconds"], 1),
+                "params": sum(p.numel() for p in net.parameters()),
+                "precision": resolve_precision(cfg.train.precision),
+                "recon": cfg.autoencoder.recon,
+                "kl_weight": cfg.autoencoder.kl_weight,
+                "last_loss": round(summary["last_loss"], 2),
+                "eval_seconds": round(time.perf_counter() - t0, 1),
+                **report,
+                **machine(),
+            }
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ so the memory figure is its own; with ``--repeats R`` every configuration runs R
 (so a slow spell of a shared machine hits all of them alike), each repeat is printed, and the
 configuration's line is its median run (with the range of images/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,31 @@ def build(system: str, c: int, h: int):
     if system == "kuosan":
         from kuosan.networks import UNet
 
-        return UNet(in_channels=c, base_channels=64, channel_mult=mult, num_res_blocks=2, attention_levels=(1,),
-                    num_heads=1, scale_shift=False)
+        return UNet(
+            in_channels=c,
+            base_channels=64,
+            channel_mult=mult,
+            num_res_blocks=2,
+            attention_levels=(1,),
+            num_heads=1,
+            scale_shift=False,
+        )
     from diffusers import UNet2DModel
 
     chans = tuple(64 * m for m in mult)
     down = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")[: len(mult)]
-    up = ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")[-len(mult):]
-    net = UNet2DModel(sample_size=h, in_channels=c, out_channels=c, layers_per_block=2, block_out_channels=chans,
-                      down_block_types=down, up_block_types=up, norm_num_groups=32, attention_head_dim=chans[1])
+    up = ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")[-len(mult) :]
+    net = UNet2DModel(
+        sample_size=h,
+        in_channels=c,
+        out_channels=c,
+        layers_per_block=2,
+        block_out_channels=chans,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=32,
+        attention_head_dim=chans[1],
+    )
     return _Unwrap(net)
 
 
@@ -125,12 +142,21 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
         from kuosan.ops import kernels_available as fused_available
 
         fused = cl and fused_available() and not mode.startswith("compile")
-    return {"system": system, "shape": shape, "batch": batch, "mode": mode, "fused_norm_kernel": fused,
-            "retain_freed_memory": retained,
-            "params": sum(p.numel() for p in net.parameters()), "train_images_per_s": round(batch / med, 1),
-            "step_ms_median": round(med * 1000, 1), "gflop_per_step": round(flops / 1e9, 2),
-            "achieved_gflops": round(flops / med / 1e9, 1), "sample_images_per_s": round(sample_ips, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "system": system,
+        "shape": shape,
+        "batch": batch,
+        "mode": mode,
+        "fused_norm_kernel": fused,
+        "retain_freed_memory": retained,
+        "params": sum(p.numel() for p in net.parameters()),
+        "train_images_per_s": round(batch / med, 1),
+        "step_ms_median": round(med * 1000, 1),
+        "gflop_per_step": round(flops / 1e9, 2),
+        "achieved_gflops": round(flops / med / 1e9, 1),
+        "sample_images_per_s": round(sample_ips, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main():
@@ -138,8 +164,12 @@ def main():
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--shapes", default="32x32x3:32,8x8x1:128", help="HxWxC:batch,...")
     p.add_argument("--modes", default="fp32,bf16,fp32-cl,bf16-cl,compile-bf16,compile-bf16-cl")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="run every configuration this many times, round-robin, and report each one's median run")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every configuration this many times, round-robin, and report each one's median run",
+    )
     p.add_argument("--one", nargs=4, metavar=("SYSTEM", "SHAPE", "BATCH", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -147,19 +177,35 @@ def main():
         print(json.dumps(one(system, shape, int(batch), mode, args.steps)))
         return
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(json.dumps({"bench": "train_speed", "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "train_speed",
+                "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        ),
+        flush=True,
+    )
     for item in args.shapes.split(","):
         shape, batch = item.split(":")
         configs = [(system, mode) for system in ("kuosan", "diffusers") for mode in args.modes.split(",")]
         runs = {c: [] for c in configs}
         for _ in range(args.repeats):  # round-robin: a slow spell of the machine hits every configuration alike
             for system, mode in configs:
-                r = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", system, shape,
-                                    batch, mode], capture_output=True, text=True)
+                r = subprocess.run(
+                    [sys.executable, __file__, "--steps", str(args.steps), "--one", system, shape, batch, mode],
+                    capture_output=True,
+                    text=True,
+                )
                 if r.returncode != 0:
-                    print(json.dumps({"system": system, "shape": shape, "mode": mode,
-                                      "error": r.stderr.strip().splitlines()[-1]}), flush=True)
+                    print(
+                        json.dumps(
+                            {"system": system, "shape": shape, "mode": mode, "error": r.stderr.strip().splitlines()[-1]}
+                        ),
+                        flush=True,
+                    )
                     continue
                 rec = json.loads(r.stdout.strip().splitlines()[-1])
                 rec["share_of_bf16_peak"] = round(rec["achieved_gflops"] / peak["bf16"], 3)
@@ -167,22 +213,34 @@ def main():
                 if args.repeats > 1:
                     print(json.dumps({"repeat": True, **rec}), flush=True)
         best = {}
-        for (system, mode), recs in runs.items():
+        for (system, _mode), recs in runs.items():
             if not recs:
                 continue
             rec = dict(sorted(recs, key=lambda r: r["train_images_per_s"])[(len(recs) - 1) // 2])  # the median run
             if args.repeats > 1:
                 rec["repeats"] = len(recs)
-                rec["train_images_per_s_range"] = [min(r["train_images_per_s"] for r in recs),
-                                                   max(r["train_images_per_s"] for r in recs)]
+                rec["train_images_per_s_range"] = [
+                    min(r["train_images_per_s"] for r in recs),
+                    max(r["train_images_per_s"] for r in recs),
+                ]
             print(json.dumps(rec), flush=True)
             if system not in best or rec["train_images_per_s"] > best[system]["train_images_per_s"]:
                 best[system] = rec
         k, d = best.get("kuosan"), best.get("diffusers")
         if k and d:
-            print(json.dumps({"summary": True, "shape": shape, "kuosan_best": [k["mode"], k["train_images_per_s"]],
-                              "diffusers_best": [d["mode"], d["train_images_per_s"]],
-                              "speedup": round(k["train_images_per_s"] / d["train_images_per_s"], 2)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "summary": True,
+                        "shape": shape,
+                        "kuosan_best": [k["mode"], k["train_images_per_s"]],
+                        "diffusers_best": [d["mode"], d["train_images_per_s"]],
+                        "speedup": round(k["train_images_per_s"] / d["train_images_per_s"], 2),
+                    }
+                ),
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

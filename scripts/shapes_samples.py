@@ -4,6 +4,7 @@
 
 Images are tiled row by row (8 per row), enlarged 4x; caption k belongs to the k-th image.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ classes, so the classifier is not confident on noise and ``digit_quality``'s "co
 "looks like a digit". Writes safetensors (the constructor config in the metadata) and prints one JSON
 line with the test accuracy. Takes a few seconds on one CPU core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--noise-std", type=float, default=0.05)
-    parser.add_argument("--outlier-weight", type=float, default=0.5,
-                        help="weight of the outlier-exposure loss (0 disables it)")
+    parser.add_argument(
+        "--outlier-weight", type=float, default=0.5, help="weight of the outlier-exposure loss (0 disables it)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     args = parser.parse_args()
@@ -97,18 +99,29 @@ def main() -> None:
     test_acc, test_loss = evaluate(model, x_test, y_test)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(model.config), "seed": "0", "epochs": str(args.epochs),
-                "outlier_weight": str(args.outlier_weight),
-                "test_accuracy": f"{test_acc:.4f}"}
+    metadata = {
+        "config": json.dumps(model.config),
+        "seed": "0",
+        "epochs": str(args.epochs),
+        "outlier_weight": str(args.outlier_weight),
+        "test_accuracy": f"{test_acc:.4f}",
+    }
     save_file(state, str(args.out), metadata=metadata)
-    print(json.dumps({
-        "test_accuracy": round(test_acc, 4), "test_loss": round(test_loss, 4),
-        "train_accuracy": round(train_acc, 4), "epochs": args.epochs,
-        "outlier_weight": args.outlier_weight,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "file_bytes": args.out.stat().st_size, "out": str(args.out),
-        "seconds": round(time.perf_counter() - start, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "test_accuracy": round(test_acc, 4),
+                "test_loss": round(test_loss, 4),
+                "train_accuracy": round(train_acc, 4),
+                "epochs": args.epochs,
+                "outlier_weight": args.outlier_weight,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "file_bytes": args.out.stat().st_size,
+                "out": str(args.out),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

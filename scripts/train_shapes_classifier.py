@@ -10,6 +10,7 @@ the images), a colour jitter (per-channel gain 1 +- 0.08 and offset +- 0.08) and
 Writes safetensors (the constructor config in the metadata) and prints one JSON line with the
 per-attribute accuracies. A few minutes on one CPU core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,13 @@ TRAIN_SEED = 0
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image of (B, C, H, W) with its own Gaussian sigma (B,) in pixels (5x5 kernel)."""
     offsets = torch.arange(-2, 3, dtype=x.dtype)
-    k = torch.exp(-offsets[None] ** 2 / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
-    k = k / k.sum(1, keepdim=True)                                   # (B, 5)
+    k = torch.exp(-(offsets[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, 5)
     b, c, h, w = x.shape
     y = F.pad(x, (2, 2, 2, 2), mode="replicate").reshape(1, b * c, h + 4, w + 4)
-    kc = k.repeat_interleave(c, 0)                                   # (B*C, 5)
-    y = F.conv2d(y, kc[:, None, None, :], groups=b * c)              # along W
-    y = F.conv2d(y, kc[:, None, :, None], groups=b * c)              # along H
+    kc = k.repeat_interleave(c, 0)  # (B*C, 5)
+    y = F.conv2d(y, kc[:, None, None, :], groups=b * c)  # along W
+    y = F.conv2d(y, kc[:, None, :, None], groups=b * c)  # along H
     return y.reshape(b, c, h, w)
 
 
@@ -92,16 +93,29 @@ def main() -> None:
     augmented = accuracies(model, augment(val.images), val.attributes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(model.config), "seed": str(TRAIN_SEED), "steps": str(args.steps),
-                "batch_size": str(args.batch_size), "val_accuracy": json.dumps(clean)}
+    metadata = {
+        "config": json.dumps(model.config),
+        "seed": str(TRAIN_SEED),
+        "steps": str(args.steps),
+        "batch_size": str(args.batch_size),
+        "val_accuracy": json.dumps(clean),
+    }
     save_file(state, str(args.out), metadata=metadata)
-    print(json.dumps({
-        "val_accuracy": clean, "val_accuracy_augmented": augmented, "eval_n": args.eval_n,
-        "steps": args.steps, "batch_size": args.batch_size,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "file_bytes": args.out.stat().st_size, "out": str(args.out),
-        "seconds": round(time.perf_counter() - start, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "val_accuracy": clean,
+                "val_accuracy_augmented": augmented,
+                "eval_n": args.eval_n,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "file_bytes": args.out.stat().st_size,
+                "out": str(args.out),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ images of ``SHAPES_EVAL_SEEDS["test"]`` (``retrieval_report``: image->text and t
 retrieval, zero-shot attribute reading, mean cosine of matched and shuffled captions). Writes
 safetensors (config and word vocabulary in the metadata) and prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def main() -> None:
     model = ShapesCLIP(build_vocabulary())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     stream = shapes_stream(args.batch_size, seed=TRAIN_SEED)
     model.train()
@@ -66,21 +68,39 @@ def main() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
         if step % 250 == 0 or step == args.steps - 1:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 4),
-                              "logit_scale": round(model.logit_scale.item(), 3)}), flush=True)
+            print(
+                json.dumps(
+                    {"step": step, "loss": round(loss.item(), 4), "logit_scale": round(model.logit_scale.item(), 3)}
+                ),
+                flush=True,
+            )
 
     model.eval()
     test = make_shapes(args.eval_n, SHAPES_EVAL_SEEDS["test"])
     report = retrieval_report(model, test.images, test.captions, test.attributes, test.named)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_shapes_clip(model, args.out, seed=str(TRAIN_SEED), steps=str(args.steps),
-                     batch_size=str(args.batch_size), test_report=json.dumps(report))
-    print(json.dumps({
-        "test": report, "eval_n": args.eval_n, "steps": args.steps, "batch_size": args.batch_size,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "file_bytes": args.out.stat().st_size, "out": str(args.out),
-        "seconds": round(time.perf_counter() - start, 1),
-    }))
+    save_shapes_clip(
+        model,
+        args.out,
+        seed=str(TRAIN_SEED),
+        steps=str(args.steps),
+        batch_size=str(args.batch_size),
+        test_report=json.dumps(report),
+    )
+    print(
+        json.dumps(
+            {
+                "test": report,
+                "eval_n": args.eval_n,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "file_bytes": args.out.stat().st_size,
+                "out": str(args.out),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

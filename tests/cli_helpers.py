@@ -1,4 +1,5 @@
 """Helpers of the tests that run the ``kuosan`` command as a user would."""
+
 import subprocess
 import sys
 

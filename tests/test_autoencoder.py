@@ -1,5 +1,6 @@
 """First-stage autoencoders: shapes, the KL and ELBO formulas, reparameterisation, diffusers parity,
 config, training through the CLI, exact resume, latent scaling, bad input."""
+
 import json
 import math
 
@@ -7,11 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from cli_helpers import fails_cleanly, kuosan
 from kuosan.app import build_trainer
-
 from kuosan.build import build_network, validate
-
-from kuosan.runs import load_autoencoder
 from kuosan.config import Config, ConfigError, resolve_config
 from kuosan.losses.autoencoder import AutoencoderObjective, gaussian_nll, negative_elbo, reconstruction_loss
 from kuosan.metrics.reconstruction import psnr
@@ -25,14 +24,19 @@ from kuosan.networks import (
     latent_scale_factor,
     load_diffusers_vae,
 )
+from kuosan.runs import load_autoencoder
 from kuosan.train import CheckpointError
-
-from cli_helpers import fails_cleanly, kuosan
 from train_helpers import assert_resume_equals_uninterrupted
 
 TINY = {"block_out_channels": (8, 16, 16), "latent_channels": 4, "layers_per_block": 1, "groups": 4}
-TINY_OVERRIDES = ["data.n=48", "model.params.block_out_channels=[8,16,16]", "model.params.groups=4",
-                  "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1"]
+TINY_OVERRIDES = [
+    "data.n=48",
+    "model.params.block_out_channels=[8,16,16]",
+    "model.params.groups=4",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+]
 
 
 # --- networks --------------------------------------------------------------------------------------------
@@ -121,8 +125,11 @@ def test_negative_elbo_by_hand_on_a_linear_vae():
     got = negative_elbo(vae, x, eps, decoder_std=s)
     assert got.shape == (4,) and torch.allclose(got.double(), rec + kl, rtol=1e-5)
     # its expectation over eps: E||x - C z||^2 = ||x - C mu||^2 + sum_j var_j ||C[:, j]||^2
-    exact = ((((x - mu @ vae.C.T) ** 2).sum(1) + (var * (vae.C**2).sum(0)).sum()) / (2 * s**2)
-             + 5 / 2 * math.log(2 * math.pi * s**2) + kl)
+    exact = (
+        (((x - mu @ vae.C.T) ** 2).sum(1) + (var * (vae.C**2).sum(0)).sum()) / (2 * s**2)
+        + 5 / 2 * math.log(2 * math.pi * s**2)
+        + kl
+    )
     reps = 50_000
     many = torch.randn(reps * 4, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     mc = negative_elbo(vae, x.repeat(reps, 1), many, decoder_std=s).double().reshape(reps, 4).mean(0)
@@ -145,8 +152,9 @@ def test_objective_is_recon_plus_weighted_kl():
     s = 0.1
     obj2 = AutoencoderObjective(recon="l2", kl_weight=2 * s**2, latent_shape=(4, 8, 8))
     const = 0.5 * x[0].numel() * math.log(2 * math.pi * s**2)
-    assert torch.allclose(obj2.loss(net, x, **drawn), 2 * s**2 * (negative_elbo(net, x, drawn["eps"], decoder_std=s)
-                                                                   - const), rtol=1e-4)
+    assert torch.allclose(
+        obj2.loss(net, x, **drawn), 2 * s**2 * (negative_elbo(net, x, drawn["eps"], decoder_std=s) - const), rtol=1e-4
+    )
     ae = Autoencoder(**TINY)
     plain = AutoencoderObjective(recon="l1", kl_weight=0.0)
     assert plain.draw(x, torch.Generator()) == {}
@@ -164,17 +172,33 @@ def test_psnr_closed_form():
 # --- diffusers parity -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32),
-    dict(block_out_channels=(16, 32), layers_per_block=2, latent_channels=3, norm_num_groups=8,
-         mid_block_add_attention=False, use_quant_conv=False, use_post_quant_conv=False),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32),
+        dict(
+            block_out_channels=(16, 32),
+            layers_per_block=2,
+            latent_channels=3,
+            norm_num_groups=8,
+            mid_block_add_attention=False,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+    ],
+)
 def test_diffusers_autoencoder_kl_parity(kwargs, tmp_path):
     diffusers = pytest.importorskip("diffusers")
     levels = len(kwargs["block_out_channels"])
     torch.manual_seed(0)
-    ref = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
-                                  up_block_types=("UpDecoderBlock2D",) * levels, sample_size=32, **kwargs).eval()
+    ref = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        sample_size=32,
+        **kwargs,
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))  # move every weight (norms, biases) off its initial value
@@ -221,8 +245,13 @@ def test_latent_scale_factor_makes_latents_unit_variance(cls):
     x = torch.rand(40, 3, 32, 32) * 2 - 1
     s = latent_scale_factor(net, x, batch_size=16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        z = torch.cat([encode_latents(net, c, sample=True, generator=g) for g in [torch.Generator().manual_seed(1)]
-                       for c in x.split(16)])
+        z = torch.cat(
+            [
+                encode_latents(net, c, sample=True, generator=g)
+                for g in [torch.Generator().manual_seed(1)]
+                for c in x.split(16)
+            ]
+        )
     assert abs(float((s * z).std()) - 1.0) < 1e-4 and s < 0.5  # a real rescaling
     with torch.no_grad():
         held_out = encode_latents(net, torch.rand(40, 3, 32, 32) * 2 - 1, sample=True, generator=torch.Generator())
@@ -240,22 +269,28 @@ def test_preset_config_round_trip_and_network():
     assert cfg.data.name == "shapes"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["autoencoder.recon=l3"], "autoencoder.recon='l3'"),
-    (["autoencoder.kl_weight=-1"], "autoencoder.kl_weight must be >= 0"),
-    (["model.network=ae"], "set autoencoder.kl_weight=0"),
-    (["data.name=toy2d:moons"], "is 2-D points"),
-    (["diffusion.learn_sigma=true", "diffusion.loss=hybrid"], "learn_sigma"),
-    (["autoencoder.klweight=1"], "unknown config key 'autoencoder.klweight'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["autoencoder.recon=l3"], "autoencoder.recon='l3'"),
+        (["autoencoder.kl_weight=-1"], "autoencoder.kl_weight must be >= 0"),
+        (["model.network=ae"], "set autoencoder.kl_weight=0"),
+        (["data.name=toy2d:moons"], "is 2-D points"),
+        (["diffusion.learn_sigma=true", "diffusion.loss=hybrid"], "learn_sigma"),
+        (["autoencoder.klweight=1"], "unknown config key 'autoencoder.klweight'"),
+    ],
+)
 def test_bad_autoencoder_config_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(resolve_config("shapes-vae", None, overrides))
 
 
 def test_images_must_halve_enough_times():
-    cfg = resolve_config("shapes-vae", None, ["data.name=digits", "model.params.in_channels=1",
-                                              "model.params.block_out_channels=[8,8,8,8,8]"])
+    cfg = resolve_config(
+        "shapes-vae",
+        None,
+        ["data.name=digits", "model.params.in_channels=1", "model.params.block_out_channels=[8,8,8,8,8]"],
+    )
     with pytest.raises(ConfigError, match="do not halve 4 times"):
         build_network(cfg, (1, 8, 8))
     with pytest.raises(ConfigError, match="in_channels=3 but the data have 1"):
@@ -276,8 +311,18 @@ def test_cli_trains_reconstructs_and_refuses_to_sample(tmp_path, capsys):
     from kuosan.cli import main
 
     run = tmp_path / "vae"
-    kuosan("train", "--preset", "shapes-vae", "--steps", 25, "--out", run, "--no-progress", *TINY_OVERRIDES,
-           "train.lr=3e-3")
+    kuosan(
+        "train",
+        "--preset",
+        "shapes-vae",
+        "--steps",
+        25,
+        "--out",
+        run,
+        "--no-progress",
+        *TINY_OVERRIDES,
+        "train.lr=3e-3",
+    )
     losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 25 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     cfg, net = load_autoencoder(run)
@@ -285,27 +330,35 @@ def test_cli_trains_reconstructs_and_refuses_to_sample(tmp_path, capsys):
     r = json.loads(kuosan("reconstruct", run, "--eval-n", 40, "-n", 16, "--out", tmp_path / "rec.png").stdout)
     assert r["n"] == 40 and 5 < r["psnr_db"] < 60 and r["kl_per_latent_dim"] > 0 and r["latent_scale_factor"] > 0
     assert (tmp_path / "rec.png").is_file()
-    fails_cleanly(kuosan("sample", run, "--out", tmp_path / "s.png", check=False), "autoencoder run",
-                    "kuosan reconstruct")
+    fails_cleanly(
+        kuosan("sample", run, "--out", tmp_path / "s.png", check=False), "autoencoder run", "kuosan reconstruct"
+    )
     capsys.readouterr()
     assert main(["info", str(run)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["latent_shape"] == [4, 8, 8] and info["config"]["model"]["network"] == "vae"
     # the other bad requests, in-process (the same main() the subprocess runs)
-    for argv, needle in [(["nll", str(run)], "autoencoder run"),
-                         (["reconstruct", str(run), "--split", "train"], "split 'train'"),
-                         (["reconstruct", str(tmp_path / "missing")], "run directory not found"),
-                         (["reconstruct", str(run), "--out", "x.jpg"], "--out must end in .png"),
-                         (["train", "--preset", "shapes-vae", "--steps", "1", "--out", str(tmp_path / "ae"),
-                           "model.network=ae"], "set autoencoder.kl_weight=0")]:
+    for argv, needle in [
+        (["nll", str(run)], "autoencoder run"),
+        (["reconstruct", str(run), "--split", "train"], "split 'train'"),
+        (["reconstruct", str(tmp_path / "missing")], "run directory not found"),
+        (["reconstruct", str(run), "--out", "x.jpg"], "--out must end in .png"),
+        (
+            ["train", "--preset", "shapes-vae", "--steps", "1", "--out", str(tmp_path / "ae"), "model.network=ae"],
+            "set autoencoder.kl_weight=0",
+        ),
+    ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
 
 
 def test_load_autoencoder_refuses_a_diffusion_run(tmp_path):
-    cfg = resolve_config("digits", None, ["model.params.base_channels=8", "model.params.num_res_blocks=1",
-                                          "train.batch_size=8", "sample.steps=2"])
+    cfg = resolve_config(
+        "digits",
+        None,
+        ["model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8", "sample.steps=2"],
+    )
     build_trainer(cfg, tmp_path, progress=False).fit(steps=1)
     with pytest.raises(CheckpointError, match="not an autoencoder run"):
         load_autoencoder(tmp_path)

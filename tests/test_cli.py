@@ -1,4 +1,5 @@
 """The command line as a user runs it (subprocess), including bad input."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -9,8 +10,7 @@ from PIL import Image
 
 from cli_helpers import fails_cleanly, kuosan
 
-TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8",
-        "sample.steps=3"]
+TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8", "sample.steps=3"]
 
 
 def _digest(run: Path) -> dict:
@@ -49,41 +49,71 @@ def test_resume_continues_to_more_steps(run, tmp_path):
 
 def test_toy2d_preset(tmp_path):
     out = tmp_path / "toy"
-    kuosan("train", "--preset", "toy2d", "--steps", 3, "--out", out, "--no-progress", "model.params.hidden=16",
-           "data.n=100")
+    kuosan(
+        "train",
+        "--preset",
+        "toy2d",
+        "--steps",
+        3,
+        "--out",
+        out,
+        "--no-progress",
+        "model.params.hidden=16",
+        "data.n=100",
+    )
     kuosan("sample", out, "--steps", 4, "-n", 7, "--out", tmp_path / "p.npy")
     assert np.load(tmp_path / "p.npy").shape == (7, 2)
 
 
 def test_bad_sampler_steps_and_output(run, tmp_path):
     before = _digest(run)
-    fails_cleanly(kuosan("sample", run, "--sampler", "nope", "--out", tmp_path / "a.npy", check=False),
-                   "sampler='nope'", "ddim")
-    fails_cleanly(kuosan("sample", run, "--steps", 1001, "--out", tmp_path / "a.npy", check=False),
-                   "more than the 1000")
+    fails_cleanly(
+        kuosan("sample", run, "--sampler", "nope", "--out", tmp_path / "a.npy", check=False), "sampler='nope'", "ddim"
+    )
+    fails_cleanly(
+        kuosan("sample", run, "--steps", 1001, "--out", tmp_path / "a.npy", check=False), "more than the 1000"
+    )
     fails_cleanly(kuosan("sample", run, "--out", tmp_path / "a.txt", check=False), ".npy or .png")
-    fails_cleanly(kuosan("sample", tmp_path / "missing", "--out", tmp_path / "a.npy", check=False),
-                   "not found")
+    fails_cleanly(kuosan("sample", tmp_path / "missing", "--out", tmp_path / "a.npy", check=False), "not found")
     assert _digest(run) == before and not (tmp_path / "a.npy").exists()
 
 
 def test_bad_config(run, tmp_path):
     before = _digest(run)
-    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
-                          "train.lrr=1", check=False), "unknown config key 'train.lrr'")
-    fails_cleanly(kuosan("train", "--preset", "nope", "--steps", 1, "--out", tmp_path / "x", check=False),
-                   "unknown preset")
-    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
-                          "diffusion.prediction=score", check=False), "diffusion.prediction")
-    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x",
-                          "model.params.widht=3", check=False), "widht")
+    fails_cleanly(
+        kuosan("train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x", "train.lrr=1", check=False),
+        "unknown config key 'train.lrr'",
+    )
+    fails_cleanly(
+        kuosan("train", "--preset", "nope", "--steps", 1, "--out", tmp_path / "x", check=False), "unknown preset"
+    )
+    fails_cleanly(
+        kuosan(
+            "train",
+            "--preset",
+            "digits",
+            "--steps",
+            1,
+            "--out",
+            tmp_path / "x",
+            "diffusion.prediction=score",
+            check=False,
+        ),
+        "diffusion.prediction",
+    )
+    fails_cleanly(
+        kuosan(
+            "train", "--preset", "digits", "--steps", 1, "--out", tmp_path / "x", "model.params.widht=3", check=False
+        ),
+        "widht",
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nlr = 1")
-    fails_cleanly(kuosan("train", "--config", bad, "--steps", 1, "--out", tmp_path / "x", check=False),
-                   "cannot parse")
+    fails_cleanly(kuosan("train", "--config", bad, "--steps", 1, "--out", tmp_path / "x", check=False), "cannot parse")
     # an existing run is never overwritten by a new one
-    fails_cleanly(kuosan("train", "--preset", "digits", "--steps", 1, "--out", run, check=False),
-                   "already holds a checkpoint")
+    fails_cleanly(
+        kuosan("train", "--preset", "digits", "--steps", 1, "--out", run, check=False), "already holds a checkpoint"
+    )
     assert _digest(run) == before
 
 
@@ -98,19 +128,18 @@ def test_image_folder_errors(tmp_path):
     args = ["train", "--preset", "digits", "--steps", 2, "--no-progress", *TINY]
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails_cleanly(kuosan(*args, "--out", tmp_path / "r0", f"data.name=folder:{empty}", check=False),
-                   "no images")
+    fails_cleanly(kuosan(*args, "--out", tmp_path / "r0", f"data.name=folder:{empty}", check=False), "no images")
     corrupt = tmp_path / "corrupt"
     _write_pngs(corrupt, 2, 8)
     (corrupt / "broken.png").write_bytes(b"\x89PNG garbage")
-    fails_cleanly(kuosan(*args, "--out", tmp_path / "r1", f"data.name=folder:{corrupt}", check=False),
-                   "broken.png")
+    fails_cleanly(kuosan(*args, "--out", tmp_path / "r1", f"data.name=folder:{corrupt}", check=False), "broken.png")
     # train on 8x8 images, then resume on a folder whose images are 16x16: refused, checkpoint untouched
     folder = tmp_path / "imgs"
     _write_pngs(folder, 4, 8)
     kuosan(*args, "--out", tmp_path / "r2", f"data.name=folder:{folder}")
     before = _digest(tmp_path / "r2")
     _write_pngs(folder, 4, 16)
-    fails_cleanly(kuosan("train", "--resume", "--out", tmp_path / "r2", "--steps", 4, check=False),
-                   "(1, 16, 16)", "(1, 8, 8)")
+    fails_cleanly(
+        kuosan("train", "--resume", "--out", tmp_path / "r2", "--steps", 4, check=False), "(1, 16, 16)", "(1, 8, 8)"
+    )
     assert _digest(tmp_path / "r2") == before

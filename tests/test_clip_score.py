@@ -1,4 +1,5 @@
 """Tests for CLIP-style scores (kuosan.metrics.clip_score) and the shapes contrastive model."""
+
 from __future__ import annotations
 
 import json
@@ -82,12 +83,25 @@ def tiny_clip_dir(tmp_path_factory):
     (d / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -122,8 +136,9 @@ def test_load_clip_scores_equal_transformers(tiny_clip_dir):
     ref = _reference_scores(tiny_clip_dir, uint8.permute(0, 2, 3, 1).numpy(), batch.captions)
     assert ours.shape == (6,)
     assert torch.allclose(ours, ref, atol=1e-5)
-    assert torch.allclose(clip_score(images, batch.captions, scorer, torchmetrics_scale=True),
-                          100 * ref.clamp_min(0), atol=1e-3)
+    assert torch.allclose(
+        clip_score(images, batch.captions, scorer, torchmetrics_scale=True), 100 * ref.clamp_min(0), atol=1e-3
+    )
 
 
 def test_load_clip_resizes_to_model_size(tiny_clip_dir):
@@ -156,10 +171,18 @@ def test_vocabulary_covers_every_caption():
 
 
 def test_caption_consistency():
-    attributes = {"shape": torch.tensor([0, 0]), "colour": torch.tensor([0, 1]),
-                  "size": torch.tensor([0, 1]), "position": torch.tensor([4, 4])}
-    named = {"shape": torch.tensor([True, True]), "colour": torch.tensor([True, False]),
-             "size": torch.tensor([False, True]), "position": torch.tensor([True, True])}
+    attributes = {
+        "shape": torch.tensor([0, 0]),
+        "colour": torch.tensor([0, 1]),
+        "size": torch.tensor([0, 1]),
+        "position": torch.tensor([4, 4]),
+    }
+    named = {
+        "shape": torch.tensor([True, True]),
+        "colour": torch.tensor([True, False]),
+        "size": torch.tensor([False, True]),
+        "position": torch.tensor([True, True]),
+    }
     # caption 0 "a red circle in the middle" (no size) fits image 0, not image 1 (green);
     # caption 1 "a large circle in the middle" (no colour) fits image 1, not image 0 (small)
     assert caption_consistency(attributes, named).tolist() == [[True, False], [False, True]]

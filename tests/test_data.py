@@ -1,4 +1,5 @@
 """Tests for kuosan.data: digits, 2-D toy distributions, image folders, the dataset dispatcher."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun (gloo): 2 processes take the steps 1 process takes with the
 same global batch, and an interrupted DDP run resumes to where an uninterrupted one ends."""
+
 import os
 import subprocess
 import sys
@@ -7,20 +8,37 @@ import sys
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # two processes each, minutes of set-up on 2 cores
-
 from kuosan.train import checkpoint as ckpt
 
-TINY = ["--preset", "digits", "--no-progress", "model.params.base_channels=8", "model.params.num_res_blocks=1",
-        "train.batch_size=16", "train.warmup_steps=2", "train.precision=fp32", "sample.steps=2"]
+pytestmark = pytest.mark.slow  # two processes each, minutes of set-up on 2 cores
+
+TINY = [
+    "--preset",
+    "digits",
+    "--no-progress",
+    "model.params.base_channels=8",
+    "model.params.num_res_blocks=1",
+    "train.batch_size=16",
+    "train.warmup_steps=2",
+    "train.precision=fp32",
+    "sample.steps=2",
+]
 
 
 def _run(out, steps, nproc=1, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    r = subprocess.run([*launcher, "-m", "kuosan", "train", "--out", str(out), "--steps", str(steps), *TINY, *extra],
-                       capture_output=True, text=True, env=env, timeout=300)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    r = subprocess.run(
+        [*launcher, "-m", "kuosan", "train", "--out", str(out), "--steps", str(steps), *TINY, *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -2,6 +2,7 @@
 closed-form unbiased estimator, precision/recall against brute force, the Inception path end to end
 on a randomly initialised network saved to a file, resize policies against their references, cached
 statistics without pickle, the Inception-Score-style figure, the memorisation check, `kuosan eval`."""
+
 import json
 import math
 import subprocess
@@ -123,6 +124,7 @@ def test_memorization_detects_copies():
 
 def _tf1_reference(x, size):
     """torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x ('slow' method), transcribed."""
+
     def axis(n_in):
         g = torch.arange(size, dtype=torch.float64) * (n_in / size)
         lo = g.long()
@@ -142,7 +144,7 @@ def test_resize_policies_match_their_references():
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 255
     torch.testing.assert_close(resize_tf1_bilinear(x, 299), _tf1_reference(x, 299), rtol=0, atol=1e-9)
     # clean-fid: PIL bicubic on float ('F') images, then clipped to [0, 255]
-    img = (torch.rand(1, 1, 8, 8) * 2 - 1)
+    img = torch.rand(1, 1, 8, 8) * 2 - 1
     ours = preprocess(img, "clean-bicubic")[0, 0].double() * 128 + 128
     q = ((img[0, 0].double() + 1) * 127.5).round().numpy().astype(np.float32)
     pil = np.asarray(Image.fromarray(q, mode="F").resize((299, 299), Image.BICUBIC)).clip(0, 255)
@@ -176,8 +178,10 @@ def test_inception_weights_have_pytorch_fid_names(random_inception):
     assert shapes["Mixed_6e.branch7x7dbl_5.conv.weight"] == (192, 192, 1, 7)
     assert shapes["Mixed_7c.branch3x3dbl_3b.bn.running_var"] == (384,)
     assert shapes["fc.weight"] == (1008, 2048)
-    assert sum(v.numel() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k) \
-        == 23_850_960  # torchvision's Inception3 (27,161,264) without its aux head, with 1008 classes
+    assert (
+        sum(v.numel() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k)
+        == 23_850_960
+    )  # torchvision's Inception3 (27,161,264) without its aux head, with 1008 classes
 
 
 def test_inception_fid_end_to_end_from_a_weights_file(random_inception, tmp_path):
@@ -224,12 +228,24 @@ def test_cached_stats_are_reused_only_for_the_same_extractor_and_data(tmp_path):
 def test_cli_eval_prints_every_metric(tmp_path):
     samples = tmp_path / "s.npy"
     np.save(samples, load_digits("train")[:300].numpy())
-    r = subprocess.run([sys.executable, "-m", "kuosan", "eval", str(samples), "--dataset", "digits"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kuosan", "eval", str(samples), "--dataset", "digits"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    for key in ("fd", "fd_floor", "kid", "kid_std", "precision", "recall", "is", "is_std", "confident",
-                "class_entropy", "memorization"):
+    for key in (
+        "fd",
+        "fd_floor",
+        "kid",
+        "kid_std",
+        "precision",
+        "recall",
+        "is",
+        "is_std",
+        "confident",
+        "class_entropy",
+        "memorization",
+    ):
         assert key in report, key
     assert report["memorization"]["copy_fraction"] == 1.0  # the "samples" are training images
     bad = tmp_path / "bad.npy"

@@ -1,17 +1,16 @@
 """The CPU kernels of kuosan.ops: the GroupNorm kernel against the same function in float64 PyTorch operations, the
 convolution backward against the definition, and the U-Net with and without them."""
-import pytest
-import torch
-import torch.nn.functional as F
 
 from types import SimpleNamespace
 
+import pytest
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kuosan import ops
 from kuosan.networks import UNet
-from kuosan.ops import conv_backward_applies, kernels_available
-from kuosan.ops import cpu
+from kuosan.ops import conv_backward_applies, cpu, kernels_available
 from kuosan.ops.cpu import autograd
 from kuosan.ops.cpu.autograd import group_norm_applies as fusable
 
@@ -59,8 +58,9 @@ def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
         extra["e"] = torch.randn(b, c, requires_grad=True)
     if variant == "scale_shift":
         extra["scale"], extra["shift"] = torch.randn(b, c, requires_grad=True), torch.randn(b, c, requires_grad=True)
-    y = group_norm_act(x, groups, weight, bias, e=extra.get("e"), scale=extra.get("scale"),
-                       shift=extra.get("shift"), act=act)
+    y = group_norm_act(
+        x, groups, weight, bias, e=extra.get("e"), scale=extra.get("scale"), shift=extra.get("shift"), act=act
+    )
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     inputs = [x, weight, bias, *extra.values()]
     g = torch.randn(y.shape)
@@ -68,8 +68,9 @@ def test_forward_and_gradients_match_definition(dtype, tol, variant, act):
 
     ref_in = [t.detach().double().requires_grad_() for t in inputs]
     named = dict(zip(["x", "weight", "bias", *extra], ref_in))
-    y_ref = reference(named["x"], groups, named["weight"], named["bias"], named.get("e"), named.get("scale"),
-                      named.get("shift"), act)
+    y_ref = reference(
+        named["x"], groups, named["weight"], named["bias"], named.get("e"), named.get("scale"), named.get("shift"), act
+    )
     ref_grads = torch.autograd.grad(y_ref, ref_in, g.double())
 
     def rel(a, r):
@@ -144,8 +145,15 @@ def test_unet_fused_equals_unfused_path():
     equal outputs and parameter gradients, with FiLM and with additive time conditioning."""
     for scale_shift in (True, False):
         torch.manual_seed(0)
-        net = UNet(in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                   num_heads=2, scale_shift=scale_shift)
+        net = UNet(
+            in_channels=3,
+            base_channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_levels=(1,),
+            num_heads=2,
+            scale_shift=scale_shift,
+        )
         for p in net.parameters():  # zero-initialised output layers would hide most of the network
             torch.nn.init.normal_(p, std=0.05)
         x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0])
@@ -221,18 +229,23 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("batch,c_in,c_out,k,stride,padding,bias,size,route",
-                         [(3, 5, 7, 3, 1, 1, True, (9, 7), "split"),  # > 16 output pixels; uneven halves
-                          (4, 16, 8, 3, 2, 1, True, (9, 7), "split"),  # strided
-                          (2, 6, 4, 1, 1, 0, False, (3, 3), "split"),  # 1x1 kernel
-                          (6, 12, 10, 3, 1, 1, True, (4, 3), "swap"),  # batch and channels exchanged
-                          (3, 8, 8, 3, 1, 1, False, (2, 2), "swap"),
-                          (1, 8, 8, 3, 1, 1, True, (3, 3), "swap"),  # a single sample
-                          (4, 72, 8, 3, 1, 1, True, (9, 7), "onednn"),  # > 64 channels, < 32 samples a half
-                          (1, 5, 7, 3, 1, 1, True, (9, 7), "onednn")])  # one sample: nothing to split
+@pytest.mark.parametrize(
+    "batch,c_in,c_out,k,stride,padding,bias,size,route",
+    [
+        (3, 5, 7, 3, 1, 1, True, (9, 7), "split"),  # > 16 output pixels; uneven halves
+        (4, 16, 8, 3, 2, 1, True, (9, 7), "split"),  # strided
+        (2, 6, 4, 1, 1, 0, False, (3, 3), "split"),  # 1x1 kernel
+        (6, 12, 10, 3, 1, 1, True, (4, 3), "swap"),  # batch and channels exchanged
+        (3, 8, 8, 3, 1, 1, False, (2, 2), "swap"),
+        (1, 8, 8, 3, 1, 1, True, (3, 3), "swap"),  # a single sample
+        (4, 72, 8, 3, 1, 1, True, (9, 7), "onednn"),  # > 64 channels, < 32 samples a half
+        (1, 5, 7, 3, 1, 1, True, (9, 7), "onednn"),
+    ],
+)  # one sample: nothing to split
 @pytest.mark.parametrize("autocast", [False, True])
-def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, stride, padding, bias, size, route,
-                                          autocast):
+def test_conv_backward_matches_definition(
+    two_threads, batch, c_in, c_out, k, stride, padding, bias, size, route, autocast
+):
     """Conv2d's backward (weight gradient by batch-and-channel exchange, by halves of the batch on two
     threads, or oneDNN's) against
     float64 convolution gradients; float32 to 1e-5,
@@ -262,15 +275,35 @@ def test_conv_backward_matches_definition(two_threads, batch, c_in, c_out, k, st
     if bias:
         assert rel(conv.bias.grad, ref.bias.grad) < tol
     w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
-    taken = cpu.extension().conv2d_backward(g.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
-                                       list(conv.padding), list(conv.dilation), 1, True, True, bias)[3]
+    taken = cpu.extension().conv2d_backward(
+        g.to(y.dtype),
+        x.detach().to(y.dtype),
+        w.to(y.dtype),
+        list(conv.stride),
+        list(conv.padding),
+        list(conv.dilation),
+        1,
+        True,
+        True,
+        bias,
+    )[3]
     assert taken == route
     # dy in another layout (NCHW, or a channel slice as a concatenation's gradient gives) is made
     # channels-last first: the same route and values
     wide = torch.cat([g, g], 1).contiguous(memory_format=torch.channels_last)[:, :c_out]
     for dy in (g.contiguous(), wide):
-        other = cpu.extension().conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), list(conv.stride),
-                                           list(conv.padding), list(conv.dilation), 1, True, True, bias)
+        other = cpu.extension().conv2d_backward(
+            dy.to(y.dtype),
+            x.detach().to(y.dtype),
+            w.to(y.dtype),
+            list(conv.stride),
+            list(conv.padding),
+            list(conv.dilation),
+            1,
+            True,
+            True,
+            bias,
+        )
         assert other[3] == route and rel(other[1], ref.weight.grad) < tol and rel(other[0], x_ref.grad) < tol
 
 
@@ -298,8 +331,13 @@ def test_conv_with_residual(two_threads, autocast, layout):
     y64 = ref(x64) + r64
     y64.backward(g.double())
     tol = 1e-2 if autocast else 1e-5
-    for a, b in ((y, y64), (x.grad, x64.grad), (r.grad, r64.grad), (conv.weight.grad, ref.weight.grad),
-                 (conv.bias.grad, ref.bias.grad)):
+    for a, b in (
+        (y, y64),
+        (x.grad, x64.grad),
+        (r.grad, r64.grad),
+        (conv.weight.grad, ref.weight.grad),
+        (conv.bias.grad, ref.bias.grad),
+    ):
         assert ((a.double() - b).abs().max() / b.abs().max()).item() < tol
     assert torch.equal(r.grad, g)  # the output's gradient, passed on
 
@@ -417,16 +455,22 @@ print("ok")
     run_script(code)
 
 
-amx = pytest.mark.skipif(not (kernels_available() and cpu.extension().amx_weight_grad_available()),
-                         reason="no AMX tiles on this CPU")
+amx = pytest.mark.skipif(
+    not (kernels_available() and cpu.extension().amx_weight_grad_available()), reason="no AMX tiles on this CPU"
+)
 
 
 @amx
-@pytest.mark.parametrize("batch,c_in,c_out,size", [(5, 32, 64, (9, 7)),  # odd batch: uneven halves
-                                                   (1, 64, 32, (3, 3)),  # one sample: one half empty
-                                                   (2, 32, 32, (1, 1)),
-                                                   (6, 96, 64, (16, 16)),  # several chunks of pixels a half
-                                                   (3, 32, 96, (2, 40))])
+@pytest.mark.parametrize(
+    "batch,c_in,c_out,size",
+    [
+        (5, 32, 64, (9, 7)),  # odd batch: uneven halves
+        (1, 64, 32, (3, 3)),  # one sample: one half empty
+        (2, 32, 32, (1, 1)),
+        (6, 96, 64, (16, 16)),  # several chunks of pixels a half
+        (3, 32, 96, (2, 40)),
+    ],
+)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("k", [3, 1])
 def test_amx_weight_gradient_matches_definition(two_threads, batch, c_in, c_out, size, bias, k):
@@ -441,11 +485,12 @@ def test_amx_weight_gradient_matches_definition(two_threads, batch, c_in, c_out,
     w = torch.randn(c_out, c_in, k, k).to(torch.bfloat16).contiguous(memory_format=cl)
     r = ext.conv2d_backward(dy, x, w, [1, 1], [k // 2] * 2, [1, 1], 1, True, True, bias)
     assert r[3] == "amx"
-    ref = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), [c_out], [1, 1], [k // 2] * 2,
-                                              [1, 1], False, [0, 0], 1, [True, True, True])
+    ref = torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), w.double(), [c_out], [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1, [True, True, True]
+    )
     assert r[1].dtype == torch.bfloat16 and r[1].is_contiguous(memory_format=cl)
-    for got, want in zip(r[:2 + bias], ref):
-        assert ((got.double() - want).abs().max() / want.abs().max()).item() < 2 ** -8
+    for got, want in zip(r[: 2 + bias], ref):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() < 2**-8
     if not bias:
         assert r[2] is None
     flat = torch.empty(x.numel() + 24, dtype=x.dtype)
@@ -478,20 +523,39 @@ def test_amx_route_serves_the_unet_convolutions(two_threads):
     w = conv.weight.detach().contiguous(memory_format=cl)
     assert ext.conv2d_backward(gb, xb, w.to(bf), [1, 1], [1, 1], [1, 1], 1, True, True, True)[3] == "amx"
     assert ext.conv2d_backward(g, x, w, [1, 1], [1, 1], [1, 1], 1, True, True, True)[3] != "amx"
-    assert ext.conv2d_backward(gb[:, :24].contiguous(memory_format=cl), xb, w[:24].to(bf), [1, 1], [1, 1], [1, 1],
-                               1, True, True, True)[3] != "amx"
+    assert (
+        ext.conv2d_backward(
+            gb[:, :24].contiguous(memory_format=cl), xb, w[:24].to(bf), [1, 1], [1, 1], [1, 1], 1, True, True, True
+        )[3]
+        != "amx"
+    )
     # nor strided, unpadded, dilated or grouped ones, or an NCHW input: those keep the other routes,
     # with PyTorch's values
     wb = w.to(bf)
-    for stride, padding, dilation, groups, xin in (([2, 2], [1, 1], [1, 1], 1, xb), ([1, 1], [0, 0], [1, 1], 1, xb),
-                                                    ([1, 1], [2, 2], [2, 2], 1, xb), ([1, 1], [1, 1], [1, 1], 2, xb),
-                                                    ([1, 1], [1, 1], [1, 1], 1, xb.contiguous())):
+    for stride, padding, dilation, groups, xin in (
+        ([2, 2], [1, 1], [1, 1], 1, xb),
+        ([1, 1], [0, 0], [1, 1], 1, xb),
+        ([1, 1], [2, 2], [2, 2], 1, xb),
+        ([1, 1], [1, 1], [1, 1], 2, xb),
+        ([1, 1], [1, 1], [1, 1], 1, xb.contiguous()),
+    ):
         wg = wb[:, : 64 // groups].contiguous(memory_format=cl)
         dyg = F.conv2d(xin.float(), wg.float(), None, stride, padding, dilation, groups).to(bf)
         dyg = torch.randn_like(dyg).contiguous(memory_format=cl)
         r = ext.conv2d_backward(dyg, xin, wg, stride, padding, dilation, groups, True, True, True)
-        want = torch.ops.aten.convolution_backward(dyg.double(), xin.double(), wg.double(), [32], stride, padding,
-                                                   dilation, False, [0, 0], groups, [True, True, True])
+        want = torch.ops.aten.convolution_backward(
+            dyg.double(),
+            xin.double(),
+            wg.double(),
+            [32],
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
+            [True, True, True],
+        )
         assert r[3] != "amx", (stride, padding, dilation, groups)
         for got, ref_ in zip(r[:3], want):
             assert ((got.double() - ref_).abs().max() / ref_.abs().max()).item() < 1e-2
@@ -507,8 +571,9 @@ def test_grouped_or_dilated_convolutions_keep_onednn_weight_gradient(two_threads
     dy = torch.randn(8, 16, 9, 9).contiguous(memory_format=torch.channels_last)
     w = torch.randn(16, 16 // groups, 3, 3).contiguous(memory_format=torch.channels_last)
     r = ext.conv2d_backward(dy, x, w, [1, 1], [dilation] * 2, [dilation] * 2, groups, True, True, True)
-    ref = torch.ops.aten.convolution_backward(dy, x, w, [16], [1, 1], [dilation] * 2, [dilation] * 2, False, [0, 0],
-                                              groups, [True, True, True])
+    ref = torch.ops.aten.convolution_backward(
+        dy, x, w, [16], [1, 1], [dilation] * 2, [dilation] * 2, False, [0, 0], groups, [True, True, True]
+    )
     assert r[3] == "onednn"
     for a, b in zip(r[:3], ref):
         torch.testing.assert_close(a, b)
@@ -523,8 +588,13 @@ def test_conv_backward_rejects_shapes_that_disagree(what):
     cl, bf = torch.channels_last, torch.bfloat16
     x = torch.randn(4, 32, 8, 8).to(bf).contiguous(memory_format=cl)
     w = torch.randn(32, 32, 3, 3).to(bf).contiguous(memory_format=cl)
-    dy_shape = {"height": (4, 32, 7, 8), "width": (4, 32, 8, 9), "out_channels": (4, 64, 8, 8),
-                "batch": (2, 32, 8, 8), "in_channels": (4, 32, 8, 8)}[what]
+    dy_shape = {
+        "height": (4, 32, 7, 8),
+        "width": (4, 32, 8, 9),
+        "out_channels": (4, 64, 8, 8),
+        "batch": (2, 32, 8, 8),
+        "in_channels": (4, 32, 8, 8),
+    }[what]
     if what == "in_channels":
         x = torch.randn(4, 64, 8, 8).to(bf).contiguous(memory_format=cl)
     dy = torch.randn(dy_shape).to(bf).contiguous(memory_format=cl)
@@ -533,8 +603,10 @@ def test_conv_backward_rejects_shapes_that_disagree(what):
 
 
 @amx
-@pytest.mark.parametrize("batch,n,heads,d", [(3, 256, 1, 128), (2, 64, 2, 32), (1, 128, 4, 64), (5, 32, 3, 96),
-                                             (4, 16, 2, 64), (3, 48, 1, 32)])  # 16, 48: padded to the tile grid
+@pytest.mark.parametrize(
+    "batch,n,heads,d",
+    [(3, 256, 1, 128), (2, 64, 2, 32), (1, 128, 4, 64), (5, 32, 3, 96), (4, 16, 2, 64), (3, 48, 1, 32)],
+)  # 16, 48: padded to the tile grid
 def test_amx_self_attention_matches_float64(two_threads, batch, n, heads, d):
     """The AMX self-attention kernel (forward and d(qkv)) against the float64 definition, within
     bf16 rounding; PyTorch's bf16 route is checked to the same bound, which it needs about twice of."""
@@ -561,8 +633,13 @@ def test_amx_self_attention_where_it_applies_and_its_double_backward(two_threads
 
     ok = torch.randn(2, 64, 3 * 64).bfloat16()
     assert autograd.self_attention_applies(ok, 2)
-    for bad, heads in ((torch.randn(2, 24, 3 * 64).bfloat16(), 2), (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
-                       (ok.float(), 2), (ok.transpose(0, 1).contiguous().transpose(0, 1), 2), (ok, 5)):
+    for bad, heads in (
+        (torch.randn(2, 24, 3 * 64).bfloat16(), 2),
+        (torch.randn(2, 64, 3 * 48).bfloat16(), 1),
+        (ok.float(), 2),
+        (ok.transpose(0, 1).contiguous().transpose(0, 1), 2),
+        (ok, 5),
+    ):
         assert not autograd.self_attention_applies(bad, heads)
     with FlopCounterMode(display=False):
         assert not autograd.self_attention_applies(ok, 2)
@@ -590,8 +667,11 @@ def test_attention_block_takes_the_amx_kernel_under_autocast(two_threads, monkey
     results = []
     for use in (True, False):
         monkeypatch.setattr(autograd.SelfAttention, "apply", lambda *a: calls.append(1) or kernel(*a))
-        monkeypatch.setattr(autograd, "self_attention_applies", lambda qkv, h, _use=use, _f=autograd.self_attention_applies:
-                            _use and _f(qkv, h))
+        monkeypatch.setattr(
+            autograd,
+            "self_attention_applies",
+            lambda qkv, h, _use=use, _f=autograd.self_attention_applies: _use and _f(qkv, h),
+        )
         block.zero_grad()
         x = x0.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -621,8 +701,11 @@ def test_channel_linear_is_the_linear_layer_per_pixel(two_threads, autocast, res
         if fmt == torch.channels_last:
             assert autograd.conv_backward_applies(x, lin.weight) == kernels_available()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = (ops.channel_linear(x, lin, residual=r if residual else None) if fmt == torch.channels_last
-                 else lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + (r if residual else 0))
+            y = (
+                ops.channel_linear(x, lin, residual=r if residual else None)
+                if fmt == torch.channels_last
+                else lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) + (r if residual else 0)
+            )
         (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
         results.append([y.float(), x.grad, lin.weight.grad, lin.bias.grad] + ([r.grad] if residual else []))
     tol = 2e-2 if autocast else 1e-5

@@ -76,8 +76,9 @@ def test_discretized_likelihood_is_a_distribution_over_levels():
         bw = 2.0 / (levels - 1)
         x = torch.linspace(-1, 1, levels, dtype=F64)
         for mean, log_scale in [(0.1, -1.0), (-0.9, -3.0), (0.95, 0.5)]:
-            logp = G.discretized_gaussian_log_likelihood(x, torch.full_like(x, mean),
-                                                         torch.full_like(x, log_scale), bin_width=bw)
+            logp = G.discretized_gaussian_log_likelihood(
+                x, torch.full_like(x, mean), torch.full_like(x, log_scale), bin_width=bw
+            )
             assert abs(float(logp.exp().sum()) - 1) < 1e-9
             # interior bins are CDF differences of N(mean, scale)
             d = Normal(torch.tensor(mean, dtype=F64), torch.tensor(log_scale, dtype=F64).exp())
@@ -98,7 +99,6 @@ def test_prior_bpd_and_vlb_terms():
     kl = G.vlb_term_bpd(x0, x_t, mean, logvar, SCH.abar[t], SCH.abar_prev[t])
     assert torch.allclose(kl, torch.zeros(3, dtype=F64), atol=1e-12)
     # the decoder term is the discretized NLL in bits
-    nll = G.vlb_term_bpd(x0, x_t, mean, torch.tensor(-4.0, dtype=F64), SCH.abar[0], SCH.abar_prev[0],
-                         is_first=True)
+    nll = G.vlb_term_bpd(x0, x_t, mean, torch.tensor(-4.0, dtype=F64), SCH.abar[0], SCH.abar_prev[0], is_first=True)
     ref = -G.discretized_gaussian_log_likelihood(x0, mean, torch.full_like(x0, -2.0)).mean(1) / math.log(2)
     assert torch.allclose(nll, ref)

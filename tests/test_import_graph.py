@@ -83,8 +83,11 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_every_room_is_placed():
-    rooms = {p.name.removesuffix(".py") for p in ROOT.iterdir()
-             if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())}
+    rooms = {
+        p.name.removesuffix(".py")
+        for p in ROOT.iterdir()
+        if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())
+    }
     assert rooms <= set(LAYERS), rooms - set(LAYERS)
 
 
@@ -110,7 +113,7 @@ def test_no_module_imports_one_that_imports_it_back():
         stack.append(m)
         for t in sorted(edges.get(m, ())):
             if state.get(t) == "open":
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, stack)
         stack.pop()

@@ -1,5 +1,6 @@
 """Langevin dynamics, annealed Langevin dynamics (NCSN) and the predictor-corrector sampler on the
 Denoiser contract."""
+
 import math
 
 import pytest
@@ -9,8 +10,7 @@ from kuosan.diffusion import GaussianMixtureDenoiser, gaussian_denoiser
 from kuosan.diffusion.schedules import DiscreteSchedule, make_sigmas
 from kuosan.diffusion.sde import geometric_sigmas
 from kuosan.samplers import sample_ddpm, sample_euler_ancestral
-from kuosan.samplers.langevin import (langevin_dynamics, ncsnv2_step_lr, sample_annealed_langevin,
-                                      sample_pc)
+from kuosan.samplers.langevin import langevin_dynamics, ncsnv2_step_lr, sample_annealed_langevin, sample_pc
 
 F64 = torch.float64
 
@@ -72,8 +72,7 @@ def test_seed_003_langevin_loses_mixture_weights_annealed_langevin_keeps_them():
     share = lambda z: ((z - means[0]).norm(dim=1) < (z - means[1]).norm(dim=1)).double().mean().item()  # noqa: E731
     plain = langevin_dynamics(mix.score, x, step_size=0.1, n_steps=300, generator=_gen(2))
     assert abs(share(plain) - 0.5) < 0.05
-    annealed = sample_annealed_langevin(mix, x, _grid(20, 1.0, 20.0), langevin_steps=25, step_lr=0.4,
-                                        generator=_gen(2))
+    annealed = sample_annealed_langevin(mix, x, _grid(20, 1.0, 20.0), langevin_steps=25, step_lr=0.4, generator=_gen(2))
     assert abs(share(annealed) - 0.8) < 0.03, share(annealed)
 
 
@@ -140,13 +139,22 @@ def test_pc_step_formulas():
     grid = torch.tensor([s, sn, 0.0], dtype=F64)
     score = den.score(x, s)
     z = torch.randn(x.shape, generator=_gen(10), dtype=F64)
-    want = {"reverse-diffusion": x + (s**2 - sn**2) * score + (s**2 - sn**2) ** 0.5 * z,
-            "euler-maruyama": x + 2 * s * (s - sn) * score + (2 * s * (s - sn)) ** 0.5 * z,
-            "ancestral": x + (s**2 - sn**2) * score + sn / s * (s**2 - sn**2) ** 0.5 * z}
+    want = {
+        "reverse-diffusion": x + (s**2 - sn**2) * score + (s**2 - sn**2) ** 0.5 * z,
+        "euler-maruyama": x + 2 * s * (s - sn) * score + (2 * s * (s - sn)) ** 0.5 * z,
+        "ancestral": x + (s**2 - sn**2) * score + sn / s * (s**2 - sn**2) ** 0.5 * z,
+    }
     for name, value in want.items():
         seen = []
-        sample_pc(den, x, grid, predictor=name, corrector="none", generator=_gen(10),
-                  callback=lambda d: seen.append(d["x"]))
+        sample_pc(
+            den,
+            x,
+            grid,
+            predictor=name,
+            corrector="none",
+            generator=_gen(10),
+            callback=lambda d, seen=seen: seen.append(d["x"]),
+        )
         assert torch.allclose(seen[1], value, atol=1e-12), name
 
 
@@ -158,8 +166,16 @@ def test_pc_corrector_step_sizes(corrector):
     x = torch.randn(6, 3, generator=_gen(11), dtype=F64) * 2
     sigma, r = 1.5, 0.2
     seen = []
-    sample_pc(den, x, torch.tensor([sigma, 0.0], dtype=F64), predictor="none", corrector=corrector, snr=r,
-              generator=_gen(12), callback=lambda d: seen.append(d["x"]))
+    sample_pc(
+        den,
+        x,
+        torch.tensor([sigma, 0.0], dtype=F64),
+        predictor="none",
+        corrector=corrector,
+        snr=r,
+        generator=_gen(12),
+        callback=lambda d, seen=seen: seen.append(d["x"]),
+    )
     score, z = den.score(x, sigma), torch.randn(x.shape, generator=_gen(12), dtype=F64)
     if corrector == "langevin":
         step = 2 * (r * z.norm(dim=1).mean() / score.norm(dim=1).mean()) ** 2
@@ -168,8 +184,9 @@ def test_pc_corrector_step_sizes(corrector):
     assert torch.allclose(seen[0], x + step * score + (2 * step) ** 0.5 * z, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,kwargs", [("ald", {}), ("pc", {}), ("pc", {"corrector": "ald"}),
-                                         ("pc", {"predictor": "reverse-diffusion"})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("ald", {}), ("pc", {}), ("pc", {"corrector": "ald"}), ("pc", {"predictor": "reverse-diffusion"})]
+)
 def test_langevin_samplers_reproduce_mixture(mixture2d, name, kwargs):
     """Driven by the exact denoiser over 50 geometric levels 10 -> 0.01, annealed Langevin (T = 5,
     Technique 4's step) and PC reproduce the mixture's mean, covariance and weights."""
@@ -226,16 +243,28 @@ def test_ncsn_run_trains_and_samples_through_the_cli(tmp_path):
     import numpy as np
 
     from kuosan.build import build_denoiser, build_objective, build_schedule
-
-    from kuosan.runs import load_run
     from kuosan.cli import main
     from kuosan.diffusion.parameterization import ScoreDenoiser
     from kuosan.losses.score_matching import AnnealedDSMObjective
+    from kuosan.runs import load_run
 
     out = tmp_path / "run"
-    args = ["train", "--preset", "toy2d-ncsn", "--steps", "3", "--out", str(out), "--no-progress", "data.n=512",
-            "model.params.hidden=16", "model.params.depth=1", "train.batch_size=64", "diffusion.num_scales=6",
-            "sample.steps=6"]
+    args = [
+        "train",
+        "--preset",
+        "toy2d-ncsn",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "data.n=512",
+        "model.params.hidden=16",
+        "model.params.depth=1",
+        "train.batch_size=64",
+        "diffusion.num_scales=6",
+        "sample.steps=6",
+    ]
     assert main(args) == 0
     cfg, net = load_run(out)
     assert isinstance(build_objective(cfg), AnnealedDSMObjective)
@@ -246,5 +275,6 @@ def test_ncsn_run_trains_and_samples_through_the_cli(tmp_path):
         assert main(["sample", str(out), "--sampler", sampler, "-n", "16", "--out", str(path), *extra]) == 0
         x = np.load(path)
         assert x.shape == (16, 2) and np.isfinite(x).all()
-    assert main(["sample", str(out), "--sampler", "pc", "--steps", "7", "-n", "4",
-                 "--out", str(tmp_path / "x.npy")]) == 2  # more steps than noise levels
+    assert (
+        main(["sample", str(out), "--sampler", "pc", "--steps", "7", "-n", "4", "--out", str(tmp_path / "x.npy")]) == 2
+    )  # more steps than noise levels

@@ -1,6 +1,7 @@
 """Text-conditional latent diffusion end to end: VAE -> text encoder -> U-Net -> sampler, conditional
 training with dict data (exact resume), the pipelines (txt2img, img2img strength endpoints, inpainting)
 and their command line. Tiny configs: a 2-step VAE, a tiny BERT, a tiny U-Net."""
+
 import subprocess
 import sys
 
@@ -10,19 +11,28 @@ import torch
 from PIL import Image
 
 from kuosan.app import build_trainer
-
-from kuosan.runs import load_autoencoder
 from kuosan.cli import main
 from kuosan.config import ConfigError, resolve_config
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior, random_box_masks
 from kuosan.pipelines import TextToImagePipeline, downsample_mask, img2img_start_index
+from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
 from test_text_conditioning import _word_tokenizer
 from train_helpers import assert_resume_equals_uninterrupted
 
-TINY_UNET = ["model.params.base_channels=16", "model.params.num_res_blocks=1", "model.params.num_heads=2",
-             "model.params.dropout=0.1", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=1",
-             "train.checkpoint_every=1000", "sample.steps=2", "data.n=48", "text.max_length=8"]
+TINY_UNET = [
+    "model.params.base_channels=16",
+    "model.params.num_res_blocks=1",
+    "model.params.num_heads=2",
+    "model.params.dropout=0.1",
+    "train.batch_size=8",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.checkpoint_every=1000",
+    "sample.steps=2",
+    "data.n=48",
+    "text.max_length=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +42,16 @@ def bert_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bert")
     _, n = _word_tokenizer(d, cls_sep=True)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=n, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16)).save_pretrained(d)
+    BertModel(
+        BertConfig(
+            vocab_size=n,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        )
+    ).save_pretrained(d)
     return d
 
 
@@ -41,19 +59,30 @@ def bert_dir(tmp_path_factory):
 def vae_run(tmp_path_factory):
     """A 2-step shapes VAE (32x32x3 -> 8x8x4)."""
     out = tmp_path_factory.mktemp("runs") / "vae"
-    cfg = resolve_config("shapes-vae", None, ["data.n=32", "model.params.block_out_channels=[8,8,8]",
-                                              "model.params.groups=4", "train.batch_size=8", "train.warmup_steps=1",
-                                              "train.checkpoint_every=1000"])
+    cfg = resolve_config(
+        "shapes-vae",
+        None,
+        [
+            "data.n=32",
+            "model.params.block_out_channels=[8,8,8]",
+            "model.params.groups=4",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.checkpoint_every=1000",
+        ],
+    )
     build_trainer(cfg, out, progress=False).fit(steps=2)
     return out
 
 
 def _ldm_cfg(vae_run, bert_dir, *extra):
-    return resolve_config("shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={vae_run}",
-                                                           f"text.encoder=path:{bert_dir}", *extra])
+    return resolve_config(
+        "shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={vae_run}", f"text.encoder=path:{bert_dir}", *extra]
+    )
 
 
 # ---------------------------------------------------------------- training
+
 
 def test_conditional_training_resumes_bitwise(tmp_path, vae_run, bert_dir):
     """Dict data (posterior mean/std, caption index) through the Trainer: 2 + 2 steps == 4 steps."""
@@ -66,8 +95,9 @@ def test_conditional_training_resumes_bitwise(tmp_path, vae_run, bert_dir):
 
 
 def test_missing_autoencoder_is_a_one_line_config_error(tmp_path, bert_dir):
-    cfg = resolve_config("shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={tmp_path / 'none'}",
-                                                          f"text.encoder=path:{bert_dir}"])
+    cfg = resolve_config(
+        "shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={tmp_path / 'none'}", f"text.encoder=path:{bert_dir}"]
+    )
     with pytest.raises(ConfigError, match="kuosan train --preset shapes-vae") as e:
         build_trainer(cfg, tmp_path / "ldm", progress=False)
     assert "\n" not in str(e.value)
@@ -85,14 +115,21 @@ def test_objective_prompt_dropout_posterior_draw_and_masks():
             seen["out"] = net(x0, t)
             return x0.flatten(1).sum(1)
 
-    prompts = {"context": torch.randn(3, 2, 4), "context_mask": torch.ones(3, 2, dtype=torch.bool),
-               "pooled": torch.randn(3, 4)}
-    uncond = {"context": torch.zeros(1, 2, 4), "context_mask": torch.ones(1, 2, dtype=torch.bool),
-              "pooled": torch.zeros(1, 4)}
+    prompts = {
+        "context": torch.randn(3, 2, 4),
+        "context_mask": torch.ones(3, 2, dtype=torch.bool),
+        "pooled": torch.randn(3, 4),
+    }
+    uncond = {
+        "context": torch.zeros(1, 2, 4),
+        "context_mask": torch.ones(1, 2, dtype=torch.bool),
+        "pooled": torch.zeros(1, 4),
+    }
     x0, std, caption = torch.randn(64, 2, 4, 4), torch.rand(64, 2, 4, 4), torch.randint(3, (64,))
     g = torch.Generator().manual_seed(0)
     drawn = ConditionalObjective(Inner(), prompts=prompts, uncond=uncond, cond_drop=0.5).draw(
-        x0, g, caption=caption, x_std=std)
+        x0, g, caption=caption, x_std=std
+    )
     dropped = (drawn["pooled"] == 0).all(1)
     assert 10 < int(dropped.sum()) < 54  # about half
     torch.testing.assert_close(drawn["context"][~dropped], prompts["context"][caption[~dropped]])
@@ -135,6 +172,7 @@ def test_closed_form_scale_factor_matches_sampled_estimate(vae_run):
 
 # ---------------------------------------------------------------- pipelines
 
+
 @pytest.fixture(scope="module")
 def ldm_runs(tmp_path_factory, vae_run, bert_dir):
     """Two 3-step latent runs: txt2img only, and one trained to inpaint too (concat inputs)."""
@@ -171,8 +209,16 @@ def test_replacement_inpainting_keeps_the_known_latents_exactly(ldm_runs, sample
     images = make_shapes(2, 4).images
     mask = torch.zeros(1, 1, 32, 32)
     mask[..., 3:13, 18:30] = 1  # touches latent cells rows 0..3, cols 4..7
-    z = pipe.inpaint(images, mask, ["a red circle", "a white square"], method="replace", steps=4, sampler=sampler,
-                     generator=torch.Generator().manual_seed(0), return_latents=True)
+    z = pipe.inpaint(
+        images,
+        mask,
+        ["a red circle", "a white square"],
+        method="replace",
+        steps=4,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(0),
+        return_latents=True,
+    )
     z0 = pipe.encode_images(images)
     m = downsample_mask(mask, (8, 8))
     assert m[0, 0, :4, 4:].eq(1).all() and m.sum() == 16
@@ -196,8 +242,12 @@ def test_concat_inpainting_and_guidance_run_on_an_inpainting_model(ldm_runs):
 
 
 def test_pixel_space_text_model(tmp_path, bert_dir):
-    cfg = resolve_config("shapes-pixel", None, TINY_UNET + [f"text.encoder=path:{bert_dir}",
-                                                            "model.params.channel_mult=[1,2]", "model.params.attention_levels=[1]"])
+    cfg = resolve_config(
+        "shapes-pixel",
+        None,
+        TINY_UNET
+        + [f"text.encoder=path:{bert_dir}", "model.params.channel_mult=[1,2]", "model.params.attention_levels=[1]"],
+    )
     build_trainer(cfg, tmp_path / "px", progress=False).fit(steps=2)
     pipe = TextToImagePipeline.from_run(tmp_path / "px")
     x = pipe.txt2img(["a red circle"] * 2, guidance=3.0, steps=2, generator=torch.Generator().manual_seed(0))
@@ -205,6 +255,7 @@ def test_pixel_space_text_model(tmp_path, bert_dir):
 
 
 # ---------------------------------------------------------------- command line
+
 
 def _png(path, array):
     Image.fromarray(array).save(path)
@@ -219,29 +270,60 @@ def test_cli_txt2img_img2img_inpaint(tmp_path, ldm_runs, capsys):
     mask = _png(tmp_path / "mask.png", mask_arr)
     assert main(["txt2img", run, "a red circle", "-n", "2", "--steps", "2", "--out", str(tmp_path / "a.npy")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (2, 3, 32, 32)
-    assert main(["img2img", run, img, "blue", "--strength", "0.5", "--steps", "2", "--out",
-                 str(tmp_path / "b.png")]) == 0
-    assert main(["inpaint", run, img, mask, "green", "--steps", "2", "--guidance", "2", "--negative", "red",
-                 "--sampler", "euler", "--out", str(tmp_path / "c.png")]) == 0
+    assert (
+        main(["img2img", run, img, "blue", "--strength", "0.5", "--steps", "2", "--out", str(tmp_path / "b.png")]) == 0
+    )
+    assert (
+        main(
+            [
+                "inpaint",
+                run,
+                img,
+                mask,
+                "green",
+                "--steps",
+                "2",
+                "--guidance",
+                "2",
+                "--negative",
+                "red",
+                "--sampler",
+                "euler",
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "c.png").size[0] > 32
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["txt2img", "{missing}", "red", "--out", "{tmp}/x.png"], "run directory not found"),
-    (["txt2img", "{run}", "red", "--out", "{tmp}/x.jpg"], "--out must end in"),
-    (["txt2img", "{run}", "red", "--sampler", "nope", "--out", "{tmp}/x.png"], "unknown sampler"),
-    (["img2img", "{run}", "{tmp}/nothing.png", "red", "--out", "{tmp}/x.png"], "image file not found"),
-    (["img2img", "{run}", "{big}", "red", "--out", "{tmp}/x.png"], "works on images of shape (3, 32, 32)"),
-    (["img2img", "{run}", "{img}", "red", "--strength", "1.5", "--out", "{tmp}/x.png"], "strength must be in [0, 1]"),
-    (["img2img", "{run}", "{notimg}", "red", "--out", "{tmp}/x.png"], "cannot read"),
-    (["inpaint", "{run}", "{img}", "{big}", "red", "--out", "{tmp}/x.png"], "the mask is 64x64"),
-    (["sample", "{run}", "--out", "{tmp}/x.png"], "use kuosan txt2img"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["txt2img", "{missing}", "red", "--out", "{tmp}/x.png"], "run directory not found"),
+        (["txt2img", "{run}", "red", "--out", "{tmp}/x.jpg"], "--out must end in"),
+        (["txt2img", "{run}", "red", "--sampler", "nope", "--out", "{tmp}/x.png"], "unknown sampler"),
+        (["img2img", "{run}", "{tmp}/nothing.png", "red", "--out", "{tmp}/x.png"], "image file not found"),
+        (["img2img", "{run}", "{big}", "red", "--out", "{tmp}/x.png"], "works on images of shape (3, 32, 32)"),
+        (
+            ["img2img", "{run}", "{img}", "red", "--strength", "1.5", "--out", "{tmp}/x.png"],
+            "strength must be in [0, 1]",
+        ),
+        (["img2img", "{run}", "{notimg}", "red", "--out", "{tmp}/x.png"], "cannot read"),
+        (["inpaint", "{run}", "{img}", "{big}", "red", "--out", "{tmp}/x.png"], "the mask is 64x64"),
+        (["sample", "{run}", "--out", "{tmp}/x.png"], "use kuosan txt2img"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, ldm_runs, capsys, argv, message):
-    paths = {"run": str(ldm_runs["plain"]), "missing": str(tmp_path / "nothing"), "tmp": str(tmp_path),
-             "img": _png(tmp_path / "img.png", np.zeros((32, 32, 3), np.uint8)),
-             "big": _png(tmp_path / "big.png", np.zeros((64, 64, 3), np.uint8))}
+    paths = {
+        "run": str(ldm_runs["plain"]),
+        "missing": str(tmp_path / "nothing"),
+        "tmp": str(tmp_path),
+        "img": _png(tmp_path / "img.png", np.zeros((32, 32, 3), np.uint8)),
+        "big": _png(tmp_path / "big.png", np.zeros((64, 64, 3), np.uint8)),
+    }
     (tmp_path / "notimg.png").write_text("not an image")
     paths["notimg"] = str(tmp_path / "notimg.png")
     assert main([a.format(**paths) for a in argv]) == 2
@@ -251,8 +333,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, ldm_runs, capsys, argv, mess
 
 def test_cli_train_shapes_ldm_without_vae_as_a_user_would(tmp_path):
     """The preset names runs/shapes-vae; without it: one line, exit 2 (run in an empty directory)."""
-    proc = subprocess.run([sys.executable, "-m", "kuosan", "train", "--preset", "shapes-ldm", "--out", "ldm",
-                           "--steps", "1", "data.n=8"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kuosan", "train", "--preset", "shapes-ldm", "--out", "ldm", "--steps", "1", "data.n=8"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "runs/shapes-vae" in proc.stderr
     assert "kuosan train --preset shapes-vae" in proc.stderr
@@ -265,15 +351,33 @@ def test_two_processes_equal_one_with_dict_data(tmp_path, bert_dir):
     masks) are sliced like x."""
     import os
 
-    args = ["-m", "kuosan", "train", "--preset", "shapes-pixel", "--no-progress", "--steps", "2",
-            *TINY_UNET, "model.params.channel_mult=[1,2]", "model.params.attention_levels=[1]",
-            "model.params.dropout=0", "train.precision=fp32", "text.inpaint_fraction=0.5",
-            f"text.encoder=path:{bert_dir}"]
+    args = [
+        "-m",
+        "kuosan",
+        "train",
+        "--preset",
+        "shapes-pixel",
+        "--no-progress",
+        "--steps",
+        "2",
+        *TINY_UNET,
+        "model.params.channel_mult=[1,2]",
+        "model.params.attention_levels=[1]",
+        "model.params.dropout=0",
+        "train.precision=fp32",
+        "text.inpaint_fraction=0.5",
+        f"text.encoder=path:{bert_dir}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     for launcher, out, extra in ((ddp, "ddp", []), ([sys.executable], "accum", ["train.grad_accum=2"])):
-        r = subprocess.run([*launcher, *args, "--out", str(tmp_path / out), *extra], capture_output=True, text=True,
-                           env=env, timeout=300)
+        r = subprocess.run(
+            [*launcher, *args, "--out", str(tmp_path / out), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
     a, b = ckpt.load_tensors(tmp_path / "ddp", "model"), ckpt.load_tensors(tmp_path / "accum", "model")
     assert all(torch.equal(a[k], b[k]) for k in a)

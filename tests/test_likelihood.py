@@ -2,6 +2,7 @@
 variational bound lies above it, conventions (dequantization, bin width) are consistent, the adaptive
 solver is accurate, and the likelihood-training objective (hybrid loss, learned variance, importance
 sampling) has the properties improved-diffusion's has."""
+
 import math
 
 import pytest
@@ -55,8 +56,16 @@ def test_pf_ode_hutchinson_is_unbiased(probe):
     oracle = _gaussian(16, seed=2)
     x = oracle.sample(300, generator=torch.Generator().manual_seed(3))
     true = bpd_from_log_density(oracle.log_prob(x), 16, None)
-    out = ode_log_likelihood(oracle, x, sigma_min=1e-3, sigma_max=1e3, probe=probe, rtol=1e-4, atol=1e-4,
-                             generator=torch.Generator().manual_seed(4))
+    out = ode_log_likelihood(
+        oracle,
+        x,
+        sigma_min=1e-3,
+        sigma_max=1e3,
+        probe=probe,
+        rtol=1e-4,
+        atol=1e-4,
+        generator=torch.Generator().manual_seed(4),
+    )
     bpd = bpd_from_log_density(out["log_likelihood"], 16, None)
     err = bpd - true
     assert err.std() > 1e-3  # a stochastic estimate per sample ...
@@ -83,8 +92,15 @@ def test_respaced_vlb_is_a_bound_with_fewer_steps(gauss6):
     sch = respaced_schedule(SCH, 50)
     assert sch.T == 50
     torch.testing.assert_close(sch.abar, SCH.abar[torch.linspace(0, 999, 50).round().long()])
-    out = vlb_bpd(oracle, x, sch, variance="fixed_large", bin_width=None, clip_denoised=False,
-                  generator=torch.Generator().manual_seed(6))
+    out = vlb_bpd(
+        oracle,
+        x,
+        sch,
+        variance="fixed_large",
+        bin_width=None,
+        clip_denoised=False,
+        generator=torch.Generator().manual_seed(6),
+    )
     gap = out["bpd"] - true  # a Monte-Carlo estimate per sample (x_t drawn once per step)
     assert gap.mean() > -3 * gap.std() / math.sqrt(len(gap))  # the bound holds in expectation
     assert gap.mean() < 0.5
@@ -100,12 +116,14 @@ def test_dequantized_bpd_convention():
     y = dequantize(x, w, generator=torch.Generator().manual_seed(8))
     assert ((y - x).abs() <= w / 2).all() and (y - x).abs().max() > 0.9 * w / 2
     oracle = gaussian_denoiser(torch.zeros(d, dtype=F64), 0.4 * torch.eye(d, dtype=F64))
-    out = ode_bpd(oracle, x, bin_width=w, generator=torch.Generator().manual_seed(8), trace="exact",
-                  sigma_min=1e-3, sigma_max=1e3)
+    out = ode_bpd(
+        oracle, x, bin_width=w, generator=torch.Generator().manual_seed(8), trace="exact", sigma_min=1e-3, sigma_max=1e3
+    )
     expected = bpd_from_log_density(oracle.log_prob(y), d, w)
     assert (out["bpd"] - expected).abs().max() < 1e-3
-    assert out["bpd"].mean().item() == pytest.approx((-oracle.log_prob(y) / (d * math.log(2))).mean().item() + 3,
-                                                     abs=1e-3)
+    assert out["bpd"].mean().item() == pytest.approx(
+        (-oracle.log_prob(y) / (d * math.log(2))).mean().item() + 3, abs=1e-3
+    )
 
 
 def test_dequantized_vlb_bounds_the_dequantized_density():
@@ -114,8 +132,15 @@ def test_dequantized_vlb_bounds_the_dequantized_density():
     w, d = 2.0 / 16, 4
     x = torch.randint(0, 17, (300, d), generator=torch.Generator().manual_seed(9)).to(F64) / 8 - 1
     oracle = gaussian_denoiser(torch.zeros(d, dtype=F64), 0.35 * torch.eye(d, dtype=F64))
-    out = vlb_bpd(oracle, x, respaced_schedule(SCH, 100), variance="fixed_large", bin_width=w, dequantized=True,
-                  generator=torch.Generator().manual_seed(10))
+    out = vlb_bpd(
+        oracle,
+        x,
+        respaced_schedule(SCH, 100),
+        variance="fixed_large",
+        bin_width=w,
+        dequantized=True,
+        generator=torch.Generator().manual_seed(10),
+    )
     y = dequantize(x, w, generator=torch.Generator().manual_seed(10))  # the same first draw
     true = bpd_from_log_density(oracle.log_prob(y), d, w)
     gap = out["bpd"] - true
@@ -136,8 +161,9 @@ def test_discretized_vlb_of_an_untrained_network_is_finite_and_positive():
 
 def test_rk45_matches_closed_form():
     k = torch.tensor([[1.0], [0.5], [-0.3]], dtype=F64)
-    y1, nfe = solve_rk45(lambda s, y: -k * y + torch.cos(torch.tensor(s)), torch.ones(3, 1, dtype=F64), 0.0, 3.0,
-                         rtol=1e-8, atol=1e-10)
+    y1, nfe = solve_rk45(
+        lambda s, y: -k * y + torch.cos(torch.tensor(s)), torch.ones(3, 1, dtype=F64), 0.0, 3.0, rtol=1e-8, atol=1e-10
+    )
     s = 3.0
     exact = []
     for kk in k[:, 0].tolist():  # y' = -k y + cos s, y(0) = 1
@@ -156,8 +182,7 @@ def test_reverse_log_variance_choices():
     large = reverse_log_variance(SCH, t, "fixed_large")
     torch.testing.assert_close(large[1:], SCH.betas[t[1:]].log())
     ones = torch.ones(4, 1, 2, 2)
-    torch.testing.assert_close(reverse_log_variance(SCH, t, "learned_range", ones)[:, 0, 0, 0],
-                               SCH.betas[t].log())
+    torch.testing.assert_close(reverse_log_variance(SCH, t, "learned_range", ones)[:, 0, 0, 0], SCH.betas[t].log())
     torch.testing.assert_close(reverse_log_variance(SCH, t, "learned_range", -ones)[:, 0, 0, 0], small)
 
 
@@ -247,18 +272,30 @@ def test_config_builds_the_likelihood_objective():
     from kuosan.build import build_denoiser, build_network, build_objective, validate
     from kuosan.config import ConfigError, resolve_config
 
-    cfg = resolve_config("digits", overrides=["diffusion.loss=hybrid", "diffusion.learn_sigma=true",
-                                              "diffusion.timestep_sampler=loss-second-moment",
-                                              "diffusion.dequantize=true", "model.params.base_channels=8",
-                                              "model.params.num_res_blocks=1"])
+    cfg = resolve_config(
+        "digits",
+        overrides=[
+            "diffusion.loss=hybrid",
+            "diffusion.learn_sigma=true",
+            "diffusion.timestep_sampler=loss-second-moment",
+            "diffusion.dequantize=true",
+            "model.params.base_channels=8",
+            "model.params.num_res_blocks=1",
+        ],
+    )
     net = build_network(cfg, (1, 8, 8))
     obj = build_objective(cfg)
     assert isinstance(obj, VLBObjective) and obj.bin_width == obj.dequantize_bin_width == 1 / 8
     assert obj.sampler is not None
     assert net(torch.zeros(2, 1, 8, 8), torch.zeros(2)).shape == (2, 2, 8, 8)
     assert build_denoiser(cfg, net, clip=False)(torch.zeros(2, 1, 8, 8), torch.ones(2)).shape == (2, 1, 8, 8)
-    for bad in (["diffusion.loss=hybrid"], ["diffusion.learn_sigma=true"], ["diffusion.loss=nope"],
-                ["diffusion.timestep_sampler=nope"], ["data.name=toy2d:moons", "diffusion.dequantize=true"]):
+    for bad in (
+        ["diffusion.loss=hybrid"],
+        ["diffusion.learn_sigma=true"],
+        ["diffusion.loss=nope"],
+        ["diffusion.timestep_sampler=nope"],
+        ["data.name=toy2d:moons", "diffusion.dequantize=true"],
+    ):
         with pytest.raises(ConfigError):
             validate(resolve_config("digits", overrides=bad))
 
@@ -273,10 +310,25 @@ def test_cli_nll_both_methods(tmp_path):
         return subprocess.run([sys.executable, "-m", "kuosan", *map(str, args)], capture_output=True, text=True)
 
     run = tmp_path / "run"
-    r = kuosan("train", "--preset", "digits", "--steps", 2, "--out", run, "--no-progress", "diffusion.T=20",
-               "model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8",
-               "train.precision=fp32", "diffusion.loss=hybrid", "diffusion.learn_sigma=true",
-               "diffusion.dequantize=true", "sample.steps=2")
+    r = kuosan(
+        "train",
+        "--preset",
+        "digits",
+        "--steps",
+        2,
+        "--out",
+        run,
+        "--no-progress",
+        "diffusion.T=20",
+        "model.params.base_channels=8",
+        "model.params.num_res_blocks=1",
+        "train.batch_size=8",
+        "train.precision=fp32",
+        "diffusion.loss=hybrid",
+        "diffusion.learn_sigma=true",
+        "diffusion.dequantize=true",
+        "sample.steps=2",
+    )
     assert r.returncode == 0, r.stderr
     r = kuosan("nll", run, "--method", "vlb", "-n", 4, "--out", tmp_path / "bpd.npy")
     assert r.returncode == 0, r.stderr

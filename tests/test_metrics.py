@@ -1,5 +1,6 @@
 """Metrics: the Frechet distance against scipy's sqrtm and closed forms; the digits classifier and
 ``digit_quality`` on real data and on noise."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
-from kuosan.data import load_digits, load_digits_with_labels
-from kuosan.metrics import (
+from kuosan.data import load_digits, load_digits_with_labels  # noqa: E402 (after the scipy skip)
+from kuosan.metrics import (  # noqa: E402
     DigitClassifier,
     digit_quality,
     frechet_distance,

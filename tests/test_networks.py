@@ -1,5 +1,6 @@
 """Properties of kuosan.networks: shapes, the timestep embedding's closed form, zero-init, skips,
 config round trips, channels-last, dropout, attention placement, and parity with diffusers."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from kuosan.networks.attention import SelfAttention2d
 from kuosan.networks.blocks import ResBlock
 from kuosan.networks.embeddings import TimestepEmbedding
 
-TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-            num_heads=2, groups=8)
+TINY = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, groups=8)
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +55,10 @@ def test_mlp_shape_2d():
 
 
 def test_scalar_t_broadcasts_to_batch():
-    for net, x in [(randomize_zero_params(UNet(**TINY)), torch.randn(3, 1, 8, 8)),
-                   (randomize_zero_params(MLPDenoiser(hidden=32, depth=2)), torch.randn(3, 2))]:
+    for net, x in [
+        (randomize_zero_params(UNet(**TINY)), torch.randn(3, 1, 8, 8)),
+        (randomize_zero_params(MLPDenoiser(hidden=32, depth=2)), torch.randn(3, 2)),
+    ]:
         full = net(x, torch.full((3,), 37.5))
         torch.testing.assert_close(net(x, 37.5), full)
         torch.testing.assert_close(net(x, torch.tensor(37.5)), full)
@@ -80,8 +82,7 @@ def test_timestep_embedding_closed_form():
     # dim 4 -> half 2, omega = [1, 10000**-0.5 = 0.01]; layout [cos w0 t, cos w1 t, sin w0 t, sin w1 t]
     t = torch.tensor([0.0, 1.0, 2.5, 100.0])
     got = timestep_embedding(t, 4)
-    want = torch.tensor([[math.cos(s), math.cos(0.01 * s), math.sin(s), math.sin(0.01 * s)]
-                         for s in t.tolist()])
+    want = torch.tensor([[math.cos(s), math.cos(0.01 * s), math.sin(s), math.sin(0.01 * s)] for s in t.tolist()])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     # odd dim: zero column appended; max_period sets the lowest frequency
     odd = timestep_embedding(torch.tensor([3.0]), 5, max_period=100.0)  # omega = [1, 0.1]
@@ -108,8 +109,9 @@ def test_timestep_embedding_fractional_and_continuous():
 # ---------------------------------------------------------------- initialisation and gradients
 
 
-@pytest.mark.parametrize("make, shape", [(lambda: UNet(**TINY), (4, 1, 8, 8)),
-                                         (lambda: MLPDenoiser(hidden=32, depth=2), (4, 2))])
+@pytest.mark.parametrize(
+    "make, shape", [(lambda: UNet(**TINY), (4, 1, 8, 8)), (lambda: MLPDenoiser(hidden=32, depth=2), (4, 2))]
+)
 def test_zero_init_output_then_one_step_moves_it(make, shape):
     net = make()
     x, t, target = torch.randn(shape), torch.rand(shape[0]) * 1000, torch.randn(shape)
@@ -140,10 +142,13 @@ def test_unet_skip_connections_carry_the_signal():
 # ---------------------------------------------------------------- config, memory format, modes
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("unet", {**TINY, "in_channels": 3, "scale_shift": False, "dropout": 0.1}),
-    ("mlp", dict(dim=3, hidden=32, depth=3, time_dim=8)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("unet", {**TINY, "in_channels": 3, "scale_shift": False, "dropout": 0.1}),
+        ("mlp", dict(dim=3, hidden=32, depth=3, time_dim=8)),
+    ],
+)
 def test_config_rebuilds_identical_architecture(name, kwargs):
     net = randomize_zero_params(NETWORKS[name](**kwargs)).eval()
     config = json.loads(json.dumps(net.config))  # what a checkpoint's JSON gives back
@@ -173,10 +178,13 @@ def test_unet_bf16_autocast_close_to_fp32():
     assert (out.float() - ref).norm() <= 0.05 * ref.norm()
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: UNet(**{**TINY, "dropout": 0.5}), (2, 1, 8, 8)),
-    (lambda: MLPDenoiser(hidden=32, depth=2, dropout=0.5), (2, 2)),
-])
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: UNet(**{**TINY, "dropout": 0.5}), (2, 1, 8, 8)),
+        (lambda: MLPDenoiser(hidden=32, depth=2, dropout=0.5), (2, 2)),
+    ],
+)
 def test_dropout_active_in_train_only(make, shape):
     net = randomize_zero_params(make())
     x, t = torch.randn(shape), torch.tensor([5.0, 50.0])
@@ -186,11 +194,9 @@ def test_dropout_active_in_train_only(make, shape):
     assert torch.equal(net(x, t), net(x, t))
 
 
-@pytest.mark.parametrize("channel_mult, levels, n_res", [((1, 2, 2), (1,), 2), ((1, 2), (0, 1), 1),
-                                                         ((1, 2), (), 2)])
+@pytest.mark.parametrize("channel_mult, levels, n_res", [((1, 2, 2), (1,), 2), ((1, 2), (0, 1), 1), ((1, 2), (), 2)])
 def test_attention_at_chosen_levels(channel_mult, levels, n_res):
-    net = UNet(**{**TINY, "channel_mult": channel_mult, "attention_levels": levels,
-                  "num_res_blocks": n_res})
+    net = UNet(**{**TINY, "channel_mult": channel_mult, "attention_levels": levels, "num_res_blocks": n_res})
     attn = [m for m in net.modules() if isinstance(m, SelfAttention2d)]
     # num_res_blocks on the way down + (num_res_blocks + 1) on the way up per level, + middle
     assert len(attn) == len(levels) * (2 * n_res + 1) + 1
@@ -214,8 +220,14 @@ def _to_diffusers_state_dict(net: UNet, n_res: int, n_levels: int) -> dict[str, 
     out = {}
 
     def resnet(src: str, dst: str):
-        names = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-                 "out_norm": "norm2", "out_layers.2": "conv2", "skip": "conv_shortcut"}
+        names = {
+            "in_layers.0": "norm1",
+            "in_layers.2": "conv1",
+            "emb_layers.1": "time_emb_proj",
+            "out_norm": "norm2",
+            "out_layers.2": "conv2",
+            "skip": "conv_shortcut",
+        }
         for ours, theirs in names.items():
             for kind in ("weight", "bias"):
                 if f"{src}.{ours}.{kind}" in sd:
@@ -269,14 +281,32 @@ def test_parity_with_diffusers_unet2d():
     variant is checked block-wise below)."""
     diffusers = pytest.importorskip("diffusers")
     n_res, mult, base = 1, (1, 2), 16
-    net = randomize_zero_params(UNet(in_channels=3, base_channels=base, channel_mult=mult,
-                                     num_res_blocks=n_res, attention_levels=(1,), num_heads=4,
-                                     groups=8, scale_shift=False)).eval()
+    net = randomize_zero_params(
+        UNet(
+            in_channels=3,
+            base_channels=base,
+            channel_mult=mult,
+            num_res_blocks=n_res,
+            attention_levels=(1,),
+            num_heads=4,
+            groups=8,
+            scale_shift=False,
+        )
+    ).eval()
     ref = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=[base * m for m in mult],
-        layers_per_block=n_res, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8,
-        norm_eps=1e-6, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[base * m for m in mult],
+        layers_per_block=n_res,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+        norm_num_groups=8,
+        norm_eps=1e-6,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
     ).eval()
     ref.load_state_dict(_to_diffusers_state_dict(net, n_res, len(mult)), strict=True)
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 420.0])
@@ -286,12 +316,26 @@ def test_parity_with_diffusers_unet2d():
 
 def test_parity_scale_shift_resblock_with_diffusers():
     resnet = pytest.importorskip("diffusers.models.resnet")
-    block = randomize_zero_params(ResBlock(in_channels=8, out_channels=16, emb_channels=12,
-                                           scale_shift=True, groups=4)).eval()
-    ref = resnet.ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=12, groups=4,
-                               groups_out=4, eps=1e-6, time_embedding_norm="scale_shift").eval()
-    names = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-             "out_norm": "norm2", "out_layers.2": "conv2", "skip": "conv_shortcut"}
+    block = randomize_zero_params(
+        ResBlock(in_channels=8, out_channels=16, emb_channels=12, scale_shift=True, groups=4)
+    ).eval()
+    ref = resnet.ResnetBlock2D(
+        in_channels=8,
+        out_channels=16,
+        temb_channels=12,
+        groups=4,
+        groups_out=4,
+        eps=1e-6,
+        time_embedding_norm="scale_shift",
+    ).eval()
+    names = {
+        "in_layers.0": "norm1",
+        "in_layers.2": "conv1",
+        "emb_layers.1": "time_emb_proj",
+        "out_norm": "norm2",
+        "out_layers.2": "conv2",
+        "skip": "conv_shortcut",
+    }
     sd = {}
     for key, value in block.state_dict().items():
         module, kind = key.rsplit(".", 1)

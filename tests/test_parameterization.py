@@ -1,5 +1,6 @@
 """Adapters: a network that predicts eps, x0, v or the posterior mean exactly (built from the oracle)
 becomes, through VPDenoiser, the oracle's Denoiser again."""
+
 import pytest
 import torch
 
@@ -24,8 +25,12 @@ class ExactNet(torch.nn.Module):
         sigma = SCH.sigmas[t]
         x0 = self.oracle(x_t / abar.sqrt()[:, None], sigma)
         eps = G.eps_from_x0(x_t, x0, abar)
-        return {"eps": eps, "x0": x0, "v": G.v_from_x0_eps(x0, eps, abar),
-                "mean": G.q_posterior_mean_variance(x0, x_t, abar, abar_prev)[0]}[self.kind]
+        return {
+            "eps": eps,
+            "x0": x0,
+            "v": G.v_from_x0_eps(x0, eps, abar),
+            "mean": G.q_posterior_mean_variance(x0, x_t, abar, abar_prev)[0],
+        }[self.kind]
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v", "mean"])

@@ -50,8 +50,9 @@ def test_ddpm_full_loop_matches_diffusers(mixture2d, variance):
     y = x_T
     for t in ref.timesteps:
         y = ref.step(eps_model(y, t), t, y, generator=g).prev_sample
-    ours = sample_ddpm(VPDenoiser(eps_model, SCH, "eps"), x, make_sigmas(SCH, 1000), variance=variance,
-                       generator=_gen(1))
+    ours = sample_ddpm(
+        VPDenoiser(eps_model, SCH, "eps"), x, make_sigmas(SCH, 1000), variance=variance, generator=_gen(1)
+    )
     assert torch.allclose(ours, y, atol=1e-9), (ours - y).abs().max()
 
 
@@ -83,8 +84,9 @@ def test_ddim_full_loop_matches_diffusers(mixture2d, spacing, eta):
     y = x_T
     for t in ref.timesteps:
         y = ref.step(eps_model(y, t), t, y, eta=eta, generator=g).prev_sample
-    ours = sample_ddim(VPDenoiser(eps_model, SCH), x_T / abar0.sqrt(), make_sigmas(SCH, 50, spacing), eta=eta,
-                       generator=_gen(4))
+    ours = sample_ddim(
+        VPDenoiser(eps_model, SCH), x_T / abar0.sqrt(), make_sigmas(SCH, 50, spacing), eta=eta, generator=_gen(4)
+    )
     assert torch.allclose(ours, y, atol=1e-9), (ours - y).abs().max()
 
 
@@ -99,8 +101,7 @@ def test_literal_ddpm_equals_sigma_space_respaced(mixture2d, variance, clip):
     lit = sample_ddpm_literal(eps_model, x_T, SCH, ts, variance=variance, clip=clip, generator=_gen(6))
     den = VPDenoiser(eps_model, SCH)
     den = ClampDenoiser(den) if clip else den
-    ours = sample_ddpm(den, x_T / abar0.sqrt(), make_sigmas(SCH, 25, "trailing"), variance=variance,
-                       generator=_gen(6))
+    ours = sample_ddpm(den, x_T / abar0.sqrt(), make_sigmas(SCH, 25, "trailing"), variance=variance, generator=_gen(6))
     assert torch.allclose(lit, ours, atol=1e-9)
 
 
@@ -110,8 +111,13 @@ def test_literal_ddim_equals_sigma_space(mixture2d, eta):
     ts = timesteps_spaced(1000, 10, "linspace")
     x_T = torch.randn(32, 2, generator=_gen(7), dtype=F64)
     lit = sample_ddim_literal(eps_model, x_T, SCH, ts, eta=eta, generator=_gen(8))
-    ours = sample_ddim(VPDenoiser(eps_model, SCH), x_T / SCH.abar[int(ts[0])].sqrt(),
-                       make_sigmas(SCH, 10, "linspace"), eta=eta, generator=_gen(8))
+    ours = sample_ddim(
+        VPDenoiser(eps_model, SCH),
+        x_T / SCH.abar[int(ts[0])].sqrt(),
+        make_sigmas(SCH, 10, "linspace"),
+        eta=eta,
+        generator=_gen(8),
+    )
     assert torch.allclose(lit, ours, atol=1e-9)
 
 
@@ -156,7 +162,10 @@ def test_sampler_contract(mixture2d, name):
 def test_ddim_eta0_is_deterministic_and_eta1_is_not(mixture2d):
     sigmas = make_sigmas(SCH, 20, "trailing")
     x = torch.randn(32, 2, generator=_gen(13), dtype=F64) * float(sigmas[0])
-    assert torch.equal(sample_ddim(mixture2d, x, sigmas, generator=_gen(1)),
-                       sample_ddim(mixture2d, x, sigmas, generator=_gen(2)))
-    assert not torch.equal(sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(1)),
-                           sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(2)))
+    assert torch.equal(
+        sample_ddim(mixture2d, x, sigmas, generator=_gen(1)), sample_ddim(mixture2d, x, sigmas, generator=_gen(2))
+    )
+    assert not torch.equal(
+        sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(1)),
+        sample_ddim(mixture2d, x, sigmas, eta=1.0, generator=_gen(2)),
+    )

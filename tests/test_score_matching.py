@@ -1,5 +1,6 @@
 """Score matching losses (explicit / exact-trace, sliced, denoising, annealed DSM) and the NCSN score
 adapter: the identities that make them score matching, checked against closed forms."""
+
 import math
 
 import pytest
@@ -7,9 +8,15 @@ import torch
 
 from kuosan.diffusion.parameterization import ScoreDenoiser, ncsn_c_noise
 from kuosan.diffusion.sde import geometric_sigmas
-from kuosan.losses.score_matching import (AnnealedDSMObjective, annealed_dsm_loss,
-                                          denoising_score_matching_loss, explicit_score_matching_loss,
-                                          fisher_divergence, random_projections, sliced_score_matching_loss)
+from kuosan.losses.score_matching import (
+    AnnealedDSMObjective,
+    annealed_dsm_loss,
+    denoising_score_matching_loss,
+    explicit_score_matching_loss,
+    fisher_divergence,
+    random_projections,
+    sliced_score_matching_loss,
+)
 from kuosan.networks import MLPDenoiser
 
 F64 = torch.float64
@@ -72,8 +79,9 @@ def test_hyvarinen_identity_score_matching_is_fisher_divergence_minus_a_constant
 def _per_projection(f, x, v, vr):
     """SSM loss of every projection separately, (M, B): one call on x repeated M times."""
     m, b = v.shape[:2]
-    out = sliced_score_matching_loss(f, x.repeat(m, 1), v=v.reshape(1, m * b, -1), create_graph=False,
-                                     variance_reduction=vr)
+    out = sliced_score_matching_loss(
+        f, x.repeat(m, 1), v=v.reshape(1, m * b, -1), create_graph=False, variance_reduction=vr
+    )
     return out.detach().reshape(m, b)
 
 
@@ -148,8 +156,14 @@ def test_annealed_dsm_is_sigma_squared_weighted_dsm():
     eps = torch.randn(6, 1, 2, 2, generator=_gen(14), dtype=F64)
     sigma = geometric_sigmas(6, 0.01, 10.0)
     loss = annealed_dsm_loss(f, x0, sigma, eps)
-    per_level = torch.stack([denoising_score_matching_loss(lambda y: f(y, sigma[i:i + 1]), x0[i:i + 1], sigma[i],
-                                                           eps[i:i + 1])[0] for i in range(6)])
+    per_level = torch.stack(
+        [
+            denoising_score_matching_loss(
+                lambda y, i=i: f(y, sigma[i : i + 1]), x0[i : i + 1], sigma[i], eps[i : i + 1]
+            )[0]
+            for i in range(6)
+        ]
+    )
     assert loss.shape == (6,) and torch.allclose(loss, sigma**2 * per_level, rtol=1e-10)
     assert torch.allclose(annealed_dsm_loss(f, x0, sigma, eps, anneal_power=0.0), per_level, rtol=1e-10)
     assert torch.allclose(annealed_dsm_loss(f, x0, sigma, eps, reduction="mean"), loss / 4)

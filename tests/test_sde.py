@@ -1,12 +1,12 @@
 """Score SDEs: closed-form marginals, discretisations, reverse SDE / probability-flow drifts, and the
 sampling equivalences with DDPM and NCSN."""
+
 import pytest
 import torch
 
 from kuosan.diffusion import GaussianMixtureDenoiser, gaussian_denoiser
 from kuosan.diffusion.schedules import DiscreteSchedule, make_sigmas, sigmas_exponential
-from kuosan.diffusion.sde import (VESDE, VPSDE, SubVPSDE, geometric_sigmas, schedule_from_sigmas,
-                                  score_fn_from_denoiser)
+from kuosan.diffusion.sde import VESDE, VPSDE, SubVPSDE, geometric_sigmas, schedule_from_sigmas, score_fn_from_denoiser
 from kuosan.samplers import sample_ddpm
 from kuosan.samplers.langevin import sample_pc, sample_sde_ode, sample_sde_pc
 
@@ -42,8 +42,7 @@ def test_ve_noise_levels_are_ncsn_geometric_sigmas():
     assert torch.allclose(ratios, ratios[0].expand(L - 1), rtol=1e-12) and ncsn[0] == pytest.approx(smax)
     sde = VESDE(smin, smax, L)
     assert torch.allclose(sde.discrete_sigmas.flip(0), ncsn, rtol=1e-13)
-    assert torch.allclose(sde.marginal_prob(torch.zeros(L, 1), torch.linspace(1, 0, L, dtype=F64))[1], ncsn,
-                          rtol=1e-12)
+    assert torch.allclose(sde.marginal_prob(torch.zeros(L, 1), torch.linspace(1, 0, L, dtype=F64))[1], ncsn, rtol=1e-12)
     assert torch.allclose(make_sigmas(sde.discrete_schedule(), L, "trailing")[:-1], ncsn, rtol=1e-10)
     assert torch.allclose(sigmas_exponential(L, smin, smax)[:-1], ncsn, rtol=1e-13)
     # NCSN's chain: the per-step variances telescope to sigma_i^2
@@ -88,8 +87,10 @@ def test_probability_flow_is_edm_ode_and_reverse_sde_doubles_the_score_term(name
     """Probability-flow drift f - g^2 s / 2 (Song et al. 2021, Eq. 13) equals Karras et al. 2022,
     Eq. 4, dx/dt = (s'/s) x - s^2 sigma' sigma grad log p(x / s; sigma), with s(t), sigma(t) of the
     contract map; the reverse SDE's drift is f - g^2 s (Eq. 6)."""
-    sde, oracle = SDES[name], GaussianMixtureDenoiser(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [2.0]]),
-                                                      torch.tensor([[0.2], [0.5]]))
+    sde, oracle = (
+        SDES[name],
+        GaussianMixtureDenoiser(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [2.0]]), torch.tensor([[0.2], [0.5]])),
+    )
     score_fn = score_fn_from_denoiser(sde, oracle)
     x = torch.randn(6, 1, generator=_gen(1), dtype=F64) * 2
     t = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.7, 0.99], dtype=F64)
@@ -115,10 +116,17 @@ def test_vp_ancestral_predictor_is_ddpm_sampling(mixture2d, N):
     sde = VPSDE(N=N)
     ddpm = sde.discrete_schedule()
     x_T = torch.randn(64, 2, generator=_gen(2), dtype=F64)
-    ours = sample_sde_pc(sde, score_fn_from_denoiser(sde, mixture2d, discrete=True), x_T, predictor="ancestral",
-                         corrector="none", generator=_gen(3))
-    ref = sample_ddpm(mixture2d, x_T * (1 + ddpm.sigma_max**2) ** 0.5, make_sigmas(ddpm, N), variance="large",
-                      generator=_gen(3))
+    ours = sample_sde_pc(
+        sde,
+        score_fn_from_denoiser(sde, mixture2d, discrete=True),
+        x_T,
+        predictor="ancestral",
+        corrector="none",
+        generator=_gen(3),
+    )
+    ref = sample_ddpm(
+        mixture2d, x_T * (1 + ddpm.sigma_max**2) ** 0.5, make_sigmas(ddpm, N), variance="large", generator=_gen(3)
+    )
     assert torch.allclose(ours, ref, atol=1e-9), (ours - ref).abs().max()
 
 
@@ -154,10 +162,23 @@ def test_ve_sde_pc_equals_contract_pc_on_ncsn_levels(mixture2d, predictor, corre
     contract takes the level sigma_k itself, so it differs by O(eps).)"""
     sde = VESDE(0.01, 10.0, 30)
     x = sde.prior_sampling((64, 2), generator=_gen(7), dtype=F64)
-    ours = sample_pc(mixture2d, x, torch.cat([geometric_sigmas(30, 0.01, 10.0), torch.zeros(1, dtype=F64)]),
-                     predictor=predictor, corrector=corrector, generator=_gen(8))
-    ref = sample_sde_pc(sde, score_fn_from_denoiser(sde, mixture2d, discrete=True), x, predictor=predictor,
-                        corrector=corrector, eps=1e-5, generator=_gen(8))
+    ours = sample_pc(
+        mixture2d,
+        x,
+        torch.cat([geometric_sigmas(30, 0.01, 10.0), torch.zeros(1, dtype=F64)]),
+        predictor=predictor,
+        corrector=corrector,
+        generator=_gen(8),
+    )
+    ref = sample_sde_pc(
+        sde,
+        score_fn_from_denoiser(sde, mixture2d, discrete=True),
+        x,
+        predictor=predictor,
+        corrector=corrector,
+        eps=1e-5,
+        generator=_gen(8),
+    )
     assert torch.allclose(ours, ref, atol=1e-10), (ours - ref).abs().max()
 
 

@@ -1,4 +1,5 @@
 """Tests for the captioned shapes data set (kuosan.data.shapes) and its attribute classifier."""
+
 from __future__ import annotations
 
 import itertools
@@ -70,7 +71,11 @@ def test_make_caption_and_parse_round_trip():
     assert make_caption("circle", "red", "small", "top left") == "a small red circle in the top left corner"
     assert make_caption("square", "blue", "large", "center") == "a large blue square in the middle"
     assert parse_caption("there is a green triangle at the bottom right") == {
-        "shape": 2, "colour": 1, "size": None, "position": 3}
+        "shape": 2,
+        "colour": 1,
+        "size": None,
+        "position": 3,
+    }
     assert parse_caption("a big blue square in the middle")["size"] == ATTRIBUTES["size"].index("large")
     with pytest.raises(ValueError, match="colour"):
         parse_caption("a red green circle")
@@ -104,6 +109,7 @@ def test_pixels_agree_with_position_size_and_colour(batch):
     mask = (x.amax(1) - x.amin(1) > 0.5) | (x.amin(1) > 0.7)
     mean_rgb = (x * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None]
     from kuosan.data.shapes import COLOUR_RGB
+
     assert torch.equal((mean_rgb > 0.5).float(), COLOUR_RGB[batch.attributes["colour"]])
 
 
@@ -176,18 +182,23 @@ def test_prompt_accuracy_semantics():
 
     images = (torch.arange(4).float() / 100).view(4, 1, 1, 1).expand(4, 3, 32, 32)
     predicted = {"shape": [0, 1, 2, 0], "colour": [3, 3, 3, 3], "size": [0, 1, 0, 1], "position": [4, 4, 4, 4]}
-    prompted = {"shape": torch.tensor([0, 1, 2, 1]),        # image 3 wrong
-                "colour": torch.tensor([3, 3, 0, 3]),       # image 2 wrong
-                "size": torch.tensor([1, 1, 0, 1]),         # image 0 wrong, but its prompt omits size
-                "position": torch.tensor([4, 0, 4, 4])}     # image 1 wrong, named only for images 1, 2
-    named = {"shape": torch.ones(4, dtype=torch.bool), "colour": torch.ones(4, dtype=torch.bool),
-             "size": torch.tensor([False, True, True, True]),
-             "position": torch.tensor([False, True, True, False])}
+    prompted = {
+        "shape": torch.tensor([0, 1, 2, 1]),  # image 3 wrong
+        "colour": torch.tensor([3, 3, 0, 3]),  # image 2 wrong
+        "size": torch.tensor([1, 1, 0, 1]),  # image 0 wrong, but its prompt omits size
+        "position": torch.tensor([4, 0, 4, 4]),
+    }  # image 1 wrong, named only for images 1, 2
+    named = {
+        "shape": torch.ones(4, dtype=torch.bool),
+        "colour": torch.ones(4, dtype=torch.bool),
+        "size": torch.tensor([False, True, True, True]),
+        "position": torch.tensor([False, True, True, False]),
+    }
     report = prompt_accuracy(images, prompted, named, classifier=_TableClassifier(predicted))
     assert report["shape"] == 0.75 and report["colour"] == 0.75
-    assert report["size"] == 1.0           # image 0's wrong size is not asked for
-    assert report["position"] == 0.5       # images 1 (wrong) and 2 (right)
-    assert report["all_named"] == 0.25     # only image 0 matches everything its prompt names
+    assert report["size"] == 1.0  # image 0's wrong size is not asked for
+    assert report["position"] == 0.5  # images 1 (wrong) and 2 (right)
+    assert report["all_named"] == 0.25  # only image 0 matches everything its prompt names
     assert report["n"] == 4
     everything = prompt_accuracy(images, prompted, classifier=_TableClassifier(predicted))
     assert everything["size"] == 0.75 and everything["all_named"] == 0.0
@@ -219,7 +230,7 @@ def test_classifier_tolerates_mildly_imperfect_images(fresh):
 
     g = torch.Generator().manual_seed(0)
     blurred = torch.nn.functional.avg_pool2d(fresh.images, 3, stride=1, padding=1, count_include_pad=False)
-    noisy = (0.5 * fresh.images + 0.5 * blurred + 0.05 * torch.randn(fresh.images.shape, generator=g))
+    noisy = 0.5 * fresh.images + 0.5 * blurred + 0.05 * torch.randn(fresh.images.shape, generator=g)
     shifted = (noisy + 0.05).clamp(-1, 1)  # a slight colour cast
     report = prompt_accuracy(shifted, fresh.attributes, classifier=load_shapes_classifier())
     assert all(report[key] >= 0.95 for key in ATTRIBUTES), report

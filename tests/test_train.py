@@ -1,4 +1,5 @@
 """Trainer behaviour: exact resume, EMA, checkpoints, divergence."""
+
 import hashlib
 from pathlib import Path
 
@@ -6,21 +7,24 @@ import pytest
 import torch
 
 from kuosan.app import build_trainer
-
-from kuosan.runs import load_run
 from kuosan.config import resolve_config
+from kuosan.runs import load_run
 from kuosan.train import TrainingDiverged, ema_decay_at
 from kuosan.train import checkpoint as ckpt
-
 from train_helpers import assert_resume_equals_uninterrupted, checkpoint_tensors
 
-TINY = ["model.params.base_channels=8", "model.params.num_res_blocks=1", "model.params.dropout=0.1",
-        "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1"]
+TINY = [
+    "model.params.base_channels=8",
+    "model.params.num_res_blocks=1",
+    "model.params.dropout=0.1",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+]
 
 
 def _cfg(*extra):
     return resolve_config("digits", None, TINY + list(extra))
-
 
 
 def _digest(run: Path) -> dict:
@@ -90,8 +94,18 @@ def test_compiled_training_computes_the_same_gradients(tmp_path):
     gradients on the same batch to float tolerance, it trains, and the checkpoint keeps the plain
     parameter names. (Weights after Adam steps are not compared with eager training's: Adam's first step
     moves every weight by lr * sign(g), so rounding that flips a near-zero gradient's sign differs by 2 lr.)"""
-    cfg = resolve_config("toy2d", None, ["model.params.hidden=32", "model.params.depth=2", "train.batch_size=64",
-                                         "data.n=512", "train.warmup_steps=2", "train.compile=true"])
+    cfg = resolve_config(
+        "toy2d",
+        None,
+        [
+            "model.params.hidden=32",
+            "model.params.depth=2",
+            "train.batch_size=64",
+            "data.n=512",
+            "train.warmup_steps=2",
+            "train.compile=true",
+        ],
+    )
     tr = build_trainer(cfg, tmp_path / "run", progress=False)
     assert tr.model is not tr.net
     x0, drawn = tr.draw_batch()
@@ -156,8 +170,9 @@ def test_adamw_on_channels_last_views_is_torchs_adamw(amsgrad):
 
     def run(cls):
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1), torch.nn.Flatten(),
-                                  torch.nn.Linear(4 * 4 * 4, 2)).to(memory_format=torch.channels_last)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 2)
+        ).to(memory_format=torch.channels_last)
         opt = cls(net.parameters(), lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, fused=True)
         x = torch.randn(5, 3, 6, 6).contiguous(memory_format=torch.channels_last)
         for _ in range(4):

@@ -31,8 +31,11 @@ print(json.dumps({"file": kuosan.__file__, "kernels": ops.kernels_available(), "
 @pytest.mark.slow
 def test_installed_wheel_trains_with_the_cpu_kernels(tmp_path):
     wheels = tmp_path / "wheels"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                        "-q", "-w", str(wheels)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = wheels.glob("kuosan-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -40,14 +43,27 @@ def test_installed_wheel_trains_with_the_cpu_kernels(tmp_path):
     assert {f"kuosan/ops/cpu/{n}" for n in cpu} <= names, "the wheel lacks kernel sources or headers"
     assert any(n.startswith("kuosan/metrics/weights/") for n in names)
     site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    env = {"PYTHONPATH": str(site), "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"), "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
+    env = {
+        "PYTHONPATH": str(site),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # ninja of this environment
-    r = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "run")], capture_output=True, text=True,
-                       env=env, cwd=tmp_path, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 

@@ -1,4 +1,5 @@
 """Helpers of the tests that train through ``build_trainer``."""
+
 from pathlib import Path
 
 import torch

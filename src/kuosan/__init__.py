@@ -19,13 +19,21 @@ __version__ = "0.1.0"
 
 # name -> module; imported on first use, so that `import kuosan.diffusion` stays light
 _API = {
-    "Config": "kuosan.config", "resolve_config": "kuosan.config",
-    "build_denoiser": "kuosan.build", "build_schedule": "kuosan.build",
-    "Run": "kuosan.runs", "load_run": "kuosan.runs",
+    "Config": "kuosan.config",
+    "resolve_config": "kuosan.config",
+    "build_denoiser": "kuosan.build",
+    "build_schedule": "kuosan.build",
+    "Run": "kuosan.runs",
+    "load_run": "kuosan.runs",
     "generate": "kuosan.samplers.loop",
     "TextToImagePipeline": "kuosan.pipelines",
-    "build_trainer": "kuosan.app", "train": "kuosan.app", "sample": "kuosan.app", "text_to_image": "kuosan.app",
-    "evaluate": "kuosan.app", "likelihood": "kuosan.app", "reconstruct": "kuosan.app",
+    "build_trainer": "kuosan.app",
+    "train": "kuosan.app",
+    "sample": "kuosan.app",
+    "text_to_image": "kuosan.app",
+    "evaluate": "kuosan.app",
+    "likelihood": "kuosan.app",
+    "reconstruct": "kuosan.app",
 }
 
 

@@ -1,9 +1,8 @@
 """Where an experiment Config becomes objects: data, network, schedule, objective, Denoiser, text
 encoder (the trainer on top of them: :func:`kuosan.app.build_trainer`). Every invalid combination
 fails here with a ConfigError before anything is written."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -12,16 +11,14 @@ from kuosan.config import Config, ConfigError
 from kuosan.data import DataError, load_dataset
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import ScoreDenoiser
-from kuosan.diffusion.sde import VESDE, geometric_sigmas
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
+from kuosan.diffusion.sde import VESDE, geometric_sigmas
 from kuosan.losses.autoencoder import RECON_LOSSES, AutoencoderObjective
 from kuosan.losses.diffusion import TARGETS, WEIGHTINGS, DiffusionObjective
 from kuosan.losses.score_matching import AnnealedDSMObjective
 from kuosan.losses.vlb import LOSSES, TIMESTEP_SAMPLERS, VLBObjective
 from kuosan.networks import AUTOENCODERS, NETWORKS
 from kuosan.samplers import SAMPLERS
-from kuosan.utils import resolve_precision
-
 
 KINDS = ("vp", "ncsn")  # diffusion.kind: DDPM on a beta schedule, or a noise-conditional score network
 
@@ -29,18 +26,22 @@ KINDS = ("vp", "ncsn")  # diffusion.kind: DDPM on a beta schedule, or a noise-co
 def _validate_ncsn(cfg: Config) -> None:
     d = cfg.diffusion
     if not 0 < d.sigma_min < d.sigma_max:
-        raise ConfigError(f"diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got "
-                          f"{d.sigma_min} and {d.sigma_max}")
+        raise ConfigError(
+            f"diffusion.sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got "
+            f"{d.sigma_min} and {d.sigma_max}"
+        )
     if d.num_scales < 2:
         raise ConfigError(f"diffusion.num_scales must be at least 2, got {d.num_scales}")
     if d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.weighting != "none":
-        raise ConfigError("diffusion.kind=ncsn trains with annealed DSM: diffusion.loss, learn_sigma, "
-                          "timestep_sampler and weighting must keep their defaults")
+        raise ConfigError(
+            "diffusion.kind=ncsn trains with annealed DSM: diffusion.loss, learn_sigma, "
+            "timestep_sampler and weighting must keep their defaults"
+        )
 
 
 def validate(cfg: Config) -> Config:
     """Check every named choice and number of a config; raise ConfigError naming the key."""
-    d, tr, s = cfg.diffusion, cfg.train, cfg.sample
+    d, tr = cfg.diffusion, cfg.train
     checks = [
         (d.kind in KINDS, "diffusion.kind", d.kind, list(KINDS)),
         (cfg.model.network in NETWORKS, "model.network", cfg.model.network, list(NETWORKS)),
@@ -48,23 +49,32 @@ def validate(cfg: Config) -> Config:
         (d.prediction in TARGETS, "diffusion.prediction", d.prediction, list(TARGETS)),
         (d.weighting in WEIGHTINGS, "diffusion.weighting", d.weighting, list(WEIGHTINGS)),
         (d.loss in LOSSES, "diffusion.loss", d.loss, list(LOSSES)),
-        (d.timestep_sampler in TIMESTEP_SAMPLERS, "diffusion.timestep_sampler", d.timestep_sampler,
-         list(TIMESTEP_SAMPLERS)),
+        (
+            d.timestep_sampler in TIMESTEP_SAMPLERS,
+            "diffusion.timestep_sampler",
+            d.timestep_sampler,
+            list(TIMESTEP_SAMPLERS),
+        ),
         (tr.precision in ("auto", "fp32", "bf16"), "train.precision", tr.precision, ["auto", "fp32", "bf16"]),
     ]
     for ok, key, val, choices in checks:
         if not ok:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(choices)}")
-    for key, val, lo in [("diffusion.T", d.T, 2), ("train.batch_size", tr.batch_size, 1),
-                         ("train.warmup_steps", tr.warmup_steps, 0), ("train.grad_accum", tr.grad_accum, 1)]:
+    for key, val, lo in [
+        ("diffusion.T", d.T, 2),
+        ("train.batch_size", tr.batch_size, 1),
+        ("train.warmup_steps", tr.warmup_steps, 0),
+        ("train.grad_accum", tr.grad_accum, 1),
+    ]:
         if val < lo:
             raise ConfigError(f"{key} must be at least {lo}, got {val}")
     if d.kind == "ncsn":
         _validate_ncsn(cfg)
     validate_sampling(cfg)
     if d.learn_sigma and d.loss == "simple":
-        raise ConfigError("diffusion.learn_sigma=true needs diffusion.loss=hybrid or vlb (L_simple does not train "
-                          "the variance)")
+        raise ConfigError(
+            "diffusion.learn_sigma=true needs diffusion.loss=hybrid or vlb (L_simple does not train the variance)"
+        )
     if d.loss == "hybrid" and not d.learn_sigma:
         raise ConfigError("diffusion.loss=hybrid trains a learned variance: set diffusion.learn_sigma=true")
     if d.learn_sigma and cfg.model.network != "unet":
@@ -103,8 +113,9 @@ def _validate_autoencoder(cfg: Config) -> None:
     if not a.kl_weight >= 0:
         raise ConfigError(f"autoencoder.kl_weight must be >= 0, got {a.kl_weight}")
     if net == "ae" and a.kl_weight != 0:
-        raise ConfigError(f"model.network=ae has no KL term: set autoencoder.kl_weight=0 (got {a.kl_weight}) "
-                          "or use model.network=vae")
+        raise ConfigError(
+            f"model.network=ae has no KL term: set autoencoder.kl_weight=0 (got {a.kl_weight}) or use model.network=vae"
+        )
     if cfg.data.name.startswith("toy2d:"):
         raise ConfigError(f"model.network={net} is an image autoencoder; data.name={cfg.data.name!r} is 2-D points")
     if cfg.diffusion.dequantize:
@@ -138,16 +149,19 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
             raise ConfigError(f"the unet needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
         params.setdefault("in_channels", data_shape[0])
         if params["in_channels"] != data_shape[0]:
-            raise ConfigError(f"model.params.in_channels={params['in_channels']} but the data have "
-                              f"{data_shape[0]} channels")
+            raise ConfigError(
+                f"model.params.in_channels={params['in_channels']} but the data have {data_shape[0]} channels"
+            )
         if cfg.diffusion.learn_sigma:  # the prediction's channels, then the variance's
             params.setdefault("out_channels", 2 * data_shape[0])
             if params["out_channels"] != 2 * data_shape[0]:
                 raise ConfigError(f"diffusion.learn_sigma needs model.params.out_channels={2 * data_shape[0]}")
         levels = len(params.get("channel_mult", (1, 2, 2)))
         if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
-            raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
-                              f"(model.params.channel_mult has {levels} levels)")
+            raise ConfigError(
+                f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
+                f"(model.params.channel_mult has {levels} levels)"
+            )
     elif cfg.model.network in AUTOENCODERS:
         _check_autoencoder_shape(params, data_shape)
     else:
@@ -166,11 +180,15 @@ def _check_autoencoder_shape(params: dict, data_shape: tuple[int, ...]) -> None:
         raise ConfigError(f"an autoencoder needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
     params.setdefault("in_channels", data_shape[0])
     if params["in_channels"] != data_shape[0]:
-        raise ConfigError(f"model.params.in_channels={params['in_channels']} but the data have {data_shape[0]} channels")
+        raise ConfigError(
+            f"model.params.in_channels={params['in_channels']} but the data have {data_shape[0]} channels"
+        )
     levels = len(params.get("block_out_channels", (32, 64, 64)))
     if data_shape[1] % 2 ** (levels - 1) or data_shape[2] % 2 ** (levels - 1):
-        raise ConfigError(f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
-                          f"(model.params.block_out_channels has {levels} levels)")
+        raise ConfigError(
+            f"images of size {data_shape[1]}x{data_shape[2]} do not halve {levels - 1} times "
+            f"(model.params.block_out_channels has {levels} levels)"
+        )
 
 
 def build_schedule(cfg: Config) -> DiscreteSchedule:
@@ -205,11 +223,19 @@ def build_objective(cfg: Config):
         if d.weighting != "none":
             raise ConfigError("diffusion.weighting applies to diffusion.loss=simple on uniform timesteps only")
         bin_width = data_bin_width(cfg)
-        return VLBObjective(build_schedule(cfg), prediction=d.prediction, loss=d.loss, learn_sigma=d.learn_sigma,
-                            vlb_weight=d.vlb_weight, timestep_sampler=d.timestep_sampler, bin_width=bin_width,
-                            dequantize_bin_width=bin_width if d.dequantize else None)
-    return DiffusionObjective(build_schedule(cfg).abar, prediction=d.prediction, weighting=d.weighting,
-                              snr_gamma=d.snr_gamma)
+        return VLBObjective(
+            build_schedule(cfg),
+            prediction=d.prediction,
+            loss=d.loss,
+            learn_sigma=d.learn_sigma,
+            vlb_weight=d.vlb_weight,
+            timestep_sampler=d.timestep_sampler,
+            bin_width=bin_width,
+            dequantize_bin_width=bin_width if d.dequantize else None,
+        )
+    return DiffusionObjective(
+        build_schedule(cfg).abar, prediction=d.prediction, weighting=d.weighting, snr_gamma=d.snr_gamma
+    )
 
 
 def prior_for(cfg: Config) -> str:
@@ -236,8 +262,10 @@ def _validate_conditional(cfg: Config) -> None:
     if cfg.model.network != "unet":
         raise ConfigError("text.encoder / latent.autoencoder need model.network=unet")
     if d.kind != "vp" or d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.dequantize:
-        raise ConfigError("text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "
-                          "learn_sigma, timestep_sampler or dequantize)")
+        raise ConfigError(
+            "text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "
+            "learn_sigma, timestep_sampler or dequantize)"
+        )
     if t.encoder and cfg.data.name != "shapes":
         raise ConfigError(f"text.encoder needs captioned data (data.name=shapes), got data.name={cfg.data.name!r}")
     for key, value in (("text.cond_drop", t.cond_drop), ("text.inpaint_fraction", t.inpaint_fraction)):
@@ -246,8 +274,9 @@ def _validate_conditional(cfg: Config) -> None:
     if t.max_length < 2:
         raise ConfigError(f"text.max_length must be at least 2, got {t.max_length}")
     if cfg.latent.scale_factor < 0:
-        raise ConfigError(f"latent.scale_factor must be positive (or 0: computed from the data), got "
-                          f"{cfg.latent.scale_factor}")
+        raise ConfigError(
+            f"latent.scale_factor must be positive (or 0: computed from the data), got {cfg.latent.scale_factor}"
+        )
 
 
 def build_text_encoder(cfg: Config):
@@ -283,6 +312,19 @@ def build_autoencoder_objective(cfg: Config, net: nn.Module, data_shape: tuple[i
     return AutoencoderObjective(recon=a.recon, kl_weight=a.kl_weight, latent_shape=latent_shape)
 
 
-__all__ = ["ConfigError", "DataError", "build_autoencoder_objective", "build_data", "build_denoiser", "build_network",
-           "build_objective", "build_schedule", "build_text_encoder", "data_bin_width", "encode_posterior", "prior_for",
-           "validate", "validate_sampling"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "build_autoencoder_objective",
+    "build_data",
+    "build_denoiser",
+    "build_network",
+    "build_objective",
+    "build_schedule",
+    "build_text_encoder",
+    "data_bin_width",
+    "encode_posterior",
+    "prior_for",
+    "validate",
+    "validate_sampling",
+]

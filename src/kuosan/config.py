@@ -3,6 +3,7 @@
 Only ``build.py`` turns a Config into objects. A Config round-trips through ``to_dict``/``from_dict``
 (unknown keys are errors, so a typo never silently trains the wrong model).
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,55 +26,55 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"             # "digits", "toy2d:<moons|swissroll|8gaussians|checkerboard>", "folder:<path>", "shapes"
-    size: int | None = None          # image folder: resize/crop to size x size
-    channels: int = 1                # image folder: 1 (grayscale) or 3 (RGB)
-    n: int = 50_000                  # toy2d / shapes: number of points / images drawn once (with the run's seed)
+    name: str = "digits"  # "digits", "toy2d:<moons|swissroll|8gaussians|checkerboard>", "folder:<path>", "shapes"
+    size: int | None = None  # image folder: resize/crop to size x size
+    channels: int = 1  # image folder: 1 (grayscale) or 3 (RGB)
+    n: int = 50_000  # toy2d / shapes: number of points / images drawn once (with the run's seed)
 
 
 @dataclass
 class ModelConfig:
-    network: str = "unet"            # "unet" or "mlp"
+    network: str = "unet"  # "unet" or "mlp"
     params: dict = field(default_factory=dict)  # keyword arguments of the network's constructor
 
 
 @dataclass
 class DiffusionConfig:
-    kind: str = "vp"                 # vp (DDPM on a beta schedule) or ncsn (score network, annealed DSM)
-    sigma_min: float = 0.01          # ncsn: the smallest of the geometric noise levels
-    sigma_max: float = 10.0          # ncsn: the largest (NCSNv2: about the largest distance between data points)
-    num_scales: int = 25             # ncsn: number of levels L (the sampling grid's steps by default)
-    schedule: str = "cosine"         # beta schedule: linear, cosine, sigmoid, scaled_linear
+    kind: str = "vp"  # vp (DDPM on a beta schedule) or ncsn (score network, annealed DSM)
+    sigma_min: float = 0.01  # ncsn: the smallest of the geometric noise levels
+    sigma_max: float = 10.0  # ncsn: the largest (NCSNv2: about the largest distance between data points)
+    num_scales: int = 25  # ncsn: number of levels L (the sampling grid's steps by default)
+    schedule: str = "cosine"  # beta schedule: linear, cosine, sigmoid, scaled_linear
     T: int = 1000
-    prediction: str = "eps"          # eps, x0, v
-    weighting: str = "none"          # none, min_snr
+    prediction: str = "eps"  # eps, x0, v
+    weighting: str = "none"  # none, min_snr
     snr_gamma: float = 5.0
-    loss: str = "simple"             # simple (L_simple), hybrid (L_simple + vlb_weight * L_vlb), vlb
-    learn_sigma: bool = False        # network outputs 2x channels: prediction, then the variance (learned range)
-    vlb_weight: float = 0.001        # lambda of the hybrid loss (Nichol & Dhariwal 2021, Eq. 16)
+    loss: str = "simple"  # simple (L_simple), hybrid (L_simple + vlb_weight * L_vlb), vlb
+    learn_sigma: bool = False  # network outputs 2x channels: prediction, then the variance (learned range)
+    vlb_weight: float = 0.001  # lambda of the hybrid loss (Nichol & Dhariwal 2021, Eq. 16)
     timestep_sampler: str = "uniform"  # uniform, loss-second-moment (importance sampling, Eq. 18)
-    dequantize: bool = False         # train on uniformly dequantized data (for PF-ODE likelihoods)
+    dequantize: bool = False  # train on uniformly dequantized data (for PF-ODE likelihoods)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 128            # the global batch (split over processes under torchrun)
-    grad_accum: int = 1              # micro-batches per process and step
+    batch_size: int = 128  # the global batch (split over processes under torchrun)
+    grad_accum: int = 1  # micro-batches per process and step
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     warmup_steps: int = 100
-    grad_clip: float = 1.0           # max global gradient norm; 0 disables
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
     ema_decay: float = 0.999
-    ema_warmup: bool = True          # decay min(ema_decay, (1 + step) / (10 + step))
-    steps: int | None = None         # total optimizer steps (the run stops at whichever comes first)
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
+    steps: int | None = None  # total optimizer steps (the run stops at whichever comes first)
     time_budget: float | None = None  # seconds of training in this invocation
-    precision: str = "auto"          # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
-    channels_last: bool = True       # image data and networks in NHWC memory: faster convolutions and fused norms on CPU
-    compile: bool = False            # torch.compile the network for training (compiles on the first steps)
-    retain_memory: bool = True       # the C library keeps freed tensor memory for the next step (no page faults)
-    checkpoint_every: float = 60.0   # seconds between checkpoints (and one at the end)
-    sample_every: int = 0            # steps between sample grids (0: only at the end)
+    precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
+    channels_last: bool = True  # image data and networks in NHWC memory: faster convolutions and fused norms on CPU
+    compile: bool = False  # torch.compile the network for training (compiles on the first steps)
+    retain_memory: bool = True  # the C library keeps freed tensor memory for the next step (no page faults)
+    checkpoint_every: float = 60.0  # seconds between checkpoints (and one at the end)
+    sample_every: int = 0  # steps between sample grids (0: only at the end)
     log_every: int = 25
     seed: int = 0
 
@@ -83,27 +84,27 @@ class SampleConfig:
     sampler: str = "ddim"
     steps: int = 20
     grid: str = "trailing"
-    clip: bool = True                # clamp x0_hat to the data range [-1, 1]
+    clip: bool = True  # clamp x0_hat to the data range [-1, 1]
 
 
 @dataclass
 class LatentConfig:
-    autoencoder: str = ""            # run directory of a trained autoencoder; "" = pixel-space diffusion
-    scale_factor: float = 0.0        # latents are multiplied by it; 0 = 1/std of the training latents (saved)
+    autoencoder: str = ""  # run directory of a trained autoencoder; "" = pixel-space diffusion
+    scale_factor: float = 0.0  # latents are multiplied by it; 0 = 1/std of the training latents (saved)
 
 
 @dataclass
 class TextConfig:
-    encoder: str = ""                # "minilm", "clip:PATH", "path:DIR"; "" = no text conditioning
-    max_length: int = 24             # prompt tokens (longer prompts are truncated)
-    cond_drop: float = 0.1           # share of training prompts replaced by the empty prompt (for CFG)
-    inpaint_fraction: float = 0.0    # share of training examples given a random mask + masked image (0 = txt2img only)
+    encoder: str = ""  # "minilm", "clip:PATH", "path:DIR"; "" = no text conditioning
+    max_length: int = 24  # prompt tokens (longer prompts are truncated)
+    cond_drop: float = 0.1  # share of training prompts replaced by the empty prompt (for CFG)
+    inpaint_fraction: float = 0.0  # share of training examples given a random mask + masked image (0 = txt2img only)
 
 
 @dataclass
 class AutoencoderConfig:
-    recon: str = "l2"                # reconstruction term, summed over pixels: l2 or l1 (losses/autoencoder.py)
-    kl_weight: float = 1e-6          # vae: weight of KL(q(z|x) || N(0, I)) in nats (LDM's 1e-6); ae: must be 0
+    recon: str = "l2"  # reconstruction term, summed over pixels: l2 or l1 (losses/autoencoder.py)
+    kl_weight: float = 1e-6  # vae: weight of KL(q(z|x) || N(0, I)) in nats (LDM's 1e-6); ae: must be 0
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         return _from_dict(cls, d, "")
 
 
@@ -131,7 +132,9 @@ def _from_dict(cls, d: dict, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known keys: {', '.join(prefix + k for k in fields)}")
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys: {', '.join(prefix + k for k in fields)}"
+        )
     kwargs = {}
     for name, value in d.items():
         ftype = fields[name].type
@@ -158,9 +161,16 @@ def _coerce(value: Any, ftype: str, key: str):
     return copy.deepcopy(value)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-             "sample": SampleConfig, "latent": LatentConfig, "text": TextConfig,
-             "autoencoder": AutoencoderConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+    "latent": LatentConfig,
+    "text": TextConfig,
+    "autoencoder": AutoencoderConfig,
+}
 
 
 def _merge(base: dict, update: dict) -> dict:

@@ -1,4 +1,5 @@
 """Pictures of samples: image grids and 2-D scatter plots as PNG (Pillow only)."""
+
 from __future__ import annotations
 
 import math
@@ -25,19 +26,20 @@ def image_grid(images: torch.Tensor, *, nrow: int | None = None, pad: int = 1, s
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = arr[i]
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
-def scatter_plot(points: torch.Tensor, *, size: int = 512, extent: float = 3.5,
-                 reference: torch.Tensor | None = None) -> Image.Image:
+def scatter_plot(
+    points: torch.Tensor, *, size: int = 512, extent: float = 3.5, reference: torch.Tensor | None = None
+) -> Image.Image:
     """Draw 2-D points (N, 2) in [-extent, extent]^2; optional reference points in grey beneath."""
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
 
     def px(p):
-        q = ((p.detach().float().cpu().numpy() + extent) / (2 * extent) * (size - 1))
+        q = (p.detach().float().cpu().numpy() + extent) / (2 * extent) * (size - 1)
         return [(float(a), float(size - 1 - b)) for a, b in q]
 
     if reference is not None:

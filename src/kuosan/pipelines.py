@@ -9,14 +9,20 @@ Notation: images are (N, 3, H, W) in [-1, 1]; z = s * E(x) are latents with the 
 (for a pixel-space run z = x); ``sigmas`` is the sampler's decreasing grid in VE scaling (x = x0 +
 sigma * eps); ``mask`` is 1 where the picture is to be (re)generated (white in a mask PNG).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from kuosan.build import build_denoiser, build_schedule, encode_posterior
-from kuosan.diffusion.guidance import (CFGDenoiser, ClampDenoiser, ConcatInpaintDenoiser, ReplaceInpaintDenoiser,
-                                      broadcast_batch)
+from kuosan.diffusion.guidance import (
+    CFGDenoiser,
+    ClampDenoiser,
+    ConcatInpaintDenoiser,
+    ReplaceInpaintDenoiser,
+    broadcast_batch,
+)
 from kuosan.diffusion.schedules import make_sigmas
 from kuosan.runs import Run
 from kuosan.samplers.loop import prior_noise, sample_batches
@@ -80,8 +86,9 @@ class TextToImagePipeline:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if self.autoencoder is None:
             if self.latent_shape and tuple(images.shape[1:]) != self.latent_shape:
-                raise ValueError(f"this run works on images of shape {self.latent_shape}, "
-                                 f"got {tuple(images.shape[1:])}")
+                raise ValueError(
+                    f"this run works on images of shape {self.latent_shape}, got {tuple(images.shape[1:])}"
+                )
             return images.float()
         f = self.autoencoder.downsampling_factor
         want = (self.autoencoder.config["in_channels"], self.latent_shape[1] * f, self.latent_shape[2] * f)
@@ -109,7 +116,7 @@ class TextToImagePipeline:
         if self.clip:
             den = ClampDenoiser(den)
         if self.net.config.get("cond_channels") and not inpainting:  # an inpainting model doing txt2img:
-            ones = torch.ones(1, 1, *self.latent_shape[1:])              # repaint all, nothing known
+            ones = torch.ones(1, 1, *self.latent_shape[1:])  # repaint all, nothing known
             den = ConcatInpaintDenoiser(den, ones, torch.zeros(1, *self.latent_shape))
         return den
 
@@ -124,8 +131,21 @@ class TextToImagePipeline:
         return cond, self.encode_prompts([n or "" for n in negatives])
 
     @torch.inference_mode()
-    def _run(self, n: int, cond: dict, uncond: dict, *, guidance: float, steps, sampler, grid, generator,
-             batch_size: int, start=None, inpaint=None) -> torch.Tensor:
+    def _run(
+        self,
+        n: int,
+        cond: dict,
+        uncond: dict,
+        *,
+        guidance: float,
+        steps,
+        sampler,
+        grid,
+        generator,
+        batch_size: int,
+        start=None,
+        inpaint=None,
+    ) -> torch.Tensor:
         """Sample n latents with conditioning ``cond`` guided away from ``uncond`` (both batch n).
         ``start(i0, i1, sigmas, generator) -> (x, sigmas)`` gives img2img's starting point and grid;
         ``inpaint(i0, i1, den, generator) -> den`` wraps the denoiser for inpainting."""
@@ -134,25 +154,64 @@ class TextToImagePipeline:
             den = self._guided({k: v[i0:i1] for k, v in uncond.items()}, guidance, inpaint is not None)
             return inpaint(i0, i1, den, generator) if inpaint is not None else den
 
-        return sample_batches(self.denoiser, self._sigmas(steps, grid), self.latent_shape, n,
-                              sampler=sampler or self.cfg.sample.sampler, generator=generator, batch_size=batch_size,
-                              wrap=wrap, start=start, extra_args=cond)
+        return sample_batches(
+            self.denoiser,
+            self._sigmas(steps, grid),
+            self.latent_shape,
+            n,
+            sampler=sampler or self.cfg.sample.sampler,
+            generator=generator,
+            batch_size=batch_size,
+            wrap=wrap,
+            start=start,
+            extra_args=cond,
+        )
 
     # --- the three tasks ------------------------------------------------------------------------------
 
-    def txt2img(self, prompts: list[str], *, guidance: float = DEFAULT_GUIDANCE, negative=None, steps=None,
-                sampler=None, grid=None, generator: torch.Generator | None = None, batch_size: int = 100,
-                return_latents: bool = False) -> torch.Tensor:
+    def txt2img(
+        self,
+        prompts: list[str],
+        *,
+        guidance: float = DEFAULT_GUIDANCE,
+        negative=None,
+        steps=None,
+        sampler=None,
+        grid=None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 100,
+        return_latents: bool = False,
+    ) -> torch.Tensor:
         """One image per prompt: prior noise -> sampler with classifier-free guidance -> decoder."""
         cond, uncond = self._encode(list(prompts), negative)
-        z = self._run(len(prompts), cond, uncond, guidance=guidance, steps=steps, sampler=sampler, grid=grid,
-                      generator=generator, batch_size=batch_size)
+        z = self._run(
+            len(prompts),
+            cond,
+            uncond,
+            guidance=guidance,
+            steps=steps,
+            sampler=sampler,
+            grid=grid,
+            generator=generator,
+            batch_size=batch_size,
+        )
         return z if return_latents else self.decode(z)
 
-    def img2img(self, images: torch.Tensor, prompts: list[str], *, strength: float = 0.6,
-                guidance: float = DEFAULT_GUIDANCE, negative=None, steps=None, sampler=None, grid=None,
-                generator: torch.Generator | None = None, batch_size: int = 100,
-                return_latents: bool = False) -> torch.Tensor:
+    def img2img(
+        self,
+        images: torch.Tensor,
+        prompts: list[str],
+        *,
+        strength: float = 0.6,
+        guidance: float = DEFAULT_GUIDANCE,
+        negative=None,
+        steps=None,
+        sampler=None,
+        grid=None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 100,
+        return_latents: bool = False,
+    ) -> torch.Tensor:
         """SDEdit / diffusers' img2img: encode the images, noise them to the grid level of ``strength``
         (:func:`img2img_start_index`) and sample the rest of the grid. Strength 0 returns the
         reconstruction decode(encode(x)); strength 1 starts from pure prior noise (exactly txt2img:
@@ -169,14 +228,36 @@ class TextToImagePipeline:
             return z0[i0:i1] + float(sigmas[first]) * noise, sigmas[first:]
 
         cond, uncond = self._encode(list(prompts), negative)
-        z = self._run(len(prompts), cond, uncond, guidance=guidance, steps=steps, sampler=sampler, grid=grid,
-                      generator=generator, batch_size=batch_size, start=start)
+        z = self._run(
+            len(prompts),
+            cond,
+            uncond,
+            guidance=guidance,
+            steps=steps,
+            sampler=sampler,
+            grid=grid,
+            generator=generator,
+            batch_size=batch_size,
+            start=start,
+        )
         return z if return_latents else self.decode(z)
 
-    def inpaint(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], *, method: str = "auto",
-                guidance: float = DEFAULT_GUIDANCE, negative=None, steps=None, sampler=None, grid=None,
-                generator: torch.Generator | None = None, batch_size: int = 100,
-                return_latents: bool = False) -> torch.Tensor:
+    def inpaint(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        prompts: list[str],
+        *,
+        method: str = "auto",
+        guidance: float = DEFAULT_GUIDANCE,
+        negative=None,
+        steps=None,
+        sampler=None,
+        grid=None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 100,
+        return_latents: bool = False,
+    ) -> torch.Tensor:
         """Repaint where ``masks`` (N or 1, 1, H, W) is 1, keep the rest. ``method``: "concat" for a model
         trained with mask + masked-latent inputs (text.inpaint_fraction > 0), "replace" (any model: the
         known region replaced by its noised latent at every level, then pasted exactly at the end);
@@ -190,8 +271,9 @@ class TextToImagePipeline:
         z0 = broadcast_batch(self.encode_images(images), len(prompts), "images")
         masks = broadcast_batch(masks.float(), len(prompts), "masks")
         if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[-2:] != images.shape[-2:]:
-            raise ValueError(f"masks must have shape (N, 1, {images.shape[-2]}, {images.shape[-1]}), got "
-                             f"{tuple(masks.shape)}")
+            raise ValueError(
+                f"masks must have shape (N, 1, {images.shape[-2]}, {images.shape[-1]}), got {tuple(masks.shape)}"
+            )
         m = downsample_mask(masks, tuple(z0.shape[-2:]))
 
         def wrap(i0, i1, den, generator):
@@ -203,12 +285,21 @@ class TextToImagePipeline:
         if method == "replace" and has_concat:  # an inpainting model asked for the replacement method
             raise ValueError("this model takes mask inputs: use method 'concat' (or 'auto')")
         cond, uncond = self._encode(list(prompts), negative)
-        z = self._run(len(prompts), cond, uncond, guidance=guidance, steps=steps, sampler=sampler, grid=grid,
-                      generator=generator, batch_size=batch_size, inpaint=wrap)
+        z = self._run(
+            len(prompts),
+            cond,
+            uncond,
+            guidance=guidance,
+            steps=steps,
+            sampler=sampler,
+            grid=grid,
+            generator=generator,
+            batch_size=batch_size,
+            inpaint=wrap,
+        )
         if method == "replace":
             z = m * z + (1 - m) * z0  # exact in latent space (the sampler's last step already lands there)
         return z if return_latents else self.decode(z)
-
 
 
 def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond=None, autoencoder=None):
@@ -223,8 +314,17 @@ def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond
             rows = torch.arange(n) % prompts["context"].shape[0]
             cond = {k: v[rows] for k, v in prompts.items()}
             unc = {k: v.expand(n, *v.shape[1:]) for k, v in uncond.items()}
-        z = pipe._run(n, cond, unc, guidance=DEFAULT_GUIDANCE, steps=None, sampler=None, grid=None,
-                      generator=generator, batch_size=100)
+        z = pipe._run(
+            n,
+            cond,
+            unc,
+            guidance=DEFAULT_GUIDANCE,
+            steps=None,
+            sampler=None,
+            grid=None,
+            generator=generator,
+            batch_size=100,
+        )
         return pipe.decode(z)
 
     return sample_fn

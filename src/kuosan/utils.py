@@ -1,4 +1,5 @@
 """Small tensor helpers shared by every layer of kuosan (imports nothing from kuosan)."""
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """"auto" -> "bf16" on CPUs with bf16 matrix units, else "fp32"; other values pass through."""
+    """ "auto" -> "bf16" on CPUs with bf16 matrix units, else "fp32"; other values pass through."""
     if precision == "auto":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return precision

@@ -15,5 +15,16 @@ from kuosan.app.sampling import run_info, sample, sampler_options
 from kuosan.app.text_to_image import text_to_image
 from kuosan.app.training import build_conditional_training, build_trainer, train
 
-__all__ = ["build_conditional_training", "build_trainer", "evaluate", "likelihood", "load_samples", "reconstruct",
-           "run_info", "sample", "sampler_options", "text_to_image", "train"]
+__all__ = [
+    "build_conditional_training",
+    "build_trainer",
+    "evaluate",
+    "likelihood",
+    "load_samples",
+    "reconstruct",
+    "run_info",
+    "sample",
+    "sampler_options",
+    "text_to_image",
+    "train",
+]

@@ -37,22 +37,29 @@ def load_samples(path: str | Path, dataset: str = "digits") -> torch.Tensor:
         raise ConfigError(f"cannot read {path} as a .npy array: {e}") from None
     shape = SAMPLE_SHAPES[dataset]
     if x.dtype.kind != "f" or x.shape[1:] != shape or len(x) < 10:
-        raise ConfigError(f"{path}: expected {dataset} samples, a float array (N >= 10, {', '.join(map(str, shape))}) "
-                          f"in [-1, 1]; got {x.dtype} {x.shape}")
+        raise ConfigError(
+            f"{path}: expected {dataset} samples, a float array (N >= 10, {', '.join(map(str, shape))}) "
+            f"in [-1, 1]; got {x.dtype} {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise ConfigError(f"{path} holds non-finite values")
     return torch.from_numpy(x.astype(np.float32))
 
 
-def evaluate(samples: str | Path | torch.Tensor, dataset: str = "digits", *, inception_weights=None,
-             resize: str = "tf1-bilinear", stats_cache=None) -> dict:
+def evaluate(
+    samples: str | Path | torch.Tensor,
+    dataset: str = "digits",
+    *,
+    inception_weights=None,
+    resize: str = "tf1-bilinear",
+    stats_cache=None,
+) -> dict:
     """Every metric of ``metrics.evaluate`` for samples (a tensor, or a .npy file: :func:`load_samples`)."""
     x = load_samples(samples, dataset) if not isinstance(samples, torch.Tensor) else samples
     if inception_weights and not Path(inception_weights).is_file():
         raise ConfigError(f"Inception weights: file not found: {inception_weights}")
     try:
-        return evaluate_samples(x, dataset, inception_weights=inception_weights, resize=resize,
-                                stats_cache=stats_cache)
+        return evaluate_samples(x, dataset, inception_weights=inception_weights, resize=resize, stats_cache=stats_cache)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -72,10 +79,24 @@ def evaluation_data(cfg, split: str) -> torch.Tensor:
     return build_data(cfg)
 
 
-def likelihood(run_dir: str | Path, *, split: str = "test", method: str = "vlb", n: int | None = None,
-               batch_size: int = 500, seed: int = 0, weights: str = "ema", variance: str = "auto",
-               clip: bool = True, dequantize: str = "auto", steps: int | None = None, rtol: float = 1e-5,
-               atol: float = 1e-5, trace: str = "hutchinson", probe: str = "rademacher") -> tuple[dict, torch.Tensor]:
+def likelihood(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    method: str = "vlb",
+    n: int | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    weights: str = "ema",
+    variance: str = "auto",
+    clip: bool = True,
+    dequantize: str = "auto",
+    steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    trace: str = "hutchinson",
+    probe: str = "rademacher",
+) -> tuple[dict, torch.Tensor]:
     """(report, per-image bits/dim) of a split of the run's data: the variational bound (``method="vlb"``,
     improved-diffusion's calc_bpd_loop, respaced to ``steps`` if given) or the probability-flow ODE on
     dequantized data (``"ode"``, RK45 with ``rtol``/``atol``, Hutchinson or exact divergence).
@@ -117,31 +138,78 @@ def likelihood(run_dir: str | Path, *, split: str = "test", method: str = "vlb",
     t0, parts, extra = time.perf_counter(), [], {}
     for chunk in x.split(batch_size):
         if method == "vlb":
-            out = vlb_bpd(denoiser, chunk, vlb_schedule, variance=variance, bin_width=bin_width,
-                          clip_denoised=clip, dequantized=dequantized, generator=g)
+            out = vlb_bpd(
+                denoiser,
+                chunk,
+                vlb_schedule,
+                variance=variance,
+                bin_width=bin_width,
+                clip_denoised=clip,
+                dequantized=dequantized,
+                generator=g,
+            )
             extra.setdefault("prior_bpd", []).append(out["prior_bpd"])
             extra.setdefault("decoder_bpd", []).append(out["terms"][:, 0])
         else:
-            out = ode_bpd(denoiser, chunk, bin_width=bin_width, generator=g, rtol=rtol, atol=atol, trace=trace,
-                          probe=probe, sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+            out = ode_bpd(
+                denoiser,
+                chunk,
+                bin_width=bin_width,
+                generator=g,
+                rtol=rtol,
+                atol=atol,
+                trace=trace,
+                probe=probe,
+                sigma_min=schedule.sigma_min,
+                sigma_max=schedule.sigma_max,
+            )
             extra.setdefault("nfe", []).append(out["nfe"])
         parts.append(out["bpd"])
     bpd = torch.cat(parts)
-    result = {"run": str(run_dir), "split": split, "method": method, "n": len(bpd), "bpd": float(bpd.mean()),
-              "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None,
-              "bin_width": bin_width, "seconds": round(time.perf_counter() - t0, 1), "seed": seed}
+    result = {
+        "run": str(run_dir),
+        "split": split,
+        "method": method,
+        "n": len(bpd),
+        "bpd": float(bpd.mean()),
+        "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else None,
+        "bin_width": bin_width,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "seed": seed,
+    }
     if method == "vlb":
-        result.update(variance=variance, clip_denoised=clip, dequantized=dequantized, steps=vlb_schedule.T,
-                      prior_bpd=float(torch.cat(extra["prior_bpd"]).mean()),
-                      decoder_bpd=float(torch.cat(extra["decoder_bpd"]).mean()))
+        result.update(
+            variance=variance,
+            clip_denoised=clip,
+            dequantized=dequantized,
+            steps=vlb_schedule.T,
+            prior_bpd=float(torch.cat(extra["prior_bpd"]).mean()),
+            decoder_bpd=float(torch.cat(extra["decoder_bpd"]).mean()),
+        )
     else:
-        result.update(rtol=rtol, atol=atol, trace=trace, probe=probe, nfe_per_batch=extra["nfe"],
-                      sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+        result.update(
+            rtol=rtol,
+            atol=atol,
+            trace=trace,
+            probe=probe,
+            nfe_per_batch=extra["nfe"],
+            sigma_min=schedule.sigma_min,
+            sigma_max=schedule.sigma_max,
+        )
     return result, bpd
 
 
-def reconstruct(run_dir: str | Path, *, split: str = "test", eval_n: int = 2000, weights: str = "ema",
-                sample: bool = False, batch_size: int = 250, seed: int = 0, pairs: int = 0):
+def reconstruct(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    eval_n: int = 2000,
+    weights: str = "ema",
+    sample: bool = False,
+    batch_size: int = 250,
+    seed: int = 0,
+    pairs: int = 0,
+):
     """(report, picture) of a trained autoencoder on its data set's evaluation split (shapes: the fixed
     test or val set of ``eval_n`` images; digits: a split): PSNR, KL per latent dimension, the latent
     scale factor; ``pairs`` > 0 also returns the first ``pairs`` originals over their reconstructions

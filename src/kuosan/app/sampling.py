@@ -30,8 +30,10 @@ def refuse_autoencoder(run_dir: str | Path) -> None:
 
     network = ckpt.read_config(run_dir).get("model", {}).get("network")
     if network in AUTOENCODERS:
-        raise ConfigError(f"{run_dir} is an autoencoder run (model.network={network}): it reconstructs, it does not "
-                          f"generate; use `kuosan reconstruct {run_dir}`, or train a latent diffusion model on it")
+        raise ConfigError(
+            f"{run_dir} is an autoencoder run (model.network={network}): it reconstructs, it does not "
+            f"generate; use `kuosan reconstruct {run_dir}`, or train a latent diffusion model on it"
+        )
 
 
 def sample(
@@ -58,8 +60,10 @@ def sample(
     run = Run.open(run_dir, weights=weights)
     cfg = run.config
     if run.is_conditional:
-        raise ConfigError(f"{run_dir} is a text-conditional or latent diffusion run: use kuosan txt2img (or "
-                          "kuosan.pipelines.TextToImagePipeline)")
+        raise ConfigError(
+            f"{run_dir} is a text-conditional or latent diffusion run: use kuosan txt2img (or "
+            "kuosan.pipelines.TextToImagePipeline)"
+        )
     for key, val in (("sampler", sampler), ("steps", steps), ("grid", grid), ("clip", clip)):
         if val is not None:
             setattr(cfg.sample, key, val)
@@ -69,9 +73,19 @@ def sample(
         takes = ", ".join(sampler_options(cfg.sample.sampler)) or "no options"
         raise ConfigError(f"sampler {cfg.sample.sampler} does not take {', '.join(unknown)} (it takes: {takes})")
     g = torch.Generator().manual_seed(seed)
-    x = generate(run.denoiser(), run.schedule, run.network.data_shape, n, sampler=cfg.sample.sampler,
-                 steps=cfg.sample.steps, grid=cfg.sample.grid, generator=g, batch_size=batch_size,
-                 prior=prior_for(cfg), **sampler_options_)
+    x = generate(
+        run.denoiser(),
+        run.schedule,
+        run.network.data_shape,
+        n,
+        sampler=cfg.sample.sampler,
+        steps=cfg.sample.steps,
+        grid=cfg.sample.grid,
+        generator=g,
+        batch_size=batch_size,
+        prior=prior_for(cfg),
+        **sampler_options_,
+    )
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
 
 
@@ -80,9 +94,15 @@ def run_info(run_dir: str | Path) -> dict:
     autoencoder's latent shape)."""
     run = Run.open(run_dir)
     state = run.state
-    info = {"run": str(run_dir), "step": state["step"], "train_seconds": round(state["train_seconds"], 1),
-            "last_loss": state.get("last_loss"), "data_shape": state["data_shape"],
-            "parameters": sum(p.numel() for p in run.network.parameters()), "config": run.config.to_dict()}
+    info = {
+        "run": str(run_dir),
+        "step": state["step"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "last_loss": state.get("last_loss"),
+        "data_shape": state["data_shape"],
+        "parameters": sum(p.numel() for p in run.network.parameters()),
+        "config": run.config.to_dict(),
+    }
     if hasattr(run.network, "latent_shape"):  # a first-stage autoencoder
         info["latent_shape"] = list(run.network.latent_shape(state["data_shape"]))
     return info

@@ -14,10 +14,23 @@ from kuosan.pipelines import DEFAULT_GUIDANCE, INPAINT_METHODS, TextToImagePipel
 TASKS = ("txt2img", "img2img", "inpaint")
 
 
-def text_to_image(run_dir: str | Path, prompt: str, *, task: str = "txt2img", n: int = 1, image=None, mask=None,
-                  strength: float = 0.6, method: str = "auto", guidance: float = DEFAULT_GUIDANCE,
-                  negative: str | None = None, steps: int | None = None, sampler: str | None = None, seed: int = 0,
-                  weights: str = "ema") -> torch.Tensor:
+def text_to_image(
+    run_dir: str | Path,
+    prompt: str,
+    *,
+    task: str = "txt2img",
+    n: int = 1,
+    image=None,
+    mask=None,
+    strength: float = 0.6,
+    method: str = "auto",
+    guidance: float = DEFAULT_GUIDANCE,
+    negative: str | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    weights: str = "ema",
+) -> torch.Tensor:
     """``n`` images (n, C, H, W) in [-1, 1] for ``prompt``: ``task`` txt2img, img2img (``image`` redrawn
     with ``strength``) or inpaint (``image`` repainted where ``mask`` is white, by ``method``). ``image``
     and ``mask`` are file paths or tensors ((1, 3, H, W) in [-1, 1]; (1, 1, H, W) in {0, 1}).
@@ -41,12 +54,18 @@ def text_to_image(run_dir: str | Path, prompt: str, *, task: str = "txt2img", n:
             raise ConfigError("inpaint needs a mask")
         mask = read_image(mask, mask=True) if not isinstance(mask, torch.Tensor) else mask
         if mask.shape[-2:] != image.shape[-2:]:
-            raise ConfigError(f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image "
-                              f"{image.shape[-1]}x{image.shape[-2]}")
+            raise ConfigError(
+                f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image {image.shape[-1]}x{image.shape[-2]}"
+            )
     pipe = TextToImagePipeline.from_run(run_dir, weights=weights)
     prompts = [prompt] * n
-    common = dict(guidance=guidance, negative=negative or None, steps=steps, sampler=sampler,
-                  generator=torch.Generator().manual_seed(seed))
+    common = dict(
+        guidance=guidance,
+        negative=negative or None,
+        steps=steps,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+    )
     try:
         if task == "txt2img":
             return pipe.txt2img(prompts, **common)

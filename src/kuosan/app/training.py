@@ -9,8 +9,18 @@ from pathlib import Path
 
 import torch
 
-from kuosan.build import (build_autoencoder_objective, build_data, build_denoiser, build_network, build_objective,
-                          build_schedule, build_text_encoder, encode_posterior, prior_for, validate)
+from kuosan.build import (
+    build_autoencoder_objective,
+    build_data,
+    build_denoiser,
+    build_network,
+    build_objective,
+    build_schedule,
+    build_text_encoder,
+    encode_posterior,
+    prior_for,
+    validate,
+)
 from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
 from kuosan.data.shapes import make_shapes
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
@@ -31,8 +41,10 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     validate(cfg)
     world = rank_and_world()[1]
     if cfg.train.batch_size % (world * cfg.train.grad_accum):
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
-                          f"train.grad_accum={cfg.train.grad_accum}")
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
+            f"train.grad_accum={cfg.train.grad_accum}"
+        )
     if cfg.text.encoder or cfg.latent.autoencoder:  # text and/or latent diffusion: dict data, wrapped objective
         data, objective, extras = build_conditional_training(cfg, data)
         x_shape = tuple(data["x"].shape[1:])
@@ -46,15 +58,32 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train
-    return Trainer(net, objective, data, out_dir=out_dir, config=cfg.to_dict(),
-                   batch_size=tr.batch_size, grad_accum=tr.grad_accum, lr=tr.lr,
-                   weight_decay=tr.weight_decay, betas=tr.betas, warmup_steps=tr.warmup_steps,
-                   grad_clip=tr.grad_clip, ema_decay=tr.ema_decay, ema_warmup=tr.ema_warmup,
-                   precision=resolve_precision(tr.precision), channels_last=tr.channels_last, compile=tr.compile,
-                   retain_memory=tr.retain_memory,
-                   checkpoint_every=tr.checkpoint_every, sample_every=tr.sample_every, log_every=tr.log_every,
-                   seed=tr.seed, sample_fn=sample_fn, progress=progress)
-
+    return Trainer(
+        net,
+        objective,
+        data,
+        out_dir=out_dir,
+        config=cfg.to_dict(),
+        batch_size=tr.batch_size,
+        grad_accum=tr.grad_accum,
+        lr=tr.lr,
+        weight_decay=tr.weight_decay,
+        betas=tr.betas,
+        warmup_steps=tr.warmup_steps,
+        grad_clip=tr.grad_clip,
+        ema_decay=tr.ema_decay,
+        ema_warmup=tr.ema_warmup,
+        precision=resolve_precision(tr.precision),
+        channels_last=tr.channels_last,
+        compile=tr.compile,
+        retain_memory=tr.retain_memory,
+        checkpoint_every=tr.checkpoint_every,
+        sample_every=tr.sample_every,
+        log_every=tr.log_every,
+        seed=tr.seed,
+        sample_fn=sample_fn,
+        progress=progress,
+    )
 
 
 def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
@@ -96,17 +125,25 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
         params.setdefault("pooled_dim", encoder.dim)
     if cfg.text.inpaint_fraction > 0:
         params.setdefault("cond_channels", 1 + data["x"].shape[1])
-    objective = ConditionalObjective(build_objective(cfg), prompts=prompts, uncond=uncond,
-                                     cond_drop=cfg.text.cond_drop, inpaint_fraction=cfg.text.inpaint_fraction)
-    extras = {"prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
-              "uncond": uncond, "autoencoder": autoencoder}
+    objective = ConditionalObjective(
+        build_objective(cfg),
+        prompts=prompts,
+        uncond=uncond,
+        cond_drop=cfg.text.cond_drop,
+        inpaint_fraction=cfg.text.inpaint_fraction,
+    )
+    extras = {
+        "prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
+        "uncond": uncond,
+        "autoencoder": autoencoder,
+    }
     return data, objective, extras
-
 
 
 def reconstruction_fn(data: torch.Tensor):
     """The Trainer's picture callback for autoencoders: the first n/2 training images (fixed), each row
     of 8 over the row of its reconstructions."""
+
     def sample_fn(net, n, generator):
         return reconstruction_pairs(net, data[: max(1, n // 2)], nrow=8)
 
@@ -118,8 +155,17 @@ def sample_fn_for(cfg: Config, data_shape: tuple[int, ...]):
     schedule = build_schedule(cfg)
 
     def sample_fn(net, n, generator):
-        return generate(build_denoiser(cfg, net), schedule, data_shape, n, sampler=cfg.sample.sampler,
-                        steps=cfg.sample.steps, grid=cfg.sample.grid, generator=generator, prior=prior_for(cfg))
+        return generate(
+            build_denoiser(cfg, net),
+            schedule,
+            data_shape,
+            n,
+            sampler=cfg.sample.sampler,
+            steps=cfg.sample.steps,
+            grid=cfg.sample.grid,
+            generator=generator,
+            prior=prior_for(cfg),
+        )
 
     return sample_fn
 
@@ -138,7 +184,8 @@ def train(
 ) -> dict:
     """Train a run into ``out`` from a preset and/or an experiment file with ``section.key=value``
     overrides, for ``steps`` optimizer steps or ``time_budget`` seconds (default: the config's), and
-    return the Trainer's summary (``interrupted`` is True after Ctrl-C, the last checkpoint kept). ``resume=True`` continues the run in ``out`` (its config, with the
+    return the Trainer's summary (``interrupted`` is True after Ctrl-C, the last checkpoint kept).
+    ``resume=True`` continues the run in ``out`` (its config, with the
     overrides). ValueError (ConfigError) for an impossible request, before anything is written;
     under torchrun the processes join one process group."""
     out = Path(out)

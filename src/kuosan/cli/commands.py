@@ -40,9 +40,17 @@ def _save_images(x, out: Path) -> None:
 
 
 def train(args) -> int:
-    summary = app.train(args.out, preset=args.preset, config=args.config, overrides=args.overrides, steps=args.steps,
-                        time_budget=args.time_budget, seed=args.seed, resume=args.resume,
-                        progress=not args.no_progress)
+    summary = app.train(
+        args.out,
+        preset=args.preset,
+        config=args.config,
+        overrides=args.overrides,
+        steps=args.steps,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 130 if summary["interrupted"] else 0
@@ -52,11 +60,23 @@ def sample(args) -> int:
     out = _out_file(args.out, (".npy", ".png"))
     _positive("-n", args.num)
     _positive("--langevin-steps", args.langevin_steps)
-    options = {key: value for key, value in (("eta", args.eta), ("langevin_steps", args.langevin_steps),
-                                             ("snr", args.snr)) if value is not None}
-    x = app.sample(args.run, args.num, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                   clip=False if args.no_clip else None, seed=args.seed, weights=args.weights,
-                   batch_size=args.batch_size, **options)
+    options = {
+        key: value
+        for key, value in (("eta", args.eta), ("langevin_steps", args.langevin_steps), ("snr", args.snr))
+        if value is not None
+    }
+    x = app.sample(
+        args.run,
+        args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        grid=args.grid,
+        clip=False if args.no_clip else None,
+        seed=args.seed,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        **options,
+    )
     _save_images(x, out)
     print(json.dumps({"out": str(out), "shape": list(x.shape)}))
     return 0
@@ -68,8 +88,13 @@ def info(args) -> int:
 
 
 def evaluate(args) -> int:
-    report = app.evaluate(args.samples, args.dataset, inception_weights=args.inception_weights, resize=args.resize,
-                          stats_cache=args.stats_cache)
+    report = app.evaluate(
+        args.samples,
+        args.dataset,
+        inception_weights=args.inception_weights,
+        resize=args.resize,
+        stats_cache=args.stats_cache,
+    )
     text = json.dumps({"samples": str(args.samples), "dataset": args.dataset, **report})
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -80,10 +105,23 @@ def evaluate(args) -> int:
 def nll(args) -> int:
     _positive("-n", args.num)
     _positive("--batch-size", args.batch_size)
-    result, bpd = app.likelihood(args.run, split=args.split, method=args.method, n=args.num,
-                                 batch_size=args.batch_size, seed=args.seed, weights=args.weights,
-                                 variance=args.variance, clip=not args.no_clip, dequantize=args.dequantize,
-                                 steps=args.steps, rtol=args.rtol, atol=args.atol, trace=args.trace, probe=args.probe)
+    result, bpd = app.likelihood(
+        args.run,
+        split=args.split,
+        method=args.method,
+        n=args.num,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        weights=args.weights,
+        variance=args.variance,
+        clip=not args.no_clip,
+        dequantize=args.dequantize,
+        steps=args.steps,
+        rtol=args.rtol,
+        atol=args.atol,
+        trace=args.trace,
+        probe=args.probe,
+    )
     if args.out:
         import numpy as np
 
@@ -97,9 +135,16 @@ def reconstruct(args) -> int:
         _out_file(args.out, (".png",))
     for flag, value in (("-n", args.num), ("--eval-n", args.eval_n), ("--batch-size", args.batch_size)):
         _positive(flag, value)
-    result, picture = app.reconstruct(args.run, split=args.split, eval_n=args.eval_n, weights=args.weights,
-                                      sample=args.sample, batch_size=args.batch_size, seed=args.seed,
-                                      pairs=args.num if args.out else 0)
+    result, picture = app.reconstruct(
+        args.run,
+        split=args.split,
+        eval_n=args.eval_n,
+        weights=args.weights,
+        sample=args.sample,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        pairs=args.num if args.out else 0,
+    )
     if args.out:
         from kuosan.imaging import save_samples_png
 
@@ -114,10 +159,22 @@ def text_to_image(args) -> int:
     _positive("-n", args.num)
     _positive("--steps", args.steps)
     _quiet_transformers()
-    x = app.text_to_image(args.run, args.prompt, task=args.command, n=args.num, image=getattr(args, "image", None),
-                          mask=getattr(args, "mask", None), strength=getattr(args, "strength", 0.6),
-                          method=getattr(args, "method", "auto"), guidance=args.guidance, negative=args.negative,
-                          steps=args.steps, sampler=args.sampler, seed=args.seed, weights=args.weights)
+    x = app.text_to_image(
+        args.run,
+        args.prompt,
+        task=args.command,
+        n=args.num,
+        image=getattr(args, "image", None),
+        mask=getattr(args, "mask", None),
+        strength=getattr(args, "strength", 0.6),
+        method=getattr(args, "method", "auto"),
+        guidance=args.guidance,
+        negative=args.negative,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        weights=args.weights,
+    )
     _save_images(x, out)
     print(json.dumps({"out": str(out), "shape": list(x.shape), "prompt": args.prompt}))
     return 0
@@ -133,8 +190,16 @@ def _quiet_transformers() -> None:
         pass
 
 
-COMMANDS = {"train": train, "sample": sample, "info": info, "eval": evaluate, "nll": nll,
-            "reconstruct": reconstruct, "txt2img": text_to_image, "img2img": text_to_image,
-            "inpaint": text_to_image}
+COMMANDS = {
+    "train": train,
+    "sample": sample,
+    "info": info,
+    "eval": evaluate,
+    "nll": nll,
+    "reconstruct": reconstruct,
+    "txt2img": text_to_image,
+    "img2img": text_to_image,
+    "inpaint": text_to_image,
+}
 
 __all__ = ["COMMANDS", "UserError"]

@@ -10,10 +10,14 @@ OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
 def add_train(sub):
-    p = sub.add_parser("train", help="train a diffusion model",
-                       description="Train a diffusion model; `section.key=value` overrides any config entry.")
-    p.add_argument("--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn, shapes-vae, shapes-ldm, "
-                                    "shapes-pixel")
+    p = sub.add_parser(
+        "train",
+        help="train a diffusion model",
+        description="Train a diffusion model; `section.key=value` overrides any config entry.",
+    )
+    p.add_argument(
+        "--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn, shapes-vae, shapes-ldm, shapes-pixel"
+    )
     p.add_argument("--config", help="experiment file (TOML or JSON)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
     p.add_argument("--time-budget", type=float, help="seconds of training")
@@ -30,15 +34,25 @@ def add_sample(sub):
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's; docs/samplers.md "
-                                     "says which to use: unipc with --grid kuosan for 5-20 steps)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's; heun and dpmpp-2s evaluate "
-                                             "the network twice per step)")
+    p.add_argument(
+        "--sampler",
+        help=f"one of: {', '.join(SAMPLERS)} (default: the run's; docs/samplers.md "
+        "says which to use: unipc with --grid kuosan for 5-20 steps)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="sampler steps (default: the run's; heun and dpmpp-2s evaluate the network twice per step)",
+    )
     p.add_argument("--grid", help=f"noise-level grid: {', '.join(GRIDS)} (default: the run's)")
-    p.add_argument("--eta", type=float, help="stochasticity of ddim, euler-ancestral, dpmpp-2s, dpmpp-2m-sde, "
-                                             "dpmpp-3m-sde")
-    p.add_argument("--langevin-steps", type=int,
-                   help="annealed-langevin: Langevin steps per noise level; pc: corrector steps per step")
+    p.add_argument(
+        "--eta", type=float, help="stochasticity of ddim, euler-ancestral, dpmpp-2s, dpmpp-2m-sde, dpmpp-3m-sde"
+    )
+    p.add_argument(
+        "--langevin-steps",
+        type=int,
+        help="annealed-langevin: Langevin steps per noise level; pc: corrector steps per step",
+    )
     p.add_argument("--snr", type=float, help="pc: the Langevin corrector's signal-to-noise ratio")
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -51,22 +65,31 @@ def add_sample(sub):
 def add_eval(sub):
     from kuosan.metrics.inception import RESIZE_POLICIES
 
-    p = sub.add_parser("eval", help="every sample-quality metric of a samples file, as JSON",
-                       description="FD/KID/precision/recall/IS on the in-house classifier and a memorisation "
-                                   "check against the data set's train split (held-out reference: test split).")
+    p = sub.add_parser(
+        "eval",
+        help="every sample-quality metric of a samples file, as JSON",
+        description="FD/KID/precision/recall/IS on the in-house classifier and a memorisation "
+        "check against the data set's train split (held-out reference: test split).",
+    )
     p.add_argument("samples", help="FILE.npy: array (N, C, H, W) in [-1, 1] (what `kuosan sample` writes)")
     p.add_argument("--dataset", default="digits", help="bundled data set the samples imitate: digits")
-    p.add_argument("--inception-weights", help="FID Inception-v3 weights (.pth or .safetensors) to add the "
-                                               "standard FID (fid_inception); nothing is downloaded")
+    p.add_argument(
+        "--inception-weights",
+        help="FID Inception-v3 weights (.pth or .safetensors) to add the "
+        "standard FID (fid_inception); nothing is downloaded",
+    )
     p.add_argument("--resize", default="tf1-bilinear", choices=RESIZE_POLICIES, help="Inception resize policy")
     p.add_argument("--stats-cache", help="FILE.npz caching the reference statistics of the Inception FID")
     p.add_argument("--out", help="also write the JSON report to this file")
 
 
 def add_nll(sub):
-    p = sub.add_parser("nll", help="test-set likelihood of a trained run in bits/dim",
-                       description="Bits/dim of the data (discrete levels; see docs/evaluation.md): the "
-                                   "variational bound (vlb) or the probability-flow ODE on dequantized data (ode).")
+    p = sub.add_parser(
+        "nll",
+        help="test-set likelihood of a trained run in bits/dim",
+        description="Bits/dim of the data (discrete levels; see docs/evaluation.md): the "
+        "variational bound (vlb) or the probability-flow ODE on dequantized data (ode).",
+    )
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test", help="data split: test, train (digits), all")
     p.add_argument("--method", default="vlb", choices=["vlb", "ode"])
@@ -74,13 +97,25 @@ def add_nll(sub):
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise, dequantization and probes")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
-    p.add_argument("--variance", default="auto", choices=["auto", "fixed_small", "fixed_large", "learned_range"],
-                   help="vlb: reverse variance (auto: learned_range for learn_sigma runs, else fixed_small)")
+    p.add_argument(
+        "--variance",
+        default="auto",
+        choices=["auto", "fixed_small", "fixed_large", "learned_range"],
+        help="vlb: reverse variance (auto: learned_range for learn_sigma runs, else fixed_small)",
+    )
     p.add_argument("--no-clip", action="store_true", help="vlb: do not clamp x0_hat to the data range")
-    p.add_argument("--dequantize", default="auto", choices=["auto", "yes", "no"],
-                   help="vlb: start the chain from dequantized data (auto: as the run was trained)")
-    p.add_argument("--steps", type=int, help="vlb: bound of the model respaced to this many timesteps "
-                                             "(default: all T, improved-diffusion's calc_bpd_loop)")
+    p.add_argument(
+        "--dequantize",
+        default="auto",
+        choices=["auto", "yes", "no"],
+        help="vlb: start the chain from dequantized data (auto: as the run was trained)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="vlb: bound of the model respaced to this many timesteps "
+        "(default: all T, improved-diffusion's calc_bpd_loop)",
+    )
     p.add_argument("--rtol", type=float, default=1e-5, help="ode: relative tolerance of the RK45 solver")
     p.add_argument("--atol", type=float, default=1e-5, help="ode: absolute tolerance of the RK45 solver")
     p.add_argument("--trace", default="hutchinson", choices=["hutchinson", "exact"], help="ode: divergence")
@@ -89,10 +124,13 @@ def add_nll(sub):
 
 
 def add_reconstruct(sub):
-    p = sub.add_parser("reconstruct", help="reconstruction PSNR of a trained autoencoder run, and a picture",
-                       description="Encode and decode the run's evaluation images (shapes: the fixed test set; "
-                                   "digits: the test split); print PSNR, KL per latent dimension and the latent "
-                                   "scale factor as JSON; draw originals over reconstructions.")
+    p = sub.add_parser(
+        "reconstruct",
+        help="reconstruction PSNR of a trained autoencoder run, and a picture",
+        description="Encode and decode the run's evaluation images (shapes: the fixed test set; "
+        "digits: the test split); print PSNR, KL per latent dimension and the latent "
+        "scale factor as JSON; draw originals over reconstructions.",
+    )
     p.add_argument("run", help="run directory of a vae or ae run")
     p.add_argument("-n", "--num", type=int, default=64, help="images in the picture")
     p.add_argument("--out", help="FILE.png: originals (rows) over their reconstructions")
@@ -132,9 +170,12 @@ def add_text_to_image(sub):
     p.add_argument("image", help="input image (PNG/JPEG) of the run's image size")
     p.add_argument("mask", help="mask image of the same size: white = repaint, black = keep")
     add_generation_options(p, prompt_help="the prompt for the repainted region")
-    p.add_argument("--method", default="auto", choices=["auto", "concat", "replace"],
-                   help="concat: a model trained to inpaint; replace: any model (known region replaced each step)")
-
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "concat", "replace"],
+        help="concat: a model trained to inpaint; replace: any model (known region replaced each step)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ picks one by name:
 - ``"folder:<path>"``: ``load_image_folder(path, **kwargs)`` (kwargs: ``size``, ``channels``, ``crop``);
 - ``"shapes"``: ``make_shapes(n, seed).images``, images only (kwargs: ``n`` and ``seed``, both required).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -13,6 +13,7 @@ Splits. ``"train"`` and ``"test"`` are a fixed split stratified by label
 same arguments always give the same split, and each class keeps its share in both parts. Rows keep
 the dataset's original order. ``"all"`` is the whole set in the original order.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ Resizing (``size`` given), in the torchvision ``Resize(size)`` + ``CenterCrop(si
 
 With ``size=None`` no image is resampled, and all images must already have one size.
 """
+
 from __future__ import annotations
 
 import logging

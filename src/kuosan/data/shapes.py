@@ -28,6 +28,7 @@ Randomness. Everything is drawn from one ``torch.Generator`` seeded by the calle
 seed)`` is the same bytes for the same arguments. ``SHAPES_EVAL_SEEDS`` are the fixed evaluation sets;
 training draws from ``shapes_stream`` with other seeds.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,12 +55,21 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 # Which RGB channels (in [0, 1]) are "on" for each colour of ATTRIBUTES["colour"].
-COLOUR_RGB = torch.tensor([
-    [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1],
-], dtype=torch.float32)
-COLOUR_ON_RANGE = (0.85, 1.0)   # a shared level for the "on" channels of an image ...
+COLOUR_RGB = torch.tensor(
+    [
+        [1, 0, 0],
+        [0, 1, 0],
+        [0, 0, 1],
+        [1, 1, 0],
+        [1, 0, 1],
+        [0, 1, 1],
+        [1, 1, 1],
+    ],
+    dtype=torch.float32,
+)
+COLOUR_ON_RANGE = (0.85, 1.0)  # a shared level for the "on" channels of an image ...
 COLOUR_OFF_RANGE = (0.0, 0.12)  # ... and one for its "off" channels
-COLOUR_CHANNEL_JITTER = 0.03    # plus this much per channel (keeps white neutral, yellow yellow)
+COLOUR_CHANNEL_JITTER = 0.03  # plus this much per channel (keeps white neutral, yellow yellow)
 
 # Radius (fraction of the image width) of each size, and the shape centre of each position (x, y), y down.
 SIZE_RADIUS = (0.12, 0.21)
@@ -73,8 +83,10 @@ SHAPES_EVAL_SEEDS: dict[str, int] = {"val": 1_000_001, "test": 1_000_002}
 # Words a caption may use for each attribute value (the first is the canonical one).
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 POSITION_PHRASES = {
-    "in": {"corner": ("in the {p} corner", "in the {p}", "at the {p}"),
-           "center": ("in the middle", "in the center", "at the center")},
+    "in": {
+        "corner": ("in the {p} corner", "in the {p}", "at the {p}"),
+        "center": ("in the middle", "in the center", "at the center"),
+    },
     "short": {"corner": ("{p}",), "center": ("center", "middle")},
 }
 # Template fields: {size} {colour} {shape} {pos_in} ("in the top left corner") {pos_short} ("top left").
@@ -124,7 +136,8 @@ class ShapesBatch:
                 index = index.nonzero().flatten()
             captions = [self.captions[i] for i in index.tolist()]
         return ShapesBatch(
-            images=self.images[index], captions=captions,
+            images=self.images[index],
+            captions=captions,
             attributes={k: v[index] for k, v in self.attributes.items()},
             named={k: v[index] for k, v in self.named.items()},
         )
@@ -159,7 +172,9 @@ def _template_names(template: str) -> tuple[bool, bool]:
 def _render_caption(template: str, values: dict[str, str], variants: list[int]) -> str:
     size_words = SIZE_WORDS[values["size"]]
     return template.format(
-        size=size_words[variants[0] % len(size_words)], colour=values["colour"], shape=values["shape"],
+        size=size_words[variants[0] % len(size_words)],
+        colour=values["colour"],
+        shape=values["shape"],
         pos_in=_position_phrase(values["position"], "in", variants[1]),
         pos_short=_position_phrase(values["position"], "short", variants[1]),
     )
@@ -167,8 +182,14 @@ def _render_caption(template: str, values: dict[str, str], variants: list[int]) 
 
 _WORD_TO_VALUE = {
     "size": {w: v for v, ws in SIZE_WORDS.items() for w in ws},
-    "position": {"top left": "top left", "top right": "top right", "bottom left": "bottom left",
-                 "bottom right": "bottom right", "center": "center", "middle": "center"},
+    "position": {
+        "top left": "top left",
+        "top right": "top right",
+        "bottom left": "bottom left",
+        "bottom right": "bottom right",
+        "center": "center",
+        "middle": "center",
+    },
 }
 
 
@@ -202,14 +223,14 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, *shape
 def _backgrounds(n: int, generator: torch.Generator) -> torch.Tensor:
     """(n, 3, S, S) in [0, 1]: tinted grey linear gradients + greyscale texture + pixel noise."""
     s = IMAGE_SIZE
-    lum = _uniform(n, 0.04, 0.38, generator, 2)                      # luminance at both gradient ends
-    tint = _uniform(n, -0.04, 0.04, generator, 2, 3)                 # faint chroma per end
-    ends = lum[:, :, None] + tint                                    # (n, 2, 3)
+    lum = _uniform(n, 0.04, 0.38, generator, 2)  # luminance at both gradient ends
+    tint = _uniform(n, -0.04, 0.04, generator, 2, 3)  # faint chroma per end
+    ends = lum[:, :, None] + tint  # (n, 2, 3)
     angle = _uniform(n, 0.0, 2 * math.pi, generator)
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     t = (xx * angle.cos()[:, None, None] + yy * angle.sin()[:, None, None]) / math.sqrt(0.5) + 0.5
-    t = t.clamp(0, 1)[:, None]                                       # (n, 1, S, S)
+    t = t.clamp(0, 1)[:, None]  # (n, 1, S, S)
     bg = ends[:, 0, :, None, None] * (1 - t) + ends[:, 1, :, None, None] * t
     texture_amp = _uniform(n, 0.0, 0.06, generator, 1, 1, 1)
     coarse = torch.randn(n, 1, 4, 4, generator=generator)
@@ -231,16 +252,15 @@ def _inside(kind: int, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor) -> tor
     return (v <= h) & (u.abs() <= w * (v + h) / (2 * h))
 
 
-def _coverage(shape: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
-              angle: torch.Tensor) -> torch.Tensor:
+def _coverage(shape: torch.Tensor, center: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """(n, 1, S, S) antialiased coverage: the shape's indicator (``_inside``) on a SUPERSAMPLE-times
     finer grid, average-pooled. Coordinates are fractions of the image width, y pointing down; the
     shape is rotated by ``angle`` about ``center``. Only a ``WINDOW``-pixel square around the centre
     is rendered (every shape fits in it), one shape kind at a time."""
     n, s, k = len(shape), IMAGE_SIZE, SUPERSAMPLE
-    origin = ((center * s).round().long() - WINDOW // 2).clamp(0, s - WINDOW)      # (n, 2) pixels
+    origin = ((center * s).round().long() - WINDOW // 2).clamp(0, s - WINDOW)  # (n, 2) pixels
     fine = (torch.arange(WINDOW * k, dtype=torch.float32) + 0.5) / (s * k)
-    local = (origin.float() / s)[:, :, None] + fine - center[:, :, None]         # (n, 2, W*k)
+    local = (origin.float() / s)[:, :, None] + fine - center[:, :, None]  # (n, 2, W*k)
     alpha_window = torch.empty(n, 1, WINDOW, WINDOW)
     for kind in range(len(ATTRIBUTES["shape"])):
         idx = (shape == kind).nonzero().flatten()
@@ -260,18 +280,20 @@ def _coverage(shape: torch.Tensor, center: torch.Tensor, radius: torch.Tensor,
 
 def _draw(n: int, generator: torch.Generator) -> ShapesBatch:
     """Draw attributes, jitter, backgrounds and captions for n images from ``generator``."""
-    attributes = {key: torch.randint(len(values), (n,), generator=generator)
-                  for key, values in ATTRIBUTES.items()}
+    attributes = {key: torch.randint(len(values), (n,), generator=generator) for key, values in ATTRIBUTES.items()}
     template_idx = torch.randint(len(CAPTION_TEMPLATES), (n,), generator=generator)
     variants = torch.randint(1 << 16, (n, 2), generator=generator)
     radius = torch.tensor(SIZE_RADIUS)[attributes["size"]] * _uniform(n, 1 - SIZE_JITTER, 1 + SIZE_JITTER, generator)
     center = torch.tensor(POSITION_CENTER)[attributes["position"]] + _uniform(
-        n, -POSITION_JITTER, POSITION_JITTER, generator, 2)
-    angle = torch.where(attributes["shape"] == 0, 0.0,
-                        _uniform(n, -1.0, 1.0, generator) * math.radians(MAX_ROTATION_DEG))
+        n, -POSITION_JITTER, POSITION_JITTER, generator, 2
+    )
+    angle = torch.where(
+        attributes["shape"] == 0, 0.0, _uniform(n, -1.0, 1.0, generator) * math.radians(MAX_ROTATION_DEG)
+    )
     on = COLOUR_RGB[attributes["colour"]]
-    level = torch.where(on > 0, _uniform(n, *COLOUR_ON_RANGE, generator, 1),
-                        _uniform(n, *COLOUR_OFF_RANGE, generator, 1))
+    level = torch.where(
+        on > 0, _uniform(n, *COLOUR_ON_RANGE, generator, 1), _uniform(n, *COLOUR_OFF_RANGE, generator, 1)
+    )
     jitter = _uniform(n, -COLOUR_CHANNEL_JITTER, COLOUR_CHANNEL_JITTER, generator, 3)
     colour = (level + jitter).clamp(0.0, 1.0)
     images = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -290,9 +312,12 @@ def _draw(n: int, generator: torch.Generator) -> ShapesBatch:
         size_named, position_named = _template_names(template)
         names_size.append(size_named)
         names_position.append(position_named)
-    named = {"shape": torch.ones(n, dtype=torch.bool), "colour": torch.ones(n, dtype=torch.bool),
-             "size": torch.tensor(names_size, dtype=torch.bool),
-             "position": torch.tensor(names_position, dtype=torch.bool)}
+    named = {
+        "shape": torch.ones(n, dtype=torch.bool),
+        "colour": torch.ones(n, dtype=torch.bool),
+        "size": torch.tensor(names_size, dtype=torch.bool),
+        "position": torch.tensor(names_position, dtype=torch.bool),
+    }
     return ShapesBatch(images=images.clamp(-1.0, 1.0), captions=captions, attributes=attributes, named=named)
 
 

@@ -19,6 +19,7 @@ its aspect ratio (the per-axis variances of moons and swiss roll therefore diffe
   ``i + j`` even, ``i, j`` in -2..1) of side 1 on ``[-2, 2]^2``, scaled by ``sqrt(3)/2 ~ 0.866``:
   the board covers ``[-sqrt 3, sqrt 3]^2`` with squares of side ``CHECKERBOARD_SQUARE ~ 0.866``.
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ noised sample, ``x0`` the data, ``eps`` the noise. Coefficients are per-sample t
 same code. The seeds print several of these formulas wrong; the forms here are the papers' (see
 ../shared/seeds/ERRATA.md and docs/equations.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,7 @@ def _b(c, x: torch.Tensor) -> torch.Tensor:
 
 
 # --- the forward process -----------------------------------------------------------------------
+
 
 def q_sample(x0: torch.Tensor, abar, eps: torch.Tensor) -> torch.Tensor:
     """Closed-form forward marginal (DDPM Eq. 4): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,
@@ -54,6 +56,7 @@ def q_posterior_mean_variance(x0: torch.Tensor, x_t: torch.Tensor, abar, abar_pr
 
 
 # --- conversions between parameterizations ------------------------------------------------------
+
 
 def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar) -> torch.Tensor:
     """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (DDPM Eq. 4 solved for x_0; ERRATA, seed 003)."""
@@ -107,12 +110,12 @@ def x0_from_mean(x_t: torch.Tensor, mean: torch.Tensor, abar, abar_prev) -> torc
 
 # --- likelihood terms ----------------------------------------------------------------------------
 
+
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """Elementwise KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) in nats:
     0.5 (-1 + logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2))."""
     mean1, logvar1, mean2, logvar2 = (torch.as_tensor(v) for v in (mean1, logvar1, mean2, logvar2))
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +123,9 @@ def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
-                                        *, bin_width: float = 2.0 / 255) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, *, bin_width: float = 2.0 / 255
+) -> torch.Tensor:
     """log p(x) per element for data on a uniform grid in [-1, 1] under a Gaussian discretized into
     bins of width ``bin_width`` (DDPM Eq. 13; the edge bins extend to -inf and +inf). 8-bit images
     have bin width 2/255; the digits' 17 levels 2/16. Returns nats, the shape of x."""
@@ -144,9 +148,17 @@ def prior_bpd(x0: torch.Tensor, abar_T) -> torch.Tensor:
     return mean_flat(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))) / math.log(2.0)
 
 
-def vlb_term_bpd(x0: torch.Tensor, x_t: torch.Tensor, model_mean: torch.Tensor, model_log_variance, abar,
-                 abar_prev, *, is_first: torch.Tensor | bool = False,
-                 bin_width: float = 2.0 / 255) -> torch.Tensor:
+def vlb_term_bpd(
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    model_mean: torch.Tensor,
+    model_log_variance,
+    abar,
+    abar_prev,
+    *,
+    is_first: torch.Tensor | bool = False,
+    bin_width: float = 2.0 / 255,
+) -> torch.Tensor:
     """One term of the variational bound in bits/dim, per sample (DDPM Eq. 5):
 
         L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))   for t > 1,
@@ -157,6 +169,7 @@ def vlb_term_bpd(x0: torch.Tensor, x_t: torch.Tensor, model_mean: torch.Tensor, 
     logvar = torch.as_tensor(model_log_variance, device=x0.device)
     logvar = _b(logvar, x0) if logvar.ndim <= 1 else logvar.to(x0.dtype)
     kl = mean_flat(normal_kl(true_mean, _b(true_logvar, x0), model_mean, logvar)) / math.log(2.0)
-    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * logvar,
-                                                         bin_width=bin_width)) / math.log(2.0)
+    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * logvar, bin_width=bin_width)) / math.log(
+        2.0
+    )
     return torch.where(torch.as_tensor(is_first, device=x0.device), nll, kl)

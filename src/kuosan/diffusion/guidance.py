@@ -6,6 +6,7 @@ is the conditioning a network takes (e.g. ``context``, ``context_mask``, ``poole
 batch-first. ``mask`` m (B or 1, 1, H, W) is 1 where the image is to be (re)generated and 0 where the
 known content ``x0_known`` is kept (Stable Diffusion's inpainting convention: white = repaint).
 """
+
 from __future__ import annotations
 
 import torch
@@ -58,8 +59,9 @@ class CFGDenoiser(nn.Module):
         b = x.shape[0]
         missing = sorted(set(self.uncond) - set(cond))
         if missing:
-            raise ValueError(f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the "
-                             "unconditional half)")
+            raise ValueError(
+                f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the unconditional half)"
+            )
         both = {}
         for key, value in cond.items():
             c = broadcast_batch(value, b, key)
@@ -91,8 +93,9 @@ class ConcatInpaintDenoiser(nn.Module):
         return self.denoiser(x, sigma, cond_image=cond_image, **cond)
 
 
-def replace_known(x: torch.Tensor, sigma, mask: torch.Tensor, x0_known: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
+def replace_known(
+    x: torch.Tensor, sigma, mask: torch.Tensor, x0_known: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """The replacement step of RePaint (Lugmayr et al. 2022, Eq. 8, without resampling) and of Stable
     Diffusion's legacy inpainting: x <- m * x + (1 - m) * (x0_known + sigma * noise), the known region
     set to the known content noised to the current level (VE scaling)."""

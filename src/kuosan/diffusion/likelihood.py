@@ -32,10 +32,11 @@ Conventions (the same for both methods and for any baseline; see docs/evaluation
 Code map: ``abar`` = alpha-bar_t, ``x_t`` VP-scaled, ``x`` = x_t / sqrt(abar_t) the Denoiser's VE-scaled
 input with noise level ``sigma`` = sqrt((1 - abar_t)/abar_t); ``z`` the ODE state in VP scaling.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,6 +51,7 @@ PROBES = ("rademacher", "gaussian")
 
 
 # --- conventions -----------------------------------------------------------------------------------
+
 
 def dequantize(x: torch.Tensor, bin_width: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantization within each value's bin: y = x + (u - 1/2) w, u ~ U[0, 1) (float64)."""
@@ -77,8 +79,10 @@ def _model_dtype(module) -> torch.dtype:
 
 # --- the discrete variational bound (DDPM Eq. 5; improved-diffusion's calc_bpd_loop) --------------
 
-def decoder_nll_bpd(x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor,
-                    bin_width: float | None) -> torch.Tensor:
+
+def decoder_nll_bpd(
+    x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor, bin_width: float | None
+) -> torch.Tensor:
     """L_0 = -log p(x_0 | x_1) in bits/dim, per sample (B,): the discretized Gaussian of DDPM Eq. 13
     over x_0's bin (edge bins open to +-inf), or, with ``bin_width=None``, the Gaussian density
     (continuous data)."""
@@ -89,8 +93,16 @@ def decoder_nll_bpd(x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Te
     return -mean_flat(logp) / LN2
 
 
-def vlb_term_bpd(x0: torch.Tensor, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor,
-                 schedule: DiscreteSchedule, *, log_variance: torch.Tensor, bin_width: float | None) -> torch.Tensor:
+def vlb_term_bpd(
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    t: torch.Tensor,
+    schedule: DiscreteSchedule,
+    *,
+    log_variance: torch.Tensor,
+    bin_width: float | None,
+) -> torch.Tensor:
     r"""One term of the bound in bits/dim, per sample (B,), at integer timesteps t (B,) (code index
     t = paper's t - 1; DDPM Eq. 5):
 
@@ -114,8 +126,16 @@ def vlb_term_bpd(x0: torch.Tensor, x_t: torch.Tensor, x0_hat: torch.Tensor, t: t
     return torch.where(t == 0, nll, kl)
 
 
-def model_x0_and_log_variance(denoiser, x_t: torch.Tensor, t: torch.Tensor, schedule: DiscreteSchedule, *,
-                              variance: str = "fixed_small", clip: float | None = 1.0, **cond):
+def model_x0_and_log_variance(
+    denoiser,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: DiscreteSchedule,
+    *,
+    variance: str = "fixed_small",
+    clip: float | None = 1.0,
+    **cond,
+):
     """(x0_hat, log Sigma_t) of a Denoiser at VP input x_t and integer timesteps t (B,): x0_hat =
     D(x_t / sqrt(abar_t), sigma_t), clamped to [-clip, clip] unless ``clip`` is None (improved-diffusion
     clips to the data range [-1, 1] by default). ``variance="learned_range"`` reads the network's
@@ -127,8 +147,10 @@ def model_x0_and_log_variance(denoiser, x_t: torch.Tensor, t: torch.Tensor, sche
     x = (x_t.to(F64) / append_dims(abar.sqrt(), x_t.ndim)).to(dtype)
     if variance == "learned_range":
         if not hasattr(denoiser, "forward_with_variance"):
-            raise ValueError("variance='learned_range' needs a denoiser with forward_with_variance "
-                             "(VPDenoiser(..., learn_sigma=True))")
+            raise ValueError(
+                "variance='learned_range' needs a denoiser with forward_with_variance "
+                "(VPDenoiser(..., learn_sigma=True))"
+            )
         x0_hat, v = denoiser.forward_with_variance(x, sigma.to(dtype), **cond)
         if v is None:
             raise ValueError("variance='learned_range' but the denoiser's network has no variance output")
@@ -154,9 +176,19 @@ def respaced_schedule(schedule: DiscreteSchedule, steps: int) -> DiscreteSchedul
 
 
 @torch.no_grad()
-def vlb_bpd(denoiser, x0: torch.Tensor, schedule: DiscreteSchedule, *, variance: str = "fixed_small",
-            bin_width: float | None = 2.0 / 255, clip_denoised: bool = True, dequantized: bool = False,
-            generator: torch.Generator | None = None, callback: Callable | None = None, **cond) -> dict:
+def vlb_bpd(
+    denoiser,
+    x0: torch.Tensor,
+    schedule: DiscreteSchedule,
+    *,
+    variance: str = "fixed_small",
+    bin_width: float | None = 2.0 / 255,
+    clip_denoised: bool = True,
+    dequantized: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+    **cond,
+) -> dict:
     r"""The full variational bound in bits/dim of x0 (B, ...) under a model on a discrete VP schedule
     (DDPM Eq. 5; improved-diffusion's ``calc_bpd_loop``):
 
@@ -190,8 +222,9 @@ def vlb_bpd(denoiser, x0: torch.Tensor, schedule: DiscreteSchedule, *, variance:
         eps = torch.randn(x0.shape, generator=generator, dtype=F64)
         x_t = G.q_sample(y, schedule.abar[t], eps)
         x0_hat, logvar = model_x0_and_log_variance(denoiser, x_t, t, schedule, variance=variance, clip=clip, **cond)
-        terms[:, i] = vlb_term_bpd(y, x_t, x0_hat, t, schedule, log_variance=logvar,
-                                   bin_width=None if dequantized else bin_width)
+        terms[:, i] = vlb_term_bpd(
+            y, x_t, x0_hat, t, schedule, log_variance=logvar, bin_width=None if dequantized else bin_width
+        )
         mse[:, i] = mean_flat((x0_hat - y) ** 2)
         if callback is not None:
             callback(i, terms[:, i])
@@ -204,8 +237,10 @@ def vlb_bpd(denoiser, x0: torch.Tensor, schedule: DiscreteSchedule, *, variance:
 
 # --- the probability-flow ODE (Song et al. 2021, Sec. 4.3 and App. D.2; score_sde's likelihood.py) -
 
-def _drift_and_divergence(denoiser, z: torch.Tensor, s: float, probe: torch.Tensor | None, trace: str,
-                          dtype: torch.dtype, cond: dict):
+
+def _drift_and_divergence(
+    denoiser, z: torch.Tensor, s: float, probe: torch.Tensor | None, trace: str, dtype: torch.dtype, cond: dict
+):
     r"""Drift f(z, s) of the PF-ODE in VP scaling with time s = ln sigma, and its divergence (B,).
 
     With x = c z, c = sqrt(1 + sigma^2), the ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al.
@@ -245,16 +280,30 @@ def _drift_and_divergence(denoiser, z: torch.Tensor, s: float, probe: torch.Tens
 
 
 # Dormand-Prince 5(4) tableau (Dormand & Prince 1980), as scipy's RK45.
-_DP_A = [[], [1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
-         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-         [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]]
+_DP_A = [
+    [],
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+]
 _DP_C = [0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0]
 _DP_E = [71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40]  # b5 - b4
 
 
-def solve_rk45(fun: Callable, y0: torch.Tensor, s0: float, s1: float, *, rtol: float = 1e-5,
-               atol: float = 1e-5, first_step: float | None = None, max_steps: int = 100_000):
+def solve_rk45(
+    fun: Callable,
+    y0: torch.Tensor,
+    s0: float,
+    s1: float,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    first_step: float | None = None,
+    max_steps: int = 100_000,
+):
     """Integrate dy/ds = fun(s, y) from s0 to s1 with the adaptive Dormand-Prince 5(4) pair (FSAL,
     local extrapolation), y of shape (B, n) in float64. Error control per sample, as if each row
     were its own ODE sharing the step: the RMS over a row of err / (atol + rtol max(|y|, |y_new|)) must be
@@ -284,16 +333,25 @@ def solve_rk45(fun: Callable, y0: torch.Tensor, s0: float, s1: float, *, rtol: f
             raise RuntimeError(f"solve_rk45: more than {max_steps} steps; loosen rtol/atol")
         if ratio <= 1.0:
             s, y, k1 = s + direction * h, y_new, ks[6]
-            h *= min(10.0, 0.9 * ratio ** -0.2) if ratio > 0 else 10.0
+            h *= min(10.0, 0.9 * ratio**-0.2) if ratio > 0 else 10.0
         else:
-            h *= max(0.2, 0.9 * ratio ** -0.2)
+            h *= max(0.2, 0.9 * ratio**-0.2)
     return y, nfe
 
 
-def ode_log_likelihood(denoiser, x: torch.Tensor, *, sigma_min: float | None = None,
-                       sigma_max: float | None = None, trace: str = "hutchinson", probe: str = "rademacher",
-                       rtol: float = 1e-5, atol: float = 1e-5, generator: torch.Generator | None = None,
-                       **cond) -> dict:
+def ode_log_likelihood(
+    denoiser,
+    x: torch.Tensor,
+    *,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    trace: str = "hutchinson",
+    probe: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator: torch.Generator | None = None,
+    **cond,
+) -> dict:
     r"""Exact log-likelihood (nats, per sample) of x (B, ...) under the probability-flow ODE of a Denoiser
     (Song et al. 2021, Eq. 39 / App. D.2; Chen et al. 2018's instantaneous change of variables):
 
@@ -343,8 +401,14 @@ def ode_log_likelihood(denoiser, x: torch.Tensor, *, sigma_min: float | None = N
     return {"log_likelihood": logp, "prior_log_prob": prior, "delta_log_prob": delta, "nfe": nfe}
 
 
-def ode_bpd(denoiser, x: torch.Tensor, *, bin_width: float | None = 2.0 / 255,
-            generator: torch.Generator | None = None, **kwargs) -> dict:
+def ode_bpd(
+    denoiser,
+    x: torch.Tensor,
+    *,
+    bin_width: float | None = 2.0 / 255,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> dict:
     """PF-ODE bits/dim of data x (B, ...) on a grid of bin width ``bin_width`` (module doc): x is
     dequantized uniformly (noise from ``generator``), scored by :func:`ode_log_likelihood` (``kwargs``:
     sigma_min, sigma_max, trace, probe, rtol, atol), and converted with :func:`bpd_from_log_density`.
@@ -352,9 +416,22 @@ def ode_bpd(denoiser, x: torch.Tensor, *, bin_width: float | None = 2.0 / 255,
     "log_likelihood": (B,)}."""
     y = x.to(F64) if bin_width is None else dequantize(x, bin_width, generator=generator)
     out = ode_log_likelihood(denoiser, y, generator=generator, **kwargs)
-    return {"bpd": bpd_from_log_density(out["log_likelihood"], x[0].numel(), bin_width), "nfe": out["nfe"],
-            "log_likelihood": out["log_likelihood"]}
+    return {
+        "bpd": bpd_from_log_density(out["log_likelihood"], x[0].numel(), bin_width),
+        "nfe": out["nfe"],
+        "log_likelihood": out["log_likelihood"],
+    }
 
 
-__all__ = ["bpd_from_log_density", "decoder_nll_bpd", "dequantize", "model_x0_and_log_variance", "ode_bpd",
-           "ode_log_likelihood", "respaced_schedule", "solve_rk45", "vlb_bpd", "vlb_term_bpd"]
+__all__ = [
+    "bpd_from_log_density",
+    "decoder_nll_bpd",
+    "dequantize",
+    "model_x0_and_log_variance",
+    "ode_bpd",
+    "ode_log_likelihood",
+    "respaced_schedule",
+    "solve_rk45",
+    "vlb_bpd",
+    "vlb_term_bpd",
+]

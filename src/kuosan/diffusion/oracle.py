@@ -8,6 +8,7 @@ If x_0 ~ sum_k w_k N(m_k, S_k) and x = x_0 + sigma eps, then x ~ sum_k w_k N(m_k
 Each S_k is kept as its eigendecomposition U diag(lam) U^T, so every sigma costs two matrix products.
 Data of any shape (B, ...) are flattened to (B, d). Computation is in float64.
 """
+
 from __future__ import annotations
 
 import math

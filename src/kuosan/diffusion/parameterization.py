@@ -5,6 +5,7 @@ trained on a VP schedule sees x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps = x 
 sigma^2 = (1 - abar_t) / abar_t, at the (possibly fractional) timestep t found by interpolation in
 log-sigma. What the network predicts is turned into x0_hat by the formulas of ``gaussian.py``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ class VPDenoiser(nn.Module):
     Map: x (contract) = x_t / sqrt(abar_t); x0_hat = x - sigma * eps_hat for eps-prediction.
     """
 
-    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", *,
-                 learn_sigma: bool = False):
+    def __init__(
+        self, net: nn.Module, schedule: DiscreteSchedule, prediction: str = "eps", *, learn_sigma: bool = False
+    ):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
@@ -71,16 +73,18 @@ class VPDenoiser(nn.Module):
         if self.prediction == "v":
             return G.x0_from_v(x_t, out.to(x.dtype), abar)
         t_prev = t - 1
-        abar_prev = torch.where(t_prev < 0, torch.ones_like(t),
-                                abar_from_sigma(self.schedule.t_to_sigma(t_prev.clamp(min=0))))
+        abar_prev = torch.where(
+            t_prev < 0, torch.ones_like(t), abar_from_sigma(self.schedule.t_to_sigma(t_prev.clamp(min=0)))
+        )
         return G.x0_from_mean(x_t, out.to(x.dtype), abar, abar_prev)
 
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
-def reverse_log_variance(schedule: DiscreteSchedule, t: torch.Tensor, kind: str = "fixed_small",
-                         v: torch.Tensor | None = None) -> torch.Tensor:
+def reverse_log_variance(
+    schedule: DiscreteSchedule, t: torch.Tensor, kind: str = "fixed_small", v: torch.Tensor | None = None
+) -> torch.Tensor:
     """log Sigma_t of the reverse step p(x_{t-1} | x_t) = N(mu_theta, Sigma_t) at integer timesteps t (B,),
     in float64 (improved-diffusion's choices):
 

@@ -7,6 +7,7 @@ x = x_0 + sigma eps with sigma^2 = (1 - abar_t) / abar_t (the Denoiser contract'
 Every table is computed in float64 (improved-diffusion's habit): in float32, 1 - abar near t = 0 and
 abar near t = T loses most of its digits.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,7 @@ class DiscreteSchedule:
     betas: torch.Tensor
 
     @classmethod
-    def from_name(cls, name: str = "linear", T: int = 1000, **kwargs) -> "DiscreteSchedule":
+    def from_name(cls, name: str = "linear", T: int = 1000, **kwargs) -> DiscreteSchedule:
         return cls(make_betas(name, T, **kwargs))
 
     @property
@@ -214,8 +215,9 @@ def kuosan_range(n: int, sigma_min: float, sigma_max: float) -> tuple[float, flo
     return hi, min(max(sigma_min, lo), hi)
 
 
-def sigmas_kuosan(n: int, sigma_min: float, sigma_max: float, sigma_hi: float | None = None,
-                  sigma_lo: float | None = None) -> torch.Tensor:
+def sigmas_kuosan(
+    n: int, sigma_min: float, sigma_max: float, sigma_hi: float | None = None, sigma_lo: float | None = None
+) -> torch.Tensor:
     """kuosan's grid, chosen by measurement on exact oracles (docs/samplers.md): sigma_max, then n - 1
     levels log-uniform from sigma_hi down to sigma_lo, then 0.
 
@@ -239,8 +241,11 @@ def sigmas_kuosan(n: int, sigma_min: float, sigma_max: float, sigma_hi: float | 
         s = torch.linspace(math.log(sigma_max), math.log(lo), n, dtype=F64).exp()
         s[0] = sigma_max
         return append_zero(s)
-    inner = torch.linspace(math.log(hi), math.log(lo), n - 1, dtype=F64).exp() if n > 2 else \
-        torch.tensor([(hi * lo) ** 0.5], dtype=F64)
+    inner = (
+        torch.linspace(math.log(hi), math.log(lo), n - 1, dtype=F64).exp()
+        if n > 2
+        else torch.tensor([(hi * lo) ** 0.5], dtype=F64)
+    )
     return append_zero(torch.cat([torch.tensor([sigma_max], dtype=F64), inner]))
 
 

@@ -25,6 +25,7 @@ levels. Time t maps to the step index i = floor(t (N - 1) / T), as score_sde doe
 Map of names (score_sde -> here): ``marginal_prob`` (mean, std), ``prior_sampling``, ``prior_logp``,
 ``discretize`` (f_i, G_i), ``reverse(score_fn, probability_flow)``. Tables are float64.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,7 +122,7 @@ class SDE:
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def reverse(self, score_fn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn, probability_flow: bool = False) -> ReverseSDE:
         return ReverseSDE(self, score_fn, probability_flow)
 
     def timesteps(self, n: int | None = None, eps: float = 1e-3) -> torch.Tensor:

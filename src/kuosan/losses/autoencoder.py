@@ -20,6 +20,7 @@ sharp decoder (s ~ 7e-4), a beta-VAE leaning towards reconstruction, which is wh
 wants (the KL only keeps the latent space bounded and smooth). No perceptual or GAN term: on 32x32
 shapes the L1/L2 loss alone reaches the PSNR target (benchmarks/shapes_vae.py).
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ The training data (a dict the Trainer indexes, see ``train/trainer.py``) hold pe
 - ``caption``: the index of the example's prompt in the table of cached text encodings (the text
   encoder is frozen, so each distinct prompt is encoded once).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -35,8 +36,15 @@ def prompt_dropout(cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor
     return out
 
 
-def random_box_masks(n: int, height: int, width: int, generator: torch.Generator | None = None, *,
-                     min_frac: float = 0.25, max_frac: float = 0.75) -> torch.Tensor:
+def random_box_masks(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    *,
+    min_frac: float = 0.25,
+    max_frac: float = 0.75,
+) -> torch.Tensor:
     """n random rectangular inpainting masks (n, 1, H, W), 1 inside the box (to repaint): each side
     uniform in [min_frac, max_frac] of the image side, the box uniformly placed inside the image."""
     sides = torch.rand(n, 2, generator=generator) * (max_frac - min_frac) + min_frac
@@ -67,9 +75,15 @@ class ConditionalObjective(Objective):
             mask = 1 everywhere and nothing known: plain text-to-image); 0 = no ``cond_image`` at all.
     """
 
-    def __init__(self, inner: Objective, *, prompts: dict[str, torch.Tensor] | None = None,
-                 uncond: dict[str, torch.Tensor] | None = None, cond_drop: float = 0.1,
-                 inpaint_fraction: float = 0.0):
+    def __init__(
+        self,
+        inner: Objective,
+        *,
+        prompts: dict[str, torch.Tensor] | None = None,
+        uncond: dict[str, torch.Tensor] | None = None,
+        cond_drop: float = 0.1,
+        inpaint_fraction: float = 0.0,
+    ):
         if not 0 <= cond_drop <= 1 or not 0 <= inpaint_fraction <= 1:
             raise ValueError(f"cond_drop and inpaint_fraction must be in [0, 1], got {cond_drop}, {inpaint_fraction}")
         if prompts is not None and (uncond is None or set(uncond) != set(prompts)):
@@ -77,8 +91,14 @@ class ConditionalObjective(Objective):
         self.inner, self.prompts, self.uncond = inner, prompts, uncond
         self.cond_drop, self.inpaint_fraction = float(cond_drop), float(inpaint_fraction)
 
-    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None, *, caption: torch.Tensor | None = None,
-             x_std: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def draw(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        caption: torch.Tensor | None = None,
+        x_std: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         drawn = dict(self.inner.draw(x0, generator))
         b = x0.shape[0]
         if x_std is not None:
@@ -95,9 +115,16 @@ class ConditionalObjective(Objective):
             drawn["inpaint_mask"] = torch.where(chosen[:, None, None, None], boxes, torch.ones_like(boxes))
         return drawn
 
-    def loss(self, net, x0: torch.Tensor, *, x_std: torch.Tensor | None = None,
-             posterior_noise: torch.Tensor | None = None, inpaint_mask: torch.Tensor | None = None,
-             **drawn) -> torch.Tensor:
+    def loss(
+        self,
+        net,
+        x0: torch.Tensor,
+        *,
+        x_std: torch.Tensor | None = None,
+        posterior_noise: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+        **drawn,
+    ) -> torch.Tensor:
         if posterior_noise is not None:
             x0 = x0 + x_std * posterior_noise
         cond = {k: drawn.pop(k) for k in TEXT_KEYS if k in drawn}

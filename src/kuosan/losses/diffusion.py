@@ -4,6 +4,7 @@ DDPM's L_simple (Ho et al. 2020, Eq. 14) is E_{t, x0, eps} || eps - eps_theta(x_
 and v targets (Salimans & Ho 2022) are the same regression with another target. Min-SNR-gamma
 weighting (Hang et al. 2023) caps the weight of low-noise steps.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,9 +46,18 @@ def l_simple(model_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return mean_flat((model_output.float() - target.float()) ** 2)
 
 
-def diffusion_loss(net, x0: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, eps: torch.Tensor, *,
-                   prediction: str = "eps", weighting: str = "none", snr_gamma: float = 5.0,
-                   **cond) -> torch.Tensor:
+def diffusion_loss(
+    net,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    abar: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    prediction: str = "eps",
+    weighting: str = "none",
+    snr_gamma: float = 5.0,
+    **cond,
+) -> torch.Tensor:
     """Per-sample training loss at integer timesteps ``t`` with abar = abar[t] (both (B,)):
     x_t = q_sample(x0, abar, eps), the network predicts ``prediction`` and is regressed on it."""
     if weighting not in WEIGHTINGS:
@@ -63,8 +73,7 @@ class DiffusionObjective(Objective):
     """DDPM's training objective on a discrete VP schedule: draw t ~ U{0..T-1} and eps ~ N(0, I),
     then :func:`diffusion_loss` per sample."""
 
-    def __init__(self, abar: torch.Tensor, *, prediction: str = "eps", weighting: str = "none",
-                 snr_gamma: float = 5.0):
+    def __init__(self, abar: torch.Tensor, *, prediction: str = "eps", weighting: str = "none", snr_gamma: float = 5.0):
         self.abar, self.prediction, self.weighting, self.snr_gamma = abar, prediction, weighting, snr_gamma
 
     def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -72,5 +81,13 @@ class DiffusionObjective(Objective):
         return {"t": t, "eps": torch.randn(x0.shape, generator=generator, dtype=x0.dtype)}
 
     def loss(self, net, x0: torch.Tensor, *, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return diffusion_loss(net, x0, t, self.abar[t], eps, prediction=self.prediction, weighting=self.weighting,
-                              snr_gamma=self.snr_gamma)
+        return diffusion_loss(
+            net,
+            x0,
+            t,
+            self.abar[t],
+            eps,
+            prediction=self.prediction,
+            weighting=self.weighting,
+            snr_gamma=self.snr_gamma,
+        )

@@ -8,6 +8,7 @@ An objective splits a loss evaluation into its random draw and its deterministic
 so a data-parallel trainer can draw a whole global batch once (the same on every process) and
 evaluate each process's slice of it: k processes then take exactly the steps one process would.
 """
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ Per-sample losses sum over the data dimensions, as the papers write them (``redu
 learning rates are tuned for). Score functions are ``score_fn(x) -> (B, ...)`` (or
 ``score_fn(x, sigma)`` for the noise-conditional losses).
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,9 @@ def fisher_divergence(score: torch.Tensor, true_score: torch.Tensor, *, reductio
     return _reduce(0.5 * (score.double() - true_score.double()).flatten(1).pow(2).sum(1), reduction, score)
 
 
-def explicit_score_matching_loss(score_fn, x: torch.Tensor, *, create_graph: bool = True,
-                                 reduction: str = "sum") -> torch.Tensor:
+def explicit_score_matching_loss(
+    score_fn, x: torch.Tensor, *, create_graph: bool = True, reduction: str = "sum"
+) -> torch.Tensor:
     """Score matching with the exact Jacobian trace (Hyvarinen 2005, Eq. 4 / Thm. 1; seed 003):
 
         J(theta; x) = tr(grad_x s_theta(x)) + 1/2 ||s_theta(x)||^2,
@@ -76,10 +78,18 @@ def random_projections(x: torch.Tensor, n: int, kind: str = "rademacher", *, gen
     return torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
 
-def sliced_score_matching_loss(score_fn, x: torch.Tensor, *, v: torch.Tensor | None = None,
-                               n_projections: int = 1, projection: str = "rademacher",
-                               variance_reduction: bool = False, generator=None, create_graph: bool = True,
-                               reduction: str = "sum") -> torch.Tensor:
+def sliced_score_matching_loss(
+    score_fn,
+    x: torch.Tensor,
+    *,
+    v: torch.Tensor | None = None,
+    n_projections: int = 1,
+    projection: str = "rademacher",
+    variance_reduction: bool = False,
+    generator=None,
+    create_graph: bool = True,
+    reduction: str = "sum",
+) -> torch.Tensor:
     """Sliced score matching (Song, Garg, Shi & Ermon 2019, Eq. 7), averaged over the projections v:
 
         SSM:    v^T grad_x s_theta(x) v + 1/2 (v^T s_theta(x))^2
@@ -102,8 +112,9 @@ def sliced_score_matching_loss(score_fn, x: torch.Tensor, *, v: torch.Tensor | N
     return _reduce(total / v.shape[0], reduction, x)
 
 
-def denoising_score_matching_loss(score_fn, x0: torch.Tensor, sigma, eps: torch.Tensor, *,
-                                  reduction: str = "sum") -> torch.Tensor:
+def denoising_score_matching_loss(
+    score_fn, x0: torch.Tensor, sigma, eps: torch.Tensor, *, reduction: str = "sum"
+) -> torch.Tensor:
     """Denoising score matching for one noise level (Vincent 2011; NCSN Eq. 5; seed 003):
 
         l(theta; sigma) = 1/2 || s_theta(x~) - grad log q_sigma(x~ | x) ||^2 = 1/2 || s_theta(x~) + eps / sigma ||^2,
@@ -116,8 +127,15 @@ def denoising_score_matching_loss(score_fn, x0: torch.Tensor, sigma, eps: torch.
     return _reduce(0.5 * (s + eps / sigma_b).flatten(1).pow(2).sum(1), reduction, x0)
 
 
-def annealed_dsm_loss(score_fn, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, *,
-                      anneal_power: float = 2.0, reduction: str = "sum") -> torch.Tensor:
+def annealed_dsm_loss(
+    score_fn,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    eps: torch.Tensor,
+    *,
+    anneal_power: float = 2.0,
+    reduction: str = "sum",
+) -> torch.Tensor:
     """NCSN's per-sample objective (Song & Ermon 2019, Eq. 6) at the drawn levels ``sigma`` (B,):
 
         lambda(sigma) l(theta; sigma) = 1/2 || sigma s_theta(x~, sigma) + eps ||^2   for lambda = sigma^2,
@@ -143,8 +161,15 @@ class AnnealedDSMObjective:
     ``objective(net, x0, generator) -> (B,)``; also ``draw(x0, generator)`` and ``loss(net, x0, **drawn)``
     (the random draw and the deterministic part, for data-parallel training)."""
 
-    def __init__(self, sigmas: torch.Tensor, *, anneal_power: float = 2.0, continuous: bool = False,
-                 reduction: str = "mean", scale_input: bool = True):
+    def __init__(
+        self,
+        sigmas: torch.Tensor,
+        *,
+        anneal_power: float = 2.0,
+        continuous: bool = False,
+        reduction: str = "mean",
+        scale_input: bool = True,
+    ):
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
         self.anneal_power, self.continuous, self.reduction = anneal_power, continuous, reduction
         self.scale_input = scale_input
@@ -160,8 +185,7 @@ class AnnealedDSMObjective:
 
     def loss(self, net, x0: torch.Tensor, *, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         model = ScoreDenoiser(net, scale_input=self.scale_input)
-        return annealed_dsm_loss(model.score, x0, sigma, eps, anneal_power=self.anneal_power,
-                                 reduction=self.reduction)
+        return annealed_dsm_loss(model.score, x0, sigma, eps, anneal_power=self.anneal_power, reduction=self.reduction)
 
     def __call__(self, net, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.loss(net, x0, **self.draw(x0, generator))

@@ -25,6 +25,7 @@ Limitations: the loss history of "loss-second-moment" lives in the objective, no
 a resumed run warms up again (exact resume holds for the uniform sampler only). Under torchrun the
 history is updated with the losses of all processes (all-gather), so every process draws alike.
 """
+
 from __future__ import annotations
 
 import torch
@@ -99,9 +100,18 @@ class VLBObjective(Objective):
     ``bin_width`` is the data's grid for the decoder L_0 (None: continuous data, Gaussian density).
     """
 
-    def __init__(self, schedule: DiscreteSchedule, *, prediction: str = "eps", loss: str = "hybrid",
-                 learn_sigma: bool = True, vlb_weight: float = 0.001, timestep_sampler: str = "uniform",
-                 bin_width: float | None = 2.0 / 255, dequantize_bin_width: float | None = None):
+    def __init__(
+        self,
+        schedule: DiscreteSchedule,
+        *,
+        prediction: str = "eps",
+        loss: str = "hybrid",
+        learn_sigma: bool = True,
+        vlb_weight: float = 0.001,
+        timestep_sampler: str = "uniform",
+        bin_width: float | None = 2.0 / 255,
+        dequantize_bin_width: float | None = None,
+    ):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
         if timestep_sampler not in TIMESTEP_SAMPLERS:
@@ -134,8 +144,9 @@ class VLBObjective(Objective):
             return G.x0_from_v(x_t, out, abar)
         raise ValueError(f"unknown prediction {self.prediction!r}")
 
-    def vlb_bpd(self, out: torch.Tensor, v: torch.Tensor | None, y: torch.Tensor, x_t: torch.Tensor,
-                t: torch.Tensor) -> torch.Tensor:
+    def vlb_bpd(
+        self, out: torch.Tensor, v: torch.Tensor | None, y: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """L_t in bits/dim (B,) of the network output at x_t ~ q(x_t | y), y the (possibly dequantized)
         data: the KL to the posterior given y for t > 0, the decoder at t = 0: discretized on y's bin,
         or, when training on dequantized y, a Gaussian density of y
@@ -147,8 +158,16 @@ class VLBObjective(Objective):
         bin_width = None if self.dequantize_bin_width is not None else self.bin_width
         return vlb_term_bpd(y, x_t, x0_hat, t, self.schedule, log_variance=logvar, bin_width=bin_width)
 
-    def loss(self, net, x0: torch.Tensor, *, t: torch.Tensor, eps: torch.Tensor, weight: torch.Tensor,
-             u: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        net,
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        weight: torch.Tensor,
+        u: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         y = x0 if u is None else x0 + (u - 0.5) * self.dequantize_bin_width
         abar = self.abar[t]
         x_t = G.q_sample(y, abar, eps)

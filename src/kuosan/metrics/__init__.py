@@ -11,6 +11,7 @@
 prompts ask for); ``clip_score``: ``clip_score``, ``info_nce_loss``, ``load_clip`` (a transformers CLIP
 from a local directory); ``shapes_clip``: ``load_shapes_clip`` (a small CLIP of the captioned shapes).
 """
+
 from kuosan.metrics.clip_score import clip_score, info_nce_loss, load_clip
 from kuosan.metrics.digits_classifier import DigitClassifier, digit_quality, load_digit_classifier
 from kuosan.metrics.evaluate import evaluate_samples

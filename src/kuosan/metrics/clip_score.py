@@ -14,6 +14,7 @@ from a local directory, ``load_clip``; images are preprocessed in torch the way 
 ``CLIPImageProcessor`` does: resize the short side, centre-crop, normalise with its mean/std) and
 ``kuosan.metrics.shapes_clip.ShapesCLIP`` (a small model trained on the captioned shapes).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,7 @@ def torchmetrics_convention(scores: torch.Tensor) -> torch.Tensor:
     return 100.0 * scores.clamp_min(0.0)
 
 
-def info_nce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float
-                  ) -> torch.Tensor:
+def info_nce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Symmetric InfoNCE of a batch of N matched pairs (Radford et al. 2021, Fig. 3), per pair (N,).
 
     With logits L_ij = exp(t) * u_i . w_j (``logit_scale`` = t, the log inverse temperature):
@@ -60,8 +60,9 @@ def info_nce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: 
     ``loss.mean()`` is CLIP's objective.
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
-        raise ValueError(f"info_nce_loss needs two (N, D) embeddings, got {tuple(image_emb.shape)} "
-                         f"and {tuple(text_emb.shape)}")
+        raise ValueError(
+            f"info_nce_loss needs two (N, D) embeddings, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
     scale = torch.as_tensor(logit_scale, dtype=image_emb.dtype).exp()
     logits = scale * similarity_matrix(image_emb, text_emb)
     target = torch.arange(len(logits), device=logits.device)
@@ -71,8 +72,14 @@ def info_nce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: 
 
 
 @torch.no_grad()
-def clip_score(images: torch.Tensor, texts: list[str], model: TextImageModel, *,
-               torchmetrics_scale: bool = False, batch_size: int = 256) -> torch.Tensor:
+def clip_score(
+    images: torch.Tensor,
+    texts: list[str],
+    model: TextImageModel,
+    *,
+    torchmetrics_scale: bool = False,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Per-pair score (N,) of images (N, 3, H, W) in [-1, 1] and their texts: the cosine s_ii
     (``cosine_scores``), or 100 * max(s_ii, 0) with ``torchmetrics_scale=True``."""
     if len(images) != len(texts):
@@ -112,7 +119,7 @@ class HFCLIPScorer:
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
         top, left = (size[0] - self.crop[0]) // 2, (size[1] - self.crop[1]) // 2
-        x = x[..., top:top + self.crop[0], left:left + self.crop[1]]
+        x = x[..., top : top + self.crop[0], left : left + self.crop[1]]
         return (x - self.mean) / self.std
 
     @torch.no_grad()
@@ -122,8 +129,9 @@ class HFCLIPScorer:
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         out = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -154,10 +162,14 @@ def load_clip(path: str | Path) -> HFCLIPScorer:
         crop = {"height": crop, "width": crop}
     if not settings.get("do_center_crop", True):
         crop = {"height": resize, "width": resize}
-    return HFCLIPScorer(model, tokenizer,
-                        image_mean=settings.get("image_mean", OPENAI_CLIP_MEAN),
-                        image_std=settings.get("image_std", OPENAI_CLIP_STD),
-                        resize=resize, crop=(crop["height"], crop["width"]))
+    return HFCLIPScorer(
+        model,
+        tokenizer,
+        image_mean=settings.get("image_mean", OPENAI_CLIP_MEAN),
+        image_std=settings.get("image_std", OPENAI_CLIP_STD),
+        resize=resize,
+        crop=(crop["height"], crop["width"]),
+    )
 
 
 __all__ = [

@@ -12,6 +12,7 @@ Network (x: (B, 1, 8, 8) in [-1, 1]):
     -> linear 256->128, GELU  = features(x), (B, 128)
     -> dropout, linear 128->10 = forward(x), logits
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,17 +32,27 @@ class DigitClassifier(nn.Module):
     """CNN for (B, 1, 8, 8) digits in [-1, 1]: ``forward`` gives logits (B, num_classes),
     ``features`` the penultimate activations (B, feature_dim)."""
 
-    def __init__(self, *, channels: tuple[int, int] = (32, 64), feature_dim: int = 128,
-                 num_classes: int = NUM_DIGIT_CLASSES, dropout: float = 0.2):
+    def __init__(
+        self,
+        *,
+        channels: tuple[int, int] = (32, 64),
+        feature_dim: int = 128,
+        num_classes: int = NUM_DIGIT_CLASSES,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         c1, c2 = channels
-        self.config = {"channels": [c1, c2], "feature_dim": feature_dim, "num_classes": num_classes,
-                       "dropout": dropout}
+        self.config = {"channels": [c1, c2], "feature_dim": feature_dim, "num_classes": num_classes, "dropout": dropout}
         self.trunk = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.GELU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Flatten(),
-            nn.Linear(4 * c2, feature_dim), nn.GELU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * c2, feature_dim),
+            nn.GELU(),
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
 
@@ -58,8 +69,12 @@ class DigitClassifier(nn.Module):
 
 def load_digit_classifier(path: str | Path | None = None) -> DigitClassifier:
     """The trained classifier in eval mode, from ``path`` (default: the shipped weights)."""
-    return load_shipped(Path(path) if path is not None else WEIGHTS_PATH, lambda config, _: DigitClassifier(**config),
-                        what="digit classifier", script="scripts/train_digit_classifier.py")
+    return load_shipped(
+        Path(path) if path is not None else WEIGHTS_PATH,
+        lambda config, _: DigitClassifier(**config),
+        what="digit classifier",
+        script="scripts/train_digit_classifier.py",
+    )
 
 
 @torch.no_grad()
@@ -72,8 +87,9 @@ def _classify(model: DigitClassifier, images: torch.Tensor, batch_size: int = 51
     return torch.cat(feats), torch.cat(probs)
 
 
-def digit_quality(samples: torch.Tensor, reference: torch.Tensor | None = None, *,
-                  classifier: DigitClassifier | None = None) -> dict:
+def digit_quality(
+    samples: torch.Tensor, reference: torch.Tensor | None = None, *, classifier: DigitClassifier | None = None
+) -> dict:
     """Quality report of digit samples (N, 1, 8, 8) in [-1, 1] (values outside are clamped).
 
     Returns a dict with

@@ -17,6 +17,7 @@ as reference:
 
 "Floors" are what the real data score against each other: a perfect model approaches them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,9 +36,15 @@ SAMPLE_SHAPES = {"digits": (1, 8, 8)}  # the per-sample shape each evaluation su
 
 
 @torch.no_grad()
-def evaluate_digits(samples: torch.Tensor, *, inception_weights: str | Path | None = None,
-                    resize: str = "tf1-bilinear", stats_cache: str | Path | None = None,
-                    kid_subsets: int = 100, seed: int = 0) -> dict:
+def evaluate_digits(
+    samples: torch.Tensor,
+    *,
+    inception_weights: str | Path | None = None,
+    resize: str = "tf1-bilinear",
+    stats_cache: str | Path | None = None,
+    kid_subsets: int = 100,
+    seed: int = 0,
+) -> dict:
     """The digits report of the module doc for samples (N >= 10, 1, 8, 8) in [-1, 1]."""
     from kuosan.data import load_digits
 
@@ -51,8 +58,12 @@ def evaluate_digits(samples: torch.Tensor, *, inception_weights: str | Path | No
 
     report = digit_quality(samples, classifier=classifier)
     k = kid(f_te, f_s, subsets=kid_subsets, seed=seed)
-    report.update(kid=k["kid"], kid_std=k["kid_std"], kid_subset_size=k["subset_size"],
-                  kid_floor=kid(f_te, f_tr, subsets=kid_subsets, seed=seed)["kid"])
+    report.update(
+        kid=k["kid"],
+        kid_std=k["kid_std"],
+        kid_subset_size=k["subset_size"],
+        kid_floor=kid(f_te, f_tr, subsets=kid_subsets, seed=seed)["kid"],
+    )
     pr = precision_recall(f_te, f_s)
     floor = precision_recall(f_te, f_tr)
     report.update(pr, precision_floor=floor["precision"], recall_floor=floor["recall"])

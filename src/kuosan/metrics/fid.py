@@ -14,13 +14,15 @@ Cached statistics are ``.npz`` files of float64 arrays (``mu``, ``sigma``) plus 
 ``np.load(allow_pickle=False)``: nothing is unpickled. A cache whose extractor name or data
 fingerprint differs from the request is recomputed, never silently reused.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -106,8 +108,9 @@ def extract_features(extractor: Callable, images: torch.Tensor, *, batch_size: i
     return torch.cat(feats).detach().cpu().to(torch.float64).numpy()
 
 
-def reference_stats(extractor: FeatureExtractor, images: torch.Tensor, *,
-                    cache: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference_stats(
+    extractor: FeatureExtractor, images: torch.Tensor, *, cache: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the reference images' features; read from ``cache`` when it holds statistics of
     the same extractor and the same images, else computed (and written to ``cache`` if given)."""
     fingerprint = data_fingerprint(images)
@@ -121,8 +124,13 @@ def reference_stats(extractor: FeatureExtractor, images: torch.Tensor, *,
     return mu, sigma
 
 
-def fid(samples: torch.Tensor, reference: torch.Tensor | tuple[np.ndarray, np.ndarray],
-        extractor: FeatureExtractor, *, cache: str | Path | None = None) -> float:
+def fid(
+    samples: torch.Tensor,
+    reference: torch.Tensor | tuple[np.ndarray, np.ndarray],
+    extractor: FeatureExtractor,
+    *,
+    cache: str | Path | None = None,
+) -> float:
     """FID between ``samples`` and ``reference`` (images, or precomputed (mu, sigma)) in the feature
     space of ``extractor``; ``cache`` stores the reference statistics (see :func:`reference_stats`)."""
     if isinstance(reference, tuple):
@@ -133,5 +141,13 @@ def fid(samples: torch.Tensor, reference: torch.Tensor | tuple[np.ndarray, np.nd
     return frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
 
 
-__all__ = ["DigitsFeatureExtractor", "FeatureExtractor", "data_fingerprint", "extract_features", "fid",
-           "load_stats", "reference_stats", "save_stats"]
+__all__ = [
+    "DigitsFeatureExtractor",
+    "FeatureExtractor",
+    "data_fingerprint",
+    "extract_features",
+    "fid",
+    "load_stats",
+    "reference_stats",
+    "save_stats",
+]

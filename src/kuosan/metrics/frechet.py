@@ -19,6 +19,7 @@ answer without regularization. The trace term is the same number:
 :math:`\Sigma_1 \Sigma_2` is similar to :math:`\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2}`, so both have
 the same eigenvalues.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -27,6 +27,7 @@ Input pipeline (``RESIZE_POLICIES``), from images in [-1, 1] (grey images are re
 
 The choice changes FID by several points on small images (Parmar et al. 2022): report it with the number.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -206,15 +207,18 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
     ``num_batches_tracked`` may be missing); extra keys (torchvision's AuxLogits) are ignored."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights not found: {path} (give the FID Inception-v3 weights file, "
-                                f"e.g. pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+        raise FileNotFoundError(
+            f"Inception weights not found: {path} (give the FID Inception-v3 weights file, "
+            f"e.g. pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
+        )
     model = FIDInceptionV3()
     state = {k.removeprefix("module."): v for k, v in _read_state_dict(path).items()}
     missing, _ = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(f"{path} is not an FID Inception-v3 state dict: {len(missing)} missing keys, "
-                         f"e.g. {missing[0]}")
+        raise ValueError(
+            f"{path} is not an FID Inception-v3 state dict: {len(missing)} missing keys, e.g. {missing[0]}"
+        )
     return model.eval().requires_grad_(False)
 
 
@@ -273,8 +277,9 @@ class InceptionFeatureExtractor:
     ``name`` identifies the feature space (weights fingerprint and resize policy) for cached
     statistics."""
 
-    def __init__(self, weights: str | Path, *, resize: str = "tf1-bilinear", quantize: bool = True,
-                 batch_size: int = 50):
+    def __init__(
+        self, weights: str | Path, *, resize: str = "tf1-bilinear", quantize: bool = True, batch_size: int = 50
+    ):
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"unknown resize policy {resize!r}; choose from {RESIZE_POLICIES}")
         self.model = load_fid_inception(weights)
@@ -283,10 +288,20 @@ class InceptionFeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        feats = [self.model.features(preprocess(chunk, self.resize, quantize=self.quantize))
-                 for chunk in images.split(self.batch_size)]
+        feats = [
+            self.model.features(preprocess(chunk, self.resize, quantize=self.quantize))
+            for chunk in images.split(self.batch_size)
+        ]
         return torch.cat(feats)
 
 
-__all__ = ["FIDInceptionV3", "INPUT_SIZE", "InceptionFeatureExtractor", "RESIZE_POLICIES", "load_fid_inception",
-           "preprocess", "resize_tf1_bilinear", "weights_fingerprint"]
+__all__ = [
+    "FIDInceptionV3",
+    "INPUT_SIZE",
+    "InceptionFeatureExtractor",
+    "RESIZE_POLICIES",
+    "load_fid_inception",
+    "preprocess",
+    "resize_tf1_bilinear",
+    "weights_fingerprint",
+]

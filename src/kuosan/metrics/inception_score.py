@@ -11,6 +11,7 @@ reported (the original protocol, 10 splits; torch-fidelity's ``metric_isc.py``).
 [1, number of classes]: 1 when every sample gets the same prediction, the number of classes when
 predictions are confident and classes are used equally.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,7 @@ def inception_score_from_probs(probs, *, splits: int = 10, seed: int | None = No
 
 
 @torch.no_grad()
-def digits_inception_score(samples: torch.Tensor, *, classifier=None, splits: int = 10,
-                           batch_size: int = 512) -> dict:
+def digits_inception_score(samples: torch.Tensor, *, classifier=None, splits: int = 10, batch_size: int = 512) -> dict:
     """The Inception-Score-style figure of digit samples (N, 1, 8, 8) in [-1, 1] (clamped) under the
     shipped digits classifier (default ``load_digit_classifier()``); at most 10."""
     from kuosan.metrics.digits_classifier import load_digit_classifier

@@ -12,6 +12,7 @@ estimator (Gretton et al. 2012, Lemma 6) is
 It can be negative (it is unbiased, not a distance); KID is its mean over subsets, and the spread
 over subsets is reported as the standard deviation (``np.std``, as torch-fidelity). All in float64.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,9 @@ import numpy as np
 from kuosan.metrics.frechet import _as_float64
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None,
-                      coef0: float = 1.0) -> np.ndarray:
+def polynomial_kernel(
+    x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> np.ndarray:
     """k(x_i, y_j) = (gamma x_i . y_j + coef0)^degree, gamma = 1 / D by default; (N, D), (M, D) -> (N, M)."""
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     return (x @ y.T * gamma + coef0) ** degree
@@ -40,8 +42,17 @@ def _within(k: np.ndarray) -> float:
     return float(k.sum() - np.trace(k))
 
 
-def kid(features_real, features_fake, *, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef0: float = 1.0, seed: int = 2020) -> dict:
+def kid(
+    features_real,
+    features_fake,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 2020,
+) -> dict:
     """KID between two feature sets (N, D), (M, D): {"kid": mean, "kid_std": std over subsets,
     "subset_size": m, "subsets": n}.
 
@@ -59,16 +70,17 @@ def kid(features_real, features_fake, *, subsets: int = 100, subset_size: int = 
     values = np.empty(subsets)
     kw = {"degree": degree, "gamma": gamma, "coef0": coef0}
     # a set no larger than m enters every subset whole (permuted): its within-set sum is computed once
-    full = {id(x): _within(polynomial_kernel(x, x, **kw)) if len(x) == m else None,
-            id(y): _within(polynomial_kernel(y, y, **kw)) if len(y) == m else None}
+    full = {
+        id(x): _within(polynomial_kernel(x, x, **kw)) if len(x) == m else None,
+        id(y): _within(polynomial_kernel(y, y, **kw)) if len(y) == m else None,
+    }
     for i in range(subsets):
         ia, ib = rng.choice(len(x), m, replace=False), rng.choice(len(y), m, replace=False)
         a, b = x[ia], y[ib]
         sa = full[id(x)] if full[id(x)] is not None else _within(polynomial_kernel(a, a, **kw))
         sb = full[id(y)] if full[id(y)] is not None else _within(polynomial_kernel(b, b, **kw))
         values[i] = (sa + sb) / (m * (m - 1)) - 2.0 * polynomial_kernel(a, b, **kw).sum() / (m * m)
-    return {"kid": float(values.mean()), "kid_std": float(values.std()), "subset_size": int(m),
-            "subsets": int(subsets)}
+    return {"kid": float(values.mean()), "kid_std": float(values.std()), "subset_size": int(m), "subsets": int(subsets)}
 
 
 __all__ = ["kid", "mmd2_unbiased", "polynomial_kernel"]

@@ -15,6 +15,7 @@ closer. Reported:
   other"), and ``heldout_copy_fraction``, the same share for held-out images (the data's own rate of
   near-duplicates).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,10 @@ def nearest_two(query, reference, *, block: int = 2048) -> tuple[np.ndarray, np.
     r = torch.from_numpy(_as_float64(reference).reshape(len(reference), -1))
     if len(r) < 2:
         raise ValueError("nearest_two needs at least 2 reference rows")
-    d = [torch.cdist(c, r, compute_mode="donot_use_mm_for_euclid_dist").topk(2, dim=1, largest=False).values
-         for c in q.split(block)]
+    d = [
+        torch.cdist(c, r, compute_mode="donot_use_mm_for_euclid_dist").topk(2, dim=1, largest=False).values
+        for c in q.split(block)
+    ]
     d = torch.cat(d).numpy()
     return d[:, 0], d[:, 1]
 

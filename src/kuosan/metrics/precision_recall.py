@@ -14,6 +14,7 @@ each the distance to its k-th nearest neighbour within the set (k = 3):
 manifold (quality); recall: the share of real samples inside the generated manifold (coverage).
 Same definition and k as torch-fidelity's ``metric_prc.py``; distances in float64, in row blocks.
 """
+
 from __future__ import annotations
 
 import numpy as np

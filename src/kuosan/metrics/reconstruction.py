@@ -4,6 +4,7 @@ latents' spread and scale factor (the figures of Rombach et al. 2022, Table 8 / 
 Notation: ``x`` images (N, C, H, W) in [-1, 1]; ``x_hat`` their reconstructions D(E(x)) (the VAE
 decodes its posterior mean mu unless ``sample``), clamped to [-1, 1] as a saved image would be.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,13 +22,21 @@ def psnr(x: torch.Tensor, x_hat: torch.Tensor, *, data_range: float = 2.0) -> to
 
 
 @torch.no_grad()
-def reconstruct(autoencoder, x: torch.Tensor, *, batch_size: int = 256, sample: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def reconstruct(
+    autoencoder,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """x_hat = D(z) clamped to [-1, 1], z = E(x) (the VAE's mean, or a posterior draw when ``sample``)."""
     from kuosan.networks.autoencoder import encode_latents
 
-    out = [autoencoder.decode(encode_latents(autoencoder, chunk, sample=sample, generator=generator)).clamp(-1, 1)
-           for chunk in x.split(batch_size)]
+    out = [
+        autoencoder.decode(encode_latents(autoencoder, chunk, sample=sample, generator=generator)).clamp(-1, 1)
+        for chunk in x.split(batch_size)
+    ]
     return torch.cat(out).float()
 
 
@@ -40,8 +49,9 @@ def reconstruction_pairs(autoencoder, x: torch.Tensor, *, nrow: int = 8) -> torc
 
 
 @torch.no_grad()
-def reconstruction_report(autoencoder, x: torch.Tensor, *, batch_size: int = 256, sample: bool = False,
-                          seed: int = 0) -> dict:
+def reconstruction_report(
+    autoencoder, x: torch.Tensor, *, batch_size: int = 256, sample: bool = False, seed: int = 0
+) -> dict:
     """PSNR of the reconstructions of ``x`` (mean of the per-image PSNR, and the PSNR of the mean squared
     error), the VAE's KL(q(z|x) || N(0, I)) per latent dimension in nats, the latents' std and the latent
     scale factor 1/std (posterior draws from a generator seeded by ``seed``)."""
@@ -49,9 +59,12 @@ def reconstruction_report(autoencoder, x: torch.Tensor, *, batch_size: int = 256
     x_hat = reconstruct(autoencoder, x, batch_size=batch_size, sample=sample, generator=g)
     per_image = psnr(x, x_hat)
     mse = float((x.double() - x_hat.double()).pow(2).mean())
-    report = {"n": int(x.shape[0]), "psnr_db": float(per_image.mean()),
-              "psnr_db_stderr": float(per_image.std() / math.sqrt(len(per_image))) if len(per_image) > 1 else None,
-              "psnr_db_of_mean_mse": 10 * math.log10(4.0 / mse)}
+    report = {
+        "n": int(x.shape[0]),
+        "psnr_db": float(per_image.mean()),
+        "psnr_db_stderr": float(per_image.std() / math.sqrt(len(per_image))) if len(per_image) > 1 else None,
+        "psnr_db_of_mean_mse": 10 * math.log10(4.0 / mse),
+    }
     posteriors = [autoencoder.encode(chunk) for chunk in x.split(batch_size)]
     if isinstance(posteriors[0], DiagonalGaussian):
         kl = torch.cat([q.kl() for q in posteriors])

@@ -14,6 +14,7 @@ Network (x: (B, 3, 32, 32) in [-1, 1]; c1, c2, c3 = channels):
     conv3x3 c2->c3, GELU, maxpool 2 (4x4), flatten (16 c3) -> linear -> feature_dim, GELU = features(x)
     -> one linear head per attribute: forward(x) = {key: logits (B, len(ATTRIBUTES[key]))}
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,13 +37,20 @@ class ShapesClassifier(nn.Module):
         c1, c2, c3 = channels
         self.config = {"channels": [c1, c2, c3], "feature_dim": feature_dim}
         self.trunk = nn.Sequential(
-            nn.Conv2d(3, c1, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(16 * c3, feature_dim), nn.GELU(),
+            nn.Conv2d(3, c1, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * c3, feature_dim),
+            nn.GELU(),
         )
-        self.heads = nn.ModuleDict({key: nn.Linear(feature_dim, len(values))
-                                    for key, values in ATTRIBUTES.items()})
+        self.heads = nn.ModuleDict({key: nn.Linear(feature_dim, len(values)) for key, values in ATTRIBUTES.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, feature_dim)."""
@@ -58,13 +66,18 @@ class ShapesClassifier(nn.Module):
 
 def load_shapes_classifier(path: str | Path | None = None) -> ShapesClassifier:
     """The trained classifier in eval mode, from ``path`` (default: the shipped weights)."""
-    return load_shipped(Path(path) if path is not None else WEIGHTS_PATH, lambda config, _: ShapesClassifier(**config),
-                        what="shapes classifier", script="scripts/train_shapes_classifier.py")
+    return load_shipped(
+        Path(path) if path is not None else WEIGHTS_PATH,
+        lambda config, _: ShapesClassifier(**config),
+        what="shapes classifier",
+        script="scripts/train_shapes_classifier.py",
+    )
 
 
 @torch.no_grad()
-def predict_attributes(images: torch.Tensor, *, classifier: ShapesClassifier | None = None,
-                       batch_size: int = 512) -> dict[str, torch.Tensor]:
+def predict_attributes(
+    images: torch.Tensor, *, classifier: ShapesClassifier | None = None, batch_size: int = 512
+) -> dict[str, torch.Tensor]:
     """Predicted attribute indices {key: (N,) int64} of images (N, 3, 32, 32) in [-1, 1] (clamped)."""
     model = classifier if classifier is not None else load_shapes_classifier()
     model.eval()
@@ -75,9 +88,13 @@ def predict_attributes(images: torch.Tensor, *, classifier: ShapesClassifier | N
     return {key: torch.cat(v) for key, v in out.items()}
 
 
-def prompt_accuracy(images: torch.Tensor, attributes: dict[str, torch.Tensor],
-                    named: dict[str, torch.Tensor] | None = None, *,
-                    classifier: ShapesClassifier | None = None) -> dict[str, float]:
+def prompt_accuracy(
+    images: torch.Tensor,
+    attributes: dict[str, torch.Tensor],
+    named: dict[str, torch.Tensor] | None = None,
+    *,
+    classifier: ShapesClassifier | None = None,
+) -> dict[str, float]:
     """How often images show what their prompts ask for, as read by the shapes classifier.
 
     ``attributes[key]`` (N,) are the prompted indices into ``ATTRIBUTES[key]``; ``named[key]`` (N,)

@@ -16,6 +16,7 @@ Text encoder g (w = width): lower-cased words -> ids in the vocabulary (``build_
     words, LayerNorm, linear -> d
 Logit scale t (learned, initialised to log(1 / 0.07) as in CLIP): logits = exp(t) * cos(f, g).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,8 +44,12 @@ def split_words(text: str) -> list[str]:
 def build_vocabulary() -> list[str]:
     """[<pad>, <unk>, sorted words the caption templates can produce (all fillers, all synonyms)]."""
     words: set[str] = set()
-    fillers = [*ATTRIBUTES["shape"], *ATTRIBUTES["colour"], *ATTRIBUTES["position"],
-               *itertools.chain.from_iterable(SIZE_WORDS.values())]
+    fillers = [
+        *ATTRIBUTES["shape"],
+        *ATTRIBUTES["colour"],
+        *ATTRIBUTES["position"],
+        *itertools.chain.from_iterable(SIZE_WORDS.values()),
+    ]
     for phrase_groups in POSITION_PHRASES.values():
         for phrases in phrase_groups.values():
             fillers.extend(phrases)
@@ -56,26 +61,51 @@ def build_vocabulary() -> list[str]:
 class ShapesCLIP(nn.Module):
     """Image and text encoders into a shared ``embed_dim`` space, plus the learned logit scale."""
 
-    def __init__(self, vocabulary: list[str], *, channels: tuple[int, int, int] = (16, 32, 64),
-                 hidden: int = 64, width: int = 64, layers: int = 2, heads: int = 4, embed_dim: int = 64):
+    def __init__(
+        self,
+        vocabulary: list[str],
+        *,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        hidden: int = 64,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        embed_dim: int = 64,
+    ):
         super().__init__()
         if len(vocabulary) < 3 or vocabulary[:2] != [PAD, UNK]:
             raise ValueError("ShapesCLIP vocabulary must start with <pad>, <unk> and hold some words")
         c1, c2, c3 = channels
         self.vocabulary = list(vocabulary)
         self.word_index = {w: i for i, w in enumerate(self.vocabulary)}
-        self.config = {"channels": [c1, c2, c3], "hidden": hidden, "width": width, "layers": layers,
-                       "heads": heads, "embed_dim": embed_dim}
+        self.config = {
+            "channels": [c1, c2, c3],
+            "hidden": hidden,
+            "width": width,
+            "layers": layers,
+            "heads": heads,
+            "embed_dim": embed_dim,
+        }
         self.image_encoder = nn.Sequential(
-            nn.Conv2d(3, c1, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(16 * c3, hidden), nn.GELU(), nn.Linear(hidden, embed_dim),
+            nn.Conv2d(3, c1, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * c3, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, embed_dim),
         )
         self.word_embedding = nn.Embedding(len(vocabulary), width, padding_idx=0)
         self.position_embedding = nn.Parameter(0.02 * torch.randn(MAX_WORDS, width))
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.text_transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.text_norm = nn.LayerNorm(width)
         self.text_projection = nn.Linear(width, embed_dim)
@@ -86,7 +116,7 @@ class ShapesCLIP(nn.Module):
         ids = [[self.word_index.get(w, 1) for w in split_words(t)][:MAX_WORDS] or [1] for t in texts]
         out = torch.zeros(len(ids), max(len(i) for i in ids), dtype=torch.long)
         for row, seq in zip(out, ids):
-            row[:len(seq)] = torch.tensor(seq)
+            row[: len(seq)] = torch.tensor(seq)
         return out
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,8 +172,13 @@ def caption_consistency(attributes: dict[str, torch.Tensor], named: dict[str, to
 
 
 @torch.no_grad()
-def retrieval_report(model: ShapesCLIP, images: torch.Tensor, captions: list[str],
-                     attributes: dict[str, torch.Tensor], named: dict[str, torch.Tensor]) -> dict[str, float]:
+def retrieval_report(
+    model: ShapesCLIP,
+    images: torch.Tensor,
+    captions: list[str],
+    attributes: dict[str, torch.Tensor],
+    named: dict[str, torch.Tensor],
+) -> dict[str, float]:
     """Retrieval quality of a contrastive shapes model on N captioned images (one pool of N):
 
     - ``i2t`` / ``t2i``: share of images (captions) whose top-scored caption (image) is the paired one
@@ -173,8 +208,9 @@ def retrieval_report(model: ShapesCLIP, images: torch.Tensor, captions: list[str
         "score_shuffled": float(sim[rows, (rows + n // 2) % n].mean()),
     }
     combos = list(itertools.product(*(range(len(v)) for v in ATTRIBUTES.values())))
-    texts = [make_caption(*(ATTRIBUTES[k][i] for k, i in zip(("shape", "colour", "size", "position"), c)))
-             for c in combos]
+    texts = [
+        make_caption(*(ATTRIBUTES[k][i] for k, i in zip(("shape", "colour", "size", "position"), c))) for c in combos
+    ]
     keys = list(ATTRIBUTES)
     best = torch.tensor(combos)[similarity_matrix(u, model.encode_texts(texts)).argmax(1)]  # (N, 4)
     all_right = torch.ones(n, dtype=torch.bool)
@@ -186,5 +222,13 @@ def retrieval_report(model: ShapesCLIP, images: torch.Tensor, captions: list[str
     return {k: round(v, 4) for k, v in report.items()}
 
 
-__all__ = ["ShapesCLIP", "WEIGHTS_PATH", "build_vocabulary", "caption_consistency",
-           "retrieval_report", "load_shapes_clip", "save_shapes_clip", "split_words"]
+__all__ = [
+    "ShapesCLIP",
+    "WEIGHTS_PATH",
+    "build_vocabulary",
+    "caption_consistency",
+    "retrieval_report",
+    "load_shapes_clip",
+    "save_shapes_clip",
+    "split_words",
+]

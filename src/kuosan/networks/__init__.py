@@ -4,6 +4,7 @@
 every network keeps its constructor arguments in ``net.config`` so ``NETWORKS[name](**config)``
 rebuilds it from a checkpoint.
 """
+
 from __future__ import annotations
 
 from .attention import CrossAttention, SelfAttention2d, SpatialTransformer

@@ -6,6 +6,7 @@ Notation: ``x`` has shape (B, C, H, W); the N = H * W pixels are the tokens; ``d
 the per-head width. ``context`` (B, L, D_c) are the L text tokens of tau_theta(y); ``context_mask``
 (B, L) is True for real tokens and False for padding (a padding token gets no attention weight).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,10 @@ class SelfAttention2d(nn.Module):
 
     computed by :func:`kuosan.ops.self_attention` (kuosan's AMX kernel where it applies, else
     ``scaled_dot_product_attention``, which picks a fused kernel when one is available).
-    :math:`W_o` is zero-initialised, so a fresh block is the identity. The projections are Linear layers (their weights as in diffusers and improved-diffusion) applied to every
-    pixel's channels, i.e. 1x1 convolutions (``ops.channel_linear``); on channels-last inputs the
-    (B, N, C) token layout is a view, and the residual addition happens inside W_o's convolution.
+    :math:`W_o` is zero-initialised, so a fresh block is the identity. The projections are Linear
+    layers (their weights as in diffusers and improved-diffusion) applied to every pixel's channels,
+    i.e. 1x1 convolutions (``ops.channel_linear``); on channels-last inputs the (B, N, C) token layout
+    is a view, and the residual addition happens inside W_o's convolution.
 
     Args:
         channels: C, the number of input (and output) channels.
@@ -90,8 +92,7 @@ class CrossAttention(nn.Module):
         dropout: dropout after W_o.
     """
 
-    def __init__(self, *, query_dim: int, context_dim: int | None = None, num_heads: int = 4,
-                 dropout: float = 0.0):
+    def __init__(self, *, query_dim: int, context_dim: int | None = None, num_heads: int = 4, dropout: float = 0.0):
         super().__init__()
         if num_heads < 1 or query_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must be >= 1 and divide query_dim={query_dim}")
@@ -102,8 +103,9 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(query_dim, query_dim), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, N, C) queries, (B, L, D_c) context, (B, L) mask -> (B, N, C)."""
         context = x if context is None else context
         b, n, c = x.shape
@@ -177,8 +179,7 @@ class SpatialTransformer(nn.Module):
         dropout: dropout in the attention outputs and the feed-forward.
     """
 
-    def __init__(self, *, channels: int, context_dim: int, num_heads: int = 4, groups: int = 32,
-                 dropout: float = 0.0):
+    def __init__(self, *, channels: int, context_dim: int, num_heads: int = 4, groups: int = 32, dropout: float = 0.0):
         super().__init__()
         if num_heads < 1 or channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")

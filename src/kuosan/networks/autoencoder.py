@@ -19,10 +19,12 @@ diffusers' ``AutoencoderKL`` so Stable Diffusion VAE weights load, see ``autoenc
 
 The ResNet blocks carry no time embedding (the autoencoder sees no noise level).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +104,10 @@ class Level(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, num_blocks: int, resample: str | None, groups: int):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock(in_channels=c_in if i == 0 else c_out, out_channels=c_out,
-                                                 groups=groups) for i in range(num_blocks))
+        self.resnets = nn.ModuleList(
+            ResnetBlock(in_channels=c_in if i == 0 else c_out, out_channels=c_out, groups=groups)
+            for i in range(num_blocks)
+        )
         if resample == "down":
             self.downsamplers = nn.ModuleList([PaddedDownsample(channels=c_out)])
         elif resample == "up":
@@ -123,8 +127,9 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock(in_channels=channels, out_channels=channels, groups=groups)
-                                     for _ in range(2))
+        self.resnets = nn.ModuleList(
+            ResnetBlock(in_channels=channels, out_channels=channels, groups=groups) for _ in range(2)
+        )
         self.attentions = nn.ModuleList([AttentionBlock(channels=channels, groups=groups)] if attention else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,14 +142,23 @@ class MidBlock(nn.Module):
 class Encoder(nn.Module):
     """x (B, in_channels, H, W) -> features (B, out_channels, H/f, W/f), f = 2**(levels - 1)."""
 
-    def __init__(self, *, in_channels: int, out_channels: int, block_out_channels: Sequence[int],
-                 layers_per_block: int, groups: int = 32, mid_attention: bool = True):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        groups: int = 32,
+        mid_attention: bool = True,
+    ):
         super().__init__()
         chans = list(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             Level(chans[max(i - 1, 0)], c, layers_per_block, "down" if i < len(chans) - 1 else None, groups)
-            for i, c in enumerate(chans))
+            for i, c in enumerate(chans)
+        )
         self.mid_block = MidBlock(chans[-1], groups, mid_attention)
         self.conv_norm_out = normalization(chans[-1], groups=groups)
         self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
@@ -160,15 +174,24 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z (B, in_channels, h, w) -> x_hat (B, out_channels, h f, w f)."""
 
-    def __init__(self, *, in_channels: int, out_channels: int, block_out_channels: Sequence[int],
-                 layers_per_block: int, groups: int = 32, mid_attention: bool = True):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        groups: int = 32,
+        mid_attention: bool = True,
+    ):
         super().__init__()
         chans = list(reversed(block_out_channels))
         self.conv_in = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.mid_block = MidBlock(chans[0], groups, mid_attention)
         self.up_blocks = nn.ModuleList(
             Level(chans[max(i - 1, 0)], c, layers_per_block + 1, "up" if i < len(chans) - 1 else None, groups)
-            for i, c in enumerate(chans))
+            for i, c in enumerate(chans)
+        )
         self.conv_norm_out = normalization(chans[-1], groups=groups)
         self.conv_out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
 
@@ -187,15 +210,14 @@ class DiagonalGaussian:
 
     def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
         if mean.shape != logvar.shape:
-            raise ValueError(f"mean and logvar must have one shape, got {tuple(mean.shape)} and "
-                             f"{tuple(logvar.shape)}")
+            raise ValueError(f"mean and logvar must have one shape, got {tuple(mean.shape)} and {tuple(logvar.shape)}")
         self.mean = mean.float()
         self.logvar = logvar.float().clamp(*LOGVAR_RANGE)
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
     @classmethod
-    def from_moments(cls, moments: torch.Tensor) -> "DiagonalGaussian":
+    def from_moments(cls, moments: torch.Tensor) -> DiagonalGaussian:
         """Split the encoder's (B, 2 C, h, w) output into mean (first C channels) and logvar."""
         mean, logvar = moments.chunk(2, dim=1)
         return cls(mean, logvar)
@@ -227,24 +249,47 @@ class _Autoencoder(nn.Module):
 
     variational = False
 
-    def __init__(self, *, in_channels: int = 3, out_channels: int | None = None, latent_channels: int = 4,
-                 block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1, groups: int = 32,
-                 mid_attention: bool = True, quant_conv: bool = True, scaling_factor: float | None = None,
-                 shift_factor: float | None = None):
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        latent_channels: int = 4,
+        block_out_channels: Sequence[int] = (32, 64, 64),
+        layers_per_block: int = 1,
+        groups: int = 32,
+        mid_attention: bool = True,
+        quant_conv: bool = True,
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+    ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         block_out_channels = tuple(int(c) for c in block_out_channels)
         if not block_out_channels or min(block_out_channels) < 1 or latent_channels < 1 or layers_per_block < 1:
-            raise ValueError("block_out_channels must be a non-empty list of positive widths, latent_channels and "
-                             "layers_per_block at least 1")
+            raise ValueError(
+                "block_out_channels must be a non-empty list of positive widths, latent_channels and "
+                "layers_per_block at least 1"
+            )
         self._config: dict[str, Any] = dict(
-            in_channels=in_channels, out_channels=out_channels, latent_channels=latent_channels,
-            block_out_channels=block_out_channels, layers_per_block=layers_per_block, groups=groups,
-            mid_attention=mid_attention, quant_conv=quant_conv, scaling_factor=scaling_factor,
-            shift_factor=shift_factor)
+            in_channels=in_channels,
+            out_channels=out_channels,
+            latent_channels=latent_channels,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            groups=groups,
+            mid_attention=mid_attention,
+            quant_conv=quant_conv,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+        )
         moments = 2 * latent_channels if self.variational else latent_channels
-        common = dict(block_out_channels=block_out_channels, layers_per_block=layers_per_block, groups=groups,
-                      mid_attention=mid_attention)
+        common = dict(
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            groups=groups,
+            mid_attention=mid_attention,
+        )
         self.encoder = Encoder(in_channels=in_channels, out_channels=moments, **common)
         self.decoder = Decoder(in_channels=latent_channels, out_channels=out_channels, **common)
         self.quant_conv = nn.Conv2d(moments, moments, 1) if quant_conv else None
@@ -267,8 +312,10 @@ class _Autoencoder(nn.Module):
         c, h, w = (int(s) for s in image_shape[-3:])
         f = self.downsampling_factor
         if len(image_shape) < 3 or c != self._config["in_channels"] or h % f or w % f:
-            raise ValueError(f"images of shape {tuple(image_shape)} do not fit this autoencoder: it takes "
-                             f"{self._config['in_channels']} channels and H, W divisible by {f}")
+            raise ValueError(
+                f"images of shape {tuple(image_shape)} do not fit this autoencoder: it takes "
+                f"{self._config['in_channels']} channels and H, W divisible by {f}"
+            )
         return self._config["latent_channels"], h // f, w // f
 
     def _check(self, x: torch.Tensor) -> None:
@@ -284,8 +331,9 @@ class _Autoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents z (B, C_lat, h, w) -> images x_hat (B, C, h f, w f)."""
         if z.ndim != 4 or z.shape[1] != self._config["latent_channels"]:
-            raise ValueError(f"latents must have shape (B, {self._config['latent_channels']}, h, w), got "
-                             f"{tuple(z.shape)}")
+            raise ValueError(
+                f"latents must have shape (B, {self._config['latent_channels']}, h, w), got {tuple(z.shape)}"
+            )
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)
@@ -332,8 +380,9 @@ class Autoencoder(_Autoencoder):
         return self.decode(self.encode(x))
 
 
-def encode_latents(autoencoder: nn.Module, x: torch.Tensor, *, sample: bool = False,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_latents(
+    autoencoder: nn.Module, x: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Latents of images for either autoencoder: the plain one's z; the VAE's posterior mean mu, or a
     reparameterised draw mu + sigma * eps when ``sample`` (eps from ``generator``)."""
     out = autoencoder.encode(x)
@@ -343,16 +392,21 @@ def encode_latents(autoencoder: nn.Module, x: torch.Tensor, *, sample: bool = Fa
 
 
 @torch.no_grad()
-def latent_scale_factor(autoencoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
-                        generator: torch.Generator | None = None) -> float:
+def latent_scale_factor(
+    autoencoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256, generator: torch.Generator | None = None
+) -> float:
     """1 / std of the latents of ``images``, the factor that gives the diffusion model unit-variance
     latents (Rombach et al. 2022, Sec. 4.3.2 and App. G: Stable Diffusion's 0.18215). As LDM's
     ``scale_by_std``: the VAE's latents are posterior draws mu + sigma * eps (eps from ``generator``),
     the std is taken over every element of the sample."""
     if images.shape[0] < 2:
         raise ValueError("latent_scale_factor needs at least 2 images")
-    z = torch.cat([encode_latents(autoencoder, chunk, sample=True, generator=generator).float()
-                   for chunk in images.split(batch_size)])
+    z = torch.cat(
+        [
+            encode_latents(autoencoder, chunk, sample=True, generator=generator).float()
+            for chunk in images.split(batch_size)
+        ]
+    )
     std = float(z.std())
     if not std > 0:
         raise ValueError(f"the latents have std {std}: no scale factor")

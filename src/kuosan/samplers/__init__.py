@@ -1,10 +1,16 @@
 """Samplers are functions ``sample_<name>(denoiser, x, sigmas, *, generator=None, callback=None,
 extra_args=None, ...)``: ``sigmas`` is a decreasing 1-D grid ending in 0 and ``x`` starts as noise
 at sigmas[0]. ``SAMPLERS`` maps the names the CLI accepts to the functions."""
+
 from kuosan.samplers.ancestral import sample_ddpm, sample_euler_ancestral
 from kuosan.samplers.ddim import sample_ddim
-from kuosan.samplers.dpm_solver import (sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2s, sample_dpmpp_3m,
-                                        sample_dpmpp_3m_sde)
+from kuosan.samplers.dpm_solver import (
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2s,
+    sample_dpmpp_3m,
+    sample_dpmpp_3m_sde,
+)
 from kuosan.samplers.langevin import sample_annealed_langevin, sample_pc
 from kuosan.samplers.ode import sample_euler, sample_heun
 from kuosan.samplers.unipc import sample_unipc, sample_unipc_3
@@ -57,7 +63,23 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "EVALS_PER_STEP", "get_sampler", "network_evaluations", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
-           "sample_dpmpp_2m_sde", "sample_dpmpp_2s", "sample_dpmpp_3m", "sample_dpmpp_3m_sde", "sample_euler",
-           "sample_euler_ancestral", "sample_heun", "sample_unipc", "sample_unipc_3", "sample_annealed_langevin",
-           "sample_pc"]
+__all__ = [
+    "SAMPLERS",
+    "EVALS_PER_STEP",
+    "get_sampler",
+    "network_evaluations",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s",
+    "sample_dpmpp_3m",
+    "sample_dpmpp_3m_sde",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_unipc",
+    "sample_unipc_3",
+    "sample_annealed_langevin",
+    "sample_pc",
+]

@@ -1,6 +1,7 @@
 """Stochastic samplers: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) and Euler-ancestral,
 written in sigma space on the Denoiser contract. The alpha/beta form is in ``literal.py``; a test
 checks both give the same numbers."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,7 @@ from kuosan.samplers.common import ancestral_step, check_sigmas, denoise, noise_
 
 
 @torch.no_grad()
-def sample_euler_ancestral(denoiser, x, sigmas, *, eta: float = 1.0, generator=None, callback=None,
-                           extra_args=None):
+def sample_euler_ancestral(denoiser, x, sigmas, *, eta: float = 1.0, generator=None, callback=None, extra_args=None):
     """Euler-ancestral (k-diffusion): an Euler step to sigma_down, then noise of std sigma_up.
     With eta = 1 each step samples the DDPM posterior q(x_s | x_t, x0 = D(x_t)) exactly; with
     0 < eta < 1 it is DDIM(eta) (Song et al. 2021, Eq. 12); eta = 0 is the deterministic DDIM."""
@@ -26,8 +26,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, eta: float = 1.0, generator=N
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x, sigmas, *, variance: str = "small", generator=None, callback=None,
-                extra_args=None):
+def sample_ddpm(denoiser, x, sigmas, *, variance: str = "small", generator=None, callback=None, extra_args=None):
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on any grid (respacing as Nichol &
     Dhariwal 2021, Sec. 4: beta_t = 1 - abar_t / abar_s between consecutive grid points).
 

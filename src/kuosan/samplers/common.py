@@ -1,4 +1,5 @@
 """Pieces every sampler shares: the ODE derivative, the ancestral split of a step, the noise draw."""
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,15 @@ def check_sigmas(sigmas: torch.Tensor) -> list[float]:
     return s
 
 
-def denoise(denoiser, x: torch.Tensor, sigma: float, extra_args: dict | None, callback=None, i: int = 0,
-            sigma_next: float | None = None) -> torch.Tensor:
+def denoise(
+    denoiser,
+    x: torch.Tensor,
+    sigma: float,
+    extra_args: dict | None,
+    callback=None,
+    i: int = 0,
+    sigma_next: float | None = None,
+) -> torch.Tensor:
     """x0_hat = D(x, sigma) for the whole batch, reported to ``callback`` (if any) as the dict
     {"i", "x", "sigma", "sigma_next", "x0_hat"} every sampler emits once per step."""
     x0_hat = denoiser(x, sigma_batch(x, sigma), **(extra_args or {}))

@@ -25,6 +25,7 @@ with noise share ``eta`` (eta = 1: the reverse SDE; eta = 0: the ODE): with h_et
 a_k the k-th lambda-derivative of the interpolating polynomial; at first order and eta = 1 this is
 DDPM's posterior step exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,19 @@ def _order_schedule(n_steps: int, order: int, lower_order_final: bool) -> list[i
 
 
 @torch.no_grad()
-def sample_dpmpp_multistep(denoiser, x, sigmas, *, order: int = 3, eta: float = 0.0, s_noise: float = 1.0,
-                           lower_order_final: bool = True, generator=None, callback=None, extra_args=None):
+def sample_dpmpp_multistep(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    order: int = 3,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    lower_order_final: bool = True,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """DPM-Solver++(pM), exact-integration form (Lu et al. 2022b, Sec. 4.2 and App. B; the 'heun'
     solver type of diffusers): one evaluation per step; the step i -> i+1 integrates exactly the
     polynomial in lambda through the last p denoised values:
@@ -145,37 +157,76 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None, extra
 
 
 @torch.no_grad()
-def sample_dpmpp_3m(denoiser, x, sigmas, *, lower_order_final: bool = True, generator=None, callback=None,
-                    extra_args=None):
+def sample_dpmpp_3m(
+    denoiser, x, sigmas, *, lower_order_final: bool = True, generator=None, callback=None, extra_args=None
+):
     """DPM-Solver++(3M): third-order multistep (``sample_dpmpp_multistep`` with p = 3), one
     evaluation per step. The quadratic term carries its exact weight I_3(h) = h^3 phi_3(-h) per
     u^2/2; the form in diffusers and k-diffusion, (phi_2(-h) - 1/2) h^2 f[i, i-1, i-2], is half of
     it, which makes their 3M second order (tests/test_solver_order.py measures both)."""
-    return sample_dpmpp_multistep(denoiser, x, sigmas, order=3, lower_order_final=lower_order_final,
-                                  generator=generator, callback=callback, extra_args=extra_args)
+    return sample_dpmpp_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        lower_order_final=lower_order_final,
+        generator=generator,
+        callback=callback,
+        extra_args=extra_args,
+    )
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, generator=None,
-                        callback=None, extra_args=None):
+def sample_dpmpp_2m_sde(
+    denoiser, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, generator=None, callback=None, extra_args=None
+):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5): the reverse SDE integrated with a linear
     polynomial in lambda through the last two denoised values, fresh noise each step (eta = 0 is
     the exact-integration 2M ODE solver)."""
-    return sample_dpmpp_multistep(denoiser, x, sigmas, order=2, eta=eta, s_noise=s_noise, generator=generator,
-                                  callback=callback, extra_args=extra_args)
+    return sample_dpmpp_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=2,
+        eta=eta,
+        s_noise=s_noise,
+        generator=generator,
+        callback=callback,
+        extra_args=extra_args,
+    )
 
 
 @torch.no_grad()
-def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, generator=None,
-                        callback=None, extra_args=None):
+def sample_dpmpp_3m_sde(
+    denoiser, x, sigmas, *, eta: float = 1.0, s_noise: float = 1.0, generator=None, callback=None, extra_args=None
+):
     """SDE-DPM-Solver++(3M): as ``sample_dpmpp_2m_sde`` with a quadratic in lambda."""
-    return sample_dpmpp_multistep(denoiser, x, sigmas, order=3, eta=eta, s_noise=s_noise, generator=generator,
-                                  callback=callback, extra_args=extra_args)
+    return sample_dpmpp_multistep(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        eta=eta,
+        s_noise=s_noise,
+        generator=generator,
+        callback=callback,
+        extra_args=extra_args,
+    )
 
 
 @torch.no_grad()
-def sample_dpmpp_2s(denoiser, x, sigmas, *, eta: float = 0.0, s_noise: float = 1.0, r: float = 0.5,
-                    generator=None, callback=None, extra_args=None):
+def sample_dpmpp_2s(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1): singlestep second order, two evaluations
     per step but the last. With s = lambda + r h (sigma_s = sigma^{1-r} sigma_next^r):
 

@@ -17,6 +17,7 @@ Two Langevin step conventions meet here. NCSN (Song & Ermon 2019, Eq. 4 and Algo
 x <- x + alpha/2 s(x) + sqrt(alpha) z; score_sde's correctors and seed 003 write x <- x + eps s(x) +
 sqrt(2 eps) z. They are the same chain with alpha = 2 eps; each function states which it uses.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ def _flat_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 # --- plain and annealed Langevin dynamics ---------------------------------------------------------
+
 
 def ncsnv2_step_lr(gamma: float, langevin_steps: int, sigma_min: float) -> float:
     """NCSNv2's Technique 4 (Song & Ermon 2020, Sec. 3.4): the eps of annealed Langevin for which T
@@ -68,8 +70,18 @@ def langevin_dynamics(score_fn, x, *, step_size: float, n_steps: int, generator=
 
 
 @torch.no_grad()
-def sample_annealed_langevin(denoiser, x, sigmas, *, langevin_steps: int = 5, step_lr: float | None = None,
-                             final_denoise: bool = True, generator=None, callback=None, extra_args=None):
+def sample_annealed_langevin(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    langevin_steps: int = 5,
+    step_lr: float | None = None,
+    final_denoise: bool = True,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) over the levels sigma_1 > ... > sigma_L
     of ``sigmas`` (the grid without its final 0): at each level, ``langevin_steps`` (T) steps
 
@@ -103,6 +115,7 @@ def sample_annealed_langevin(denoiser, x, sigmas, *, langevin_steps: int = 5, st
 
 
 # --- predictor-corrector on the Denoiser contract (VE scaling) -------------------------------------
+
 
 def langevin_corrector_step(x, score, z, *, snr: float, alpha=1.0, max_step: float | None = None):
     """score_sde's Langevin corrector (Song et al. 2021, Algorithms 4-5): step size
@@ -141,8 +154,19 @@ def _ve_predictor(name: str, x, score, sigma: float, sigma_next: float):
 
 
 @torch.no_grad()
-def sample_pc(denoiser, x, sigmas, *, predictor: str = "ancestral", corrector: str = "langevin",
-              snr: float = 0.16, langevin_steps: int = 1, generator=None, callback=None, extra_args=None):
+def sample_pc(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    predictor: str = "ancestral",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    langevin_steps: int = 1,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """Predictor-corrector sampling (Song et al. 2021, Algorithms 2-3) on the Denoiser contract, i.e.
     for the VE SDE with the grid's noise levels. At each level sigma_i: ``langevin_steps`` corrector
     steps at sigma_i ("langevin": snr-controlled step; "ald": eps = 2 (snr sigma_i)^2; "none"), then
@@ -177,8 +201,11 @@ def sample_pc(denoiser, x, sigmas, *, predictor: str = "ancestral", corrector: s
         for _ in range(langevin_steps if corrector != "none" else 0):
             x0_hat = denoiser(x, sb, **extra_args)
             score, z = (x0_hat - x) / sigma**2, noise_like(x, generator)
-            x = (langevin_corrector_step(x, score, z, snr=snr, max_step=s[0] ** 2) if corrector == "langevin"
-                 else ald_corrector_step(x, score, z, snr=snr, std=sigma))
+            x = (
+                langevin_corrector_step(x, score, z, snr=snr, max_step=s[0] ** 2)
+                if corrector == "langevin"
+                else ald_corrector_step(x, score, z, snr=snr, std=sigma)
+            )
         if predictor != "none" or sigma_next == 0 or x0_hat is None:
             x0_hat = denoiser(x, sb, **extra_args)
         if callback is not None:
@@ -192,6 +219,7 @@ def sample_pc(denoiser, x, sigmas, *, predictor: str = "ancestral", corrector: s
 
 
 # --- predictor-corrector and ODE samplers in an SDE's own coordinates (score_sde) -------------------
+
 
 def _alpha_at(sde: SDE, t: torch.Tensor):
     """score_sde's alpha of the Langevin corrector: 1 - beta_i for VP / sub-VP, 1 for VE."""
@@ -230,9 +258,20 @@ def _sde_predictor(name: str, sde: SDE, score_fn, x, t: torch.Tensor, z):
 
 
 @torch.no_grad()
-def sample_sde_pc(sde: SDE, score_fn, x, *, predictor: str = "reverse-diffusion", corrector: str = "langevin",
-                  snr: float = 0.16, langevin_steps: int = 1, eps: float = 1e-3, denoise: bool = True,
-                  generator=None, callback=None):
+def sample_sde_pc(
+    sde: SDE,
+    score_fn,
+    x,
+    *,
+    predictor: str = "reverse-diffusion",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    langevin_steps: int = 1,
+    eps: float = 1e-3,
+    denoise: bool = True,
+    generator=None,
+    callback=None,
+):
     """score_sde's ``pc_sampler`` (Song et al. 2021, Algorithm 1 with Algorithms 2-5): from x = x(T)
     (``sde.prior_sampling``) over t_k = linspace(T, eps, N); at each t_k ``langevin_steps`` corrector
     steps, then a predictor step. Predictors: "euler-maruyama" (Eq. 6 with dt = -T/N),
@@ -262,18 +301,32 @@ def sample_sde_pc(sde: SDE, score_fn, x, *, predictor: str = "reverse-diffusion"
 
 _DOPRI5 = (  # Dormand & Prince (1980) RK5(4)7M: nodes c, tableau rows a, 5th-order b, error weights e = b - b*
     (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
-    ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
-     (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-     (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-     (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)),
+    (
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    ),
     (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
     (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40),
 )
 
 
 @torch.no_grad()
-def sample_sde_ode(sde: SDE, score_fn, x, *, rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-3,
-                   max_steps: int = 10_000, callback=None):
+def sample_sde_ode(
+    sde: SDE,
+    score_fn,
+    x,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-3,
+    max_steps: int = 10_000,
+    callback=None,
+):
     """score_sde's ``ode_sampler``: integrate the probability-flow ODE (Song et al. 2021, Eq. 13)
     dx/dt = f(x, t) - g(t)^2 s(x, t) / 2 from t = T to ``eps`` with the adaptive Dormand-Prince RK45
     method (scipy's ``RK45``: one step size for the whole batch, error norm the RMS of

@@ -5,6 +5,7 @@ These are the reference forms: the sigma-space samplers in ``ancestral.py`` and 
 same computation on the Denoiser contract, and a test checks they give the same numbers. Code map:
 ``abar`` = alpha-bar_t, ``abar_prev`` = alpha-bar at the next (smaller) timestep of the grid.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,16 @@ from kuosan.diffusion import gaussian as G
 from kuosan.diffusion.schedules import DiscreteSchedule
 
 
-def ddpm_step(eps: torch.Tensor, x_t: torch.Tensor, abar: float, abar_prev: float, z: torch.Tensor | None,
-              *, variance: str = "small", clip: bool = False) -> torch.Tensor:
+def ddpm_step(
+    eps: torch.Tensor,
+    x_t: torch.Tensor,
+    abar: float,
+    abar_prev: float,
+    z: torch.Tensor | None,
+    *,
+    variance: str = "small",
+    clip: bool = False,
+) -> torch.Tensor:
     """One step of DDPM Algorithm 2 (respaced: beta_t = 1 - abar_t / abar_prev):
 
         x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_theta) / sqrt(alpha_t) + sigma_t z,
@@ -33,12 +42,19 @@ def ddpm_step(eps: torch.Tensor, x_t: torch.Tensor, abar: float, abar_prev: floa
     return mean + var**0.5 * z
 
 
-def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, abar: float, abar_prev: float, *, eta: float = 0.0,
-              z: torch.Tensor | None = None) -> torch.Tensor:
+def ddim_step(
+    eps: torch.Tensor,
+    x_t: torch.Tensor,
+    abar: float,
+    abar_prev: float,
+    *,
+    eta: float = 0.0,
+    z: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One DDIM step (Song et al. 2021, Eq. 12):
 
-        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
-        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
+    x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
+    sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
     x0_hat = G.x0_from_eps(x_t, eps, abar)
     sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)) ** 0.5
     x_prev = abar_prev**0.5 * x0_hat + (1 - abar_prev - sigma**2) ** 0.5 * eps
@@ -46,8 +62,16 @@ def ddim_step(eps: torch.Tensor, x_t: torch.Tensor, abar: float, abar_prev: floa
 
 
 @torch.no_grad()
-def sample_ddpm_literal(eps_model, x_T: torch.Tensor, schedule: DiscreteSchedule, timesteps: torch.Tensor, *,
-                        variance: str = "small", clip: bool = False, generator=None) -> torch.Tensor:
+def sample_ddpm_literal(
+    eps_model,
+    x_T: torch.Tensor,
+    schedule: DiscreteSchedule,
+    timesteps: torch.Tensor,
+    *,
+    variance: str = "small",
+    clip: bool = False,
+    generator=None,
+) -> torch.Tensor:
     """DDPM Algorithm 2 over decreasing ``timesteps`` (all T of them, or a respaced subset),
     starting from x_T ~ N(0, I) in VP scaling."""
     abar_tab = schedule.abar
@@ -63,8 +87,15 @@ def sample_ddpm_literal(eps_model, x_T: torch.Tensor, schedule: DiscreteSchedule
 
 
 @torch.no_grad()
-def sample_ddim_literal(eps_model, x_T: torch.Tensor, schedule: DiscreteSchedule, timesteps: torch.Tensor, *,
-                        eta: float = 0.0, generator=None) -> torch.Tensor:
+def sample_ddim_literal(
+    eps_model,
+    x_T: torch.Tensor,
+    schedule: DiscreteSchedule,
+    timesteps: torch.Tensor,
+    *,
+    eta: float = 0.0,
+    generator=None,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12) over decreasing ``timesteps``, the last step to abar = 1."""
     abar_tab = schedule.abar
     ts = [int(t) for t in timesteps]

@@ -87,5 +87,14 @@ def generate(
     """n samples of per-sample ``shape`` from ``denoiser`` with the named sampler on a ``steps``-step
     ``grid`` of ``schedule``'s noise levels, starting from ``prior`` (see :func:`prior_noise`)."""
     sigmas = make_sigmas(schedule, steps, grid)
-    return sample_batches(denoiser, sigmas, shape, n, sampler=sampler, generator=generator, batch_size=batch_size,
-                          prior=prior, **sampler_kwargs)
+    return sample_batches(
+        denoiser,
+        sigmas,
+        shape,
+        n,
+        sampler=sampler,
+        generator=generator,
+        batch_size=batch_size,
+        prior=prior,
+        **sampler_kwargs,
+    )

@@ -1,4 +1,5 @@
 """Probability-flow ODE solvers on the Denoiser contract (Karras et al. 2022, EDM)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,19 @@ def sample_euler(denoiser, x, sigmas, *, generator=None, callback=None, extra_ar
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, sigmas, *, s_churn: float = 0.0, s_tmin: float = 0.0,
-                s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, callback=None,
-                extra_args=None):
+def sample_heun(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """Heun's second-order method, EDM Algorithm 2: optional churn raises sigma to
     sigma_hat = sigma (1 + gamma), gamma = min(s_churn / n, sqrt(2) - 1) inside [s_tmin, s_tmax];
     an Euler step, then the trapezoidal correction (skipped when stepping to sigma = 0).

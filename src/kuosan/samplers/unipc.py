@@ -17,6 +17,7 @@ evaluation: the same update with D_t = m_t - m_s (r = 1) added to the sum and rh
 p x p system (rho = 1/2 for p = 1). UniPC-p has order p + 1 with p evaluations of history.
 The step to sigma = 0 (h = infinity) is x = m_s, after which there is nothing left to correct.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def _unipc_rhs(h: float, p: int, variant: str) -> tuple[float, list[float]]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown UniPC variant {variant!r}; choose from {VARIANTS}")
     B = -h if variant == "bh1" else math.expm1(-h)
-    I = exp_weights(h, p + 1)  # I[k] = I_{k+1}(h)
+    I = exp_weights(h, p + 1)  # noqa: E741 (the paper's I_k)  I[k] = I_{k+1}(h)
     return B, [-I[i] * math.factorial(i) / h**i / B for i in range(1, p + 1)]
 
 
@@ -59,15 +60,26 @@ def _unipc_update(x, m_s, sigma_s, sigma_t, lam_hist, m_hist, order, variant, m_
         rhos = [0.5]
     else:
         k = len(rks)
-        R = torch.tensor([[r ** i for r in rks] for i in range(k)], dtype=torch.float64)
+        R = torch.tensor([[r**i for r in rks] for i in range(k)], dtype=torch.float64)
         rhos = torch.linalg.solve(R, torch.tensor(rhs[:k], dtype=torch.float64)).tolist()
     res = sum(rho * D for rho, D in zip(rhos, Ds))
     return base - B * res
 
 
 @torch.no_grad()
-def sample_unipc(denoiser, x, sigmas, *, order: int = 2, variant: str = "bh2", corrector: bool = True,
-                 lower_order_final: bool = True, generator=None, callback=None, extra_args=None):
+def sample_unipc(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """UniPC-p (Zhao et al. 2023, Algorithms 1-2): UniP-p predictor with UniC corrector, one
     evaluation per step, order p + 1 (p without the corrector, which is then UniP alone).
     ``lower_order_final`` lowers the order near the end as diffusers does."""
@@ -81,8 +93,9 @@ def sample_unipc(denoiser, x, sigmas, *, order: int = 2, variant: str = "bh2", c
     for i, (sigma, sigma_next) in enumerate(zip(s[:-1], s[1:])):
         x0_hat = denoise(denoiser, x, sigma, extra_args, callback, i, sigma_next)
         if corrector and x_prev is not None:  # UniC: correct x_i with the evaluation just made at it
-            x = _unipc_update(x_prev, m_hist[0], s[i - 1], sigma, lam_hist[1:], m_hist[1:], orders[i - 1],
-                              variant, m_t=x0_hat)
+            x = _unipc_update(
+                x_prev, m_hist[0], s[i - 1], sigma, lam_hist[1:], m_hist[1:], orders[i - 1], variant, m_t=x0_hat
+            )
         m_hist = ([x0_hat] + m_hist)[:order]
         lam_hist = ([-math.log(sigma)] + lam_hist)[:order]
         if sigma_next == 0:
@@ -93,9 +106,28 @@ def sample_unipc(denoiser, x, sigmas, *, order: int = 2, variant: str = "bh2", c
 
 
 @torch.no_grad()
-def sample_unipc_3(denoiser, x, sigmas, *, variant: str = "bh2", corrector: bool = True,
-                   lower_order_final: bool = True, generator=None, callback=None, extra_args=None):
+def sample_unipc_3(
+    denoiser,
+    x,
+    sigmas,
+    *,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+    generator=None,
+    callback=None,
+    extra_args=None,
+):
     """UniPC-3: ``sample_unipc`` with p = 3 (fourth order with the corrector)."""
-    return sample_unipc(denoiser, x, sigmas, order=3, variant=variant, corrector=corrector,
-                        lower_order_final=lower_order_final, generator=generator, callback=callback,
-                        extra_args=extra_args)
+    return sample_unipc(
+        denoiser,
+        x,
+        sigmas,
+        order=3,
+        variant=variant,
+        corrector=corrector,
+        lower_order_final=lower_order_final,
+        generator=generator,
+        callback=callback,
+        extra_args=extra_args,
+    )

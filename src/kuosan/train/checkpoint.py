@@ -9,6 +9,7 @@ A run directory holds ``checkpoint/`` with
 A checkpoint is written to ``checkpoint.tmp/`` and swapped in by renames, so a crash at any moment
 leaves either the old or the new checkpoint whole (``checkpoint.old/`` is used if the swap was cut).
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict
                     st[key] = torch.empty_like(p, dtype=val.dtype).copy_(val)
 
 
-def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict, tensors: dict,
-                    state: dict) -> Path:
+def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict, tensors: dict, state: dict) -> Path:
     """Write a complete checkpoint atomically; returns its directory."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"

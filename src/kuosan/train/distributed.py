@@ -6,6 +6,7 @@ set, draws the same global batch from the same generator and takes its own slice
 processes take exactly the optimizer steps one process would take with the same global batch.
 Only rank 0 writes checkpoints, logs and pictures.
 """
+
 from __future__ import annotations
 
 import os

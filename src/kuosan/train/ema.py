@@ -1,4 +1,5 @@
 """Exponential moving average of a network's weights (Polyak averaging), updated in place."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """AdamW (Loshchilov & Hutter 2019) as torch's fused kernel, fed dense views of channels-last weights."""
+
 from __future__ import annotations
 
 import torch

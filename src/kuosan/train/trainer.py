@@ -5,6 +5,7 @@ Every random draw of training (batch indices, timesteps, noise) comes from one t
 state is checkpointed together with the global RNG (dropout), so a resumed run takes bitwise the
 same steps as one that was never interrupted (same machine, same thread count).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -61,14 +62,34 @@ class Trainer:
     ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
     """
 
-    def __init__(self, net: nn.Module, objective, data: torch.Tensor | dict[str, torch.Tensor], *, out_dir: str | Path,
-                 config: dict, batch_size: int = 128, grad_accum: int = 1, lr: float = 2e-3,
-                 weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), warmup_steps: int = 100,
-                 grad_clip: float = 1.0, ema_decay: float = 0.999, ema_warmup: bool = True,
-                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                 retain_memory: bool = True, checkpoint_every: float = 60.0,
-                 sample_every: int = 0, log_every: int = 25, seed: int = 0, sample_fn: Callable | None = None,
-                 progress: bool = True):
+    def __init__(
+        self,
+        net: nn.Module,
+        objective,
+        data: torch.Tensor | dict[str, torch.Tensor],
+        *,
+        out_dir: str | Path,
+        config: dict,
+        batch_size: int = 128,
+        grad_accum: int = 1,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        betas: tuple = (0.9, 0.999),
+        warmup_steps: int = 100,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+        retain_memory: bool = True,
+        checkpoint_every: float = 60.0,
+        sample_every: int = 0,
+        log_every: int = 25,
+        seed: int = 0,
+        sample_fn: Callable | None = None,
+        progress: bool = True,
+    ):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         data, self.cond_data = _split_data(data)
@@ -76,8 +97,9 @@ class Trainer:
             raise ValueError("the training data set is empty")
         self.rank, self.world = distributed.rank_and_world()
         if batch_size % (self.world * grad_accum):
-            raise ValueError(f"batch_size={batch_size} is not divisible by {self.world} processes x "
-                             f"grad_accum={grad_accum}")
+            raise ValueError(
+                f"batch_size={batch_size} is not divisible by {self.world} processes x grad_accum={grad_accum}"
+            )
         self.net, self.objective, self.data = net, objective, data.contiguous()
         self.out_dir, self.config = Path(out_dir), config
         self.batch_size, self.grad_accum = batch_size, grad_accum
@@ -96,8 +118,7 @@ class Trainer:
         # the fused (one-kernel) AdamW: 3x faster than the per-parameter loop on CPU for a 6.5M U-Net;
         # kuosan's hands it channels-last weights as dense views (train/optim.py)
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
-        self.opt = AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                                     fused=fused or None)
+        self.opt = AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -135,7 +156,7 @@ class Trainer:
         for m in range(self.grad_accum):
             part = slice(m * micro, (m + 1) * micro)
             sync = self.world == 1 or m == self.grad_accum - 1
-            with (contextlib.nullcontext() if sync else self.model.no_sync()):
+            with contextlib.nullcontext() if sync else self.model.no_sync():
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     loss = self.objective.loss(self.model, x0[part], **{k: v[part] for k, v in drawn.items()})
                     loss = loss.mean() / self.grad_accum
@@ -161,10 +182,22 @@ class Trainer:
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
         tensors["rng.generator"] = self.generator.get_state()
         tensors.update({f"rng.torch.{r}": state for r, state in enumerate(rng)})
-        state = {"step": self.step, "train_seconds": self.train_seconds, "last_loss": self.last_loss,
-                 "data_shape": list(self.data.shape[1:]), "world_size": self.world, "optimizer": opt_meta}
-        return ckpt.save_checkpoint(self.out_dir, config=self.config, model=self.net.state_dict(),
-                                    ema=self.ema.shadow.state_dict(), tensors=tensors, state=state)
+        state = {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "last_loss": self.last_loss,
+            "data_shape": list(self.data.shape[1:]),
+            "world_size": self.world,
+            "optimizer": opt_meta,
+        }
+        return ckpt.save_checkpoint(
+            self.out_dir,
+            config=self.config,
+            model=self.net.state_dict(),
+            ema=self.ema.shadow.state_dict(),
+            tensors=tensors,
+            state=state,
+        )
 
     def resume(self) -> None:
         """Restore weights, EMA, optimizer, step, clocks and RNG states from ``out_dir``. With another
@@ -172,8 +205,10 @@ class Trainer:
         (the per-process global RNG) do not."""
         state = ckpt.read_state(self.out_dir)
         if list(state["data_shape"]) != list(self.data.shape[1:]):
-            raise ckpt.CheckpointError(f"the data have shape {tuple(self.data.shape[1:])} but the checkpoint in "
-                                       f"{self.out_dir} was trained on {tuple(state['data_shape'])}")
+            raise ckpt.CheckpointError(
+                f"the data have shape {tuple(self.data.shape[1:])} but the checkpoint in "
+                f"{self.out_dir} was trained on {tuple(state['data_shape'])}"
+            )
         tensors = ckpt.load_tensors(self.out_dir, "state")
         self.net.load_state_dict(ckpt.load_tensors(self.out_dir, "model"))
         self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
@@ -195,8 +230,13 @@ class Trainer:
         return save_samples_png(samples, self.out_dir / "samples" / f"step_{self.step:07d}.png")
 
     def _log(self, path: Path, loss: float, seconds: float, steps_per_s: float, bar) -> None:
-        rec = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1), "seconds": round(seconds, 2),
-               "steps_per_s": round(steps_per_s, 2)}
+        rec = {
+            "step": self.step,
+            "loss": loss,
+            "lr": self.lr_at(self.step - 1),
+            "seconds": round(seconds, 2),
+            "steps_per_s": round(steps_per_s, 2),
+        }
         with open(path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         bar.set_postfix(loss=f"{loss:.4f}", step=self.step)
@@ -221,9 +261,15 @@ class Trainer:
         last_ckpt = last_log = start  # train_seconds is accounted up to last_ckpt
         loss_sum, loss_n, step0 = 0.0, 0, self.step
         by_time = steps is None
-        bar = tqdm(total=int(time_budget) if by_time else steps, initial=0 if by_time else self.step,
-                   unit="s" if by_time else "step", disable=not self.progress, dynamic_ncols=True, desc="train",
-                   bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if by_time else None)
+        bar = tqdm(
+            total=int(time_budget) if by_time else steps,
+            initial=0 if by_time else self.step,
+            unit="s" if by_time else "step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            desc="train",
+            bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
+        )
         interrupted = False
         try:
             while steps is None or self.step < steps:
@@ -245,8 +291,13 @@ class Trainer:
                 else:
                     bar.update(1)
                 if main and self.step % self.log_every == 0:
-                    self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
-                              loss_n / max(now - last_log, 1e-9), bar)
+                    self._log(
+                        log_path,
+                        loss_sum / loss_n,
+                        self.train_seconds + now - last_ckpt,
+                        loss_n / max(now - last_log, 1e-9),
+                        bar,
+                    )
                     loss_sum, loss_n, last_log = 0.0, 0, now
                 if main and self.sample_every and self.step % self.sample_every == 0:
                     self.write_samples()
@@ -257,15 +308,26 @@ class Trainer:
             bar.close()
         now = time.perf_counter()
         if main and loss_n:
-            self._log(log_path, loss_sum / loss_n, self.train_seconds + now - last_ckpt,
-                      loss_n / max(now - last_log, 1e-9), bar)
+            self._log(
+                log_path,
+                loss_sum / loss_n,
+                self.train_seconds + now - last_ckpt,
+                loss_n / max(now - last_log, 1e-9),
+                bar,
+            )
         self.train_seconds += now - last_ckpt
         self.save()
         if main:
             self.write_samples()
         distributed.barrier()
-        summary = {"step": self.step, "steps_this_run": self.step - step0, "train_seconds": self.train_seconds,
-                   "last_loss": self.last_loss, "interrupted": interrupted, "out_dir": str(self.out_dir),
-                   "processes": self.world}
+        summary = {
+            "step": self.step,
+            "steps_this_run": self.step - step0,
+            "train_seconds": self.train_seconds,
+            "last_loss": self.last_loss,
+            "interrupted": interrupted,
+            "out_dir": str(self.out_dir),
+            "processes": self.world,
+        }
         log.info("trained to step %d (%.1f s)", self.step, self.train_seconds)
         return summary

@@ -24,8 +24,26 @@ SOURCES = ("kernels.cpp", "group_norm_act.cpp", "conv_backward.cpp", "conv_weigh
 # choice of width stays its default (docs/speed.md)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 # instruction-set extensions that change what -march=native compiles (Linux /proc/cpuinfo names)
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-             "avx512cd", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512cd",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 _EXT = None
 _FAILED = False
@@ -62,13 +80,21 @@ def extension():
         from torch.utils.cpp_extension import load
 
         # the name is the cache folder: one per CPU kind and source version
-        _EXT = load(name=f"kuosan_kernels_{build_key()}", sources=[str(HERE / s) for s in SOURCES],
-                    extra_cflags=list(FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
+        _EXT = load(
+            name=f"kuosan_kernels_{build_key()}",
+            sources=[str(HERE / s) for s in SOURCES],
+            extra_cflags=list(FLAGS),
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the PyTorch definitions serve
         _FAILED = True
         msg = str(exc).strip()
-        warnings.warn(f"kuosan: CPU kernels unavailable ({type(exc).__name__}: "
-                      f"{msg.splitlines()[-1] if msg else ''}); using PyTorch ops", stacklevel=3)
+        warnings.warn(
+            f"kuosan: CPU kernels unavailable ({type(exc).__name__}: "
+            f"{msg.splitlines()[-1] if msg else ''}); using PyTorch ops",
+            stacklevel=3,
+        )
     return _EXT
 
 

@@ -63,8 +63,9 @@ class GroupNormAct(torch.autograd.Function):
             return t.to(tokens.dtype).permute(0, 2, 3, 1).reshape(b, h * w, c)
 
         skip = tokens_of(dskip) if dskip is not None else tokens.new_empty(0)
-        dx, de, dW, dB = extension().group_norm_act_backward(tokens_of(dy), tokens, e_, W_, B_, mean, rstd,
-                                                             ctx.act, skip)
+        dx, de, dW, dB = extension().group_norm_act_backward(
+            tokens_of(dy), tokens, e_, W_, B_, mean, rstd, ctx.act, skip
+        )
         de = de.to(e_dtype) if e_dtype is not None else None
         return dx.view(b, h, w, c).permute(0, 3, 1, 2), de, dW.to(W_dtype), dB.to(B_dtype), None, None, None, None
 
@@ -72,9 +73,14 @@ class GroupNormAct(torch.autograd.Function):
 def group_norm_applies(x: torch.Tensor) -> bool:
     """Whether :class:`GroupNormAct` serves x: a channels-last float32/bfloat16 CPU feature map, the
     kernels built, not compiling."""
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
-            and available())
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+        and available()
+    )
 
 
 class Conv2d(torch.autograd.Function):
@@ -95,8 +101,9 @@ class Conv2d(torch.autograd.Function):
             return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
         if _get_current_dispatch_mode() is not None:  # a mode (FlopCounterMode) sees the plain operations
             return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups) + residual
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, list(padding), list(stride),
-                                                              list(dilation), groups, "add", None, None, [], None)
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, weight, bias, list(padding), list(stride), list(dilation), groups, "add", None, None, [], None
+        )
 
     @staticmethod
     def backward(ctx, dy):
@@ -108,8 +115,9 @@ class Conv2d(torch.autograd.Function):
         if torch.is_grad_enabled() or _get_current_dispatch_mode() is not None:
             # differentiable; and a Python mode sees the operations PyTorch's own backward runs
             bias_sizes = [w.shape[0]] if has_bias else None
-            dx, dw, db = torch.ops.aten.convolution_backward(dy, x, w, bias_sizes, stride, padding, dilation, False,
-                                                             [0, 0], groups, mask)
+            dx, dw, db = torch.ops.aten.convolution_backward(
+                dy, x, w, bias_sizes, stride, padding, dilation, False, [0, 0], groups, mask
+            )
         else:
             dx, dw, db, _ = extension().conv2d_backward(dy, x, w, stride, padding, dilation, groups, *mask)
         return dx, dw, db, None, None, None, None, dy if ctx.needs_input_grad[7] else None
@@ -118,10 +126,17 @@ class Conv2d(torch.autograd.Function):
 def conv_backward_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :class:`Conv2d` serves a convolution of x with ``weight``: training (grad enabled,
     weight trainable) on a channels-last float32/bfloat16 CPU tensor, the kernels built, not compiling."""
-    return (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
-            and x.shape[0] > 0 and x.dtype in (torch.float32, torch.bfloat16)
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
-            and available())
+    return (
+        torch.is_grad_enabled()
+        and weight.requires_grad
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[0] > 0
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.compiler.is_compiling()
+        and available()
+    )
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, residual):
@@ -130,12 +145,17 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, residual):
     layout is added inside the convolution; otherwise by a separate addition (same up to rounding)."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     bias = None if bias is None else bias.to(dtype)
-    fuse = (residual is not None and residual.dtype == dtype and residual.device.type == "cpu"
-            and residual.is_contiguous(memory_format=torch.channels_last)
-            and (dtype != torch.bfloat16 or _BF16_POINTWISE))
+    fuse = (
+        residual is not None
+        and residual.dtype == dtype
+        and residual.device.type == "cpu"
+        and residual.is_contiguous(memory_format=torch.channels_last)
+        and (dtype != torch.bfloat16 or _BF16_POINTWISE)
+    )
     with torch.autocast("cpu", enabled=False):
-        y = Conv2d.apply(x.to(dtype), weight.to(dtype), bias, stride, padding, dilation, groups,
-                         residual if fuse else None)
+        y = Conv2d.apply(
+            x.to(dtype), weight.to(dtype), bias, stride, padding, dilation, groups, residual if fuse else None
+        )
     return y if residual is None or fuse else y + residual
 
 
@@ -157,8 +177,9 @@ class SelfAttention(torch.autograd.Function):
         if torch.is_grad_enabled() or _get_current_dispatch_mode() is not None:
             with torch.enable_grad():
                 x = qkv if qkv.requires_grad else qkv.detach().requires_grad_()
-                (dqkv,) = torch.autograd.grad(reference.self_attention(x, ctx.heads), x, dout.to(qkv.dtype),
-                                              create_graph=torch.is_grad_enabled())
+                (dqkv,) = torch.autograd.grad(
+                    reference.self_attention(x, ctx.heads), x, dout.to(qkv.dtype), create_graph=torch.is_grad_enabled()
+                )
             return dqkv, None, None
         return extension().amx_attention_backward(dout, qkv, P, ctx.heads, ctx.scale), None, None
 
@@ -167,6 +188,11 @@ def self_attention_applies(qkv: torch.Tensor, heads: int) -> bool:
     """Whether :class:`SelfAttention` serves qkv: a contiguous bfloat16 CPU qkv (B, N, 3 heads d) with N
     a multiple of 16 (N <= 1024) and d of 32, CPUs with AMX, torch on at most two threads, not
     compiling and no Python dispatch mode (FlopCounterMode sees the operations)."""
-    return (qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16 and not torch.compiler.is_compiling()
-            and _get_current_dispatch_mode() is None and available()
-            and extension().amx_attention_applies(qkv, heads))
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype == torch.bfloat16
+        and not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None
+        and available()
+        and extension().amx_attention_applies(qkv, heads)
+    )
