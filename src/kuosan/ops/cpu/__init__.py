@@ -12,6 +12,7 @@ PyTorch definitions (:mod:`kuosan.ops.reference`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import warnings
@@ -71,22 +72,45 @@ def build_key() -> str:
     return f"{digest:08x}"
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold the build folder's lock for one process at a time, a lock that dies with its process.
+
+    torch's own lock is a file that a build creates and deletes; a process killed mid-build (kill -9,
+    the OOM killer) leaves it behind, and every later build then waits on it forever. Under an
+    operating-system lock (flock, released when its holder exits however it exits) no other kuosan
+    process is building, so a torch lock file found there is stale and is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(build_dir / "kuosan.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def extension():
     """The compiled kernels, or None if they cannot be built here (warns once)."""
     global _EXT, _FAILED
     if _EXT is not None or _FAILED:
         return _EXT
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
 
-        # the name is the cache folder: one per CPU kind and source version
-        _EXT = load(
-            name=f"kuosan_kernels_{build_key()}",
-            sources=[str(HERE / s) for s in SOURCES],
-            extra_cflags=list(FLAGS),
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        name = f"kuosan_kernels_{build_key()}"  # the cache folder: one per CPU kind and source version
+        with _build_lock(Path(_get_build_directory(name, verbose=False))):
+            _EXT = load(
+                name=name,
+                sources=[str(HERE / s) for s in SOURCES],
+                extra_cflags=list(FLAGS),
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as exc:  # no compiler, no ninja, unsupported platform: the PyTorch definitions serve
         _FAILED = True
         msg = str(exc).strip()
