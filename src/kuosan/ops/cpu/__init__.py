@@ -2,12 +2,14 @@
 ``torch.utils.cpp_extension`` on first use and cached.
 
 The build compiles for the CPU it runs on (``-march=native``), so the cache is keyed by the CPU's
-instruction-set features as well as by the sources, headers and flags: one torch-extensions
-folder shared by different machines holds one build per CPU kind instead of handing one machine's
-binary to another. Inside the binary, the AMX routes are taken only where the operating system
-grants the tiles (``amx_tiles.h``). Without a compiler or ninja, on a platform the kernels do not
-support, or with ``KUOSAN_FUSED=0``, :func:`available` is False and :mod:`kuosan.ops` runs its
-PyTorch definitions (:mod:`kuosan.ops.reference`).
+instruction-set features as well as by the sources, headers, flags and install location: one
+torch-extensions folder shared by different machines holds one build per CPU kind instead of
+handing one machine's binary to another. A build runs under a lock that dies with its process
+(:func:`_build_lock`), so a build killed midway never blocks the next. Inside the binary, the AMX
+routes are taken only where the operating system grants the tiles (``amx_tiles.h``). Without a
+compiler or ninja, on a platform the kernels do not support, or with ``KUOSAN_FUSED=0``,
+:func:`available` is False and :mod:`kuosan.ops` runs its PyTorch definitions
+(:mod:`kuosan.ops.reference`).
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def cpu_features() -> str:
 
 
 def build_key() -> str:
-    """Digest of what the binary depends on: CPU features, sources, headers, flags."""
-    parts = [cpu_features().encode(), " ".join(FLAGS).encode()]
+    """Digest of what the binary depends on: CPU features, sources, headers, flags, and where the
+    sources are (ninja rebuilds when they move: two installs sharing a cache get a folder each)."""
+    parts = [cpu_features().encode(), " ".join(FLAGS).encode(), str(HERE.resolve()).encode()]
     parts += [p.read_bytes() for p in sorted(HERE.glob("*.h"))] + [(HERE / s).read_bytes() for s in SOURCES]
     digest = zlib.crc32(b"|".join(parts))
     return f"{digest:08x}"
