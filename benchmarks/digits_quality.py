@@ -24,7 +24,7 @@ from kuosan.app import build_trainer
 from kuosan.build import build_denoiser, build_schedule
 from kuosan.config import resolve_config
 from kuosan.data import load_digits
-from kuosan.metrics import digit_quality
+from kuosan.judges import digit_quality
 from kuosan.samplers.loop import generate
 from kuosan.utils import resolve_precision
 

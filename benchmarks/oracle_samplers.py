@@ -407,7 +407,7 @@ def trained_model_check(run_dir: str, n: int, seed: int) -> list[dict]:
     """Digit quality (Frechet distance in the shipped classifier's features, lower is better) of a
     trained digits run: kuosan's samplers at 10 evaluations against DDIM at 50 (each grid)."""
     from kuosan.build import build_denoiser, build_schedule
-    from kuosan.metrics import digit_quality
+    from kuosan.judges import digit_quality
     from kuosan.runs import load_run
     from kuosan.samplers.loop import prior_noise
 

@@ -15,7 +15,7 @@
    budget: wall-clock seconds, or optimizer steps with --steps (same network, batch and step cost,
    so equal steps are equal compute, the fair budget on a shared machine). digits-ncsn is sampled
    by annealed Langevin (its preset), PC and DDIM-20 (the contract lets any sampler drive it), the
-   DDPM preset by DDIM-20 (its preset); all judged by ``kuosan.metrics.digit_quality``. ``--runs``
+   DDPM preset by DDIM-20 (its preset); all judged by ``kuosan.judges.digit_quality``. ``--runs``
    evaluates runs trained elsewhere (``kuosan train --preset ... --steps N``) instead.
 
     python benchmarks/score_models.py [--part mixture|fisher|digits|all] [--budget 120 | --steps N]
@@ -289,7 +289,7 @@ def run_digits(
     run_dirs: dict | None = None,
 ) -> None:
     from kuosan.build import build_denoiser, build_schedule, prior_for
-    from kuosan.metrics import digit_quality, load_digit_classifier
+    from kuosan.judges import digit_quality, load_digit_classifier
     from kuosan.samplers.loop import generate
 
     classifier = load_digit_classifier()

@@ -34,7 +34,7 @@ import torch
 from kuosan.app import build_trainer
 from kuosan.config import resolve_config
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_caption, make_shapes
-from kuosan.metrics.shapes_classifier import load_shapes_classifier, prompt_accuracy
+from kuosan.judges.shapes import load_shapes_classifier, prompt_accuracy
 from kuosan.pipelines import TextToImagePipeline
 from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt

@@ -1,4 +1,4 @@
-"""Train the digits classifier behind ``kuosan.metrics.digit_quality`` and write its shipped weights.
+"""Train the digits classifier behind ``kuosan.judges.digit_quality`` and write its shipped weights.
 
     python scripts/train_digit_classifier.py [--epochs 40] [--out PATH]
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from kuosan.data import load_digits_with_labels
-from kuosan.metrics.digits_classifier import WEIGHTS_PATH, DigitClassifier
+from kuosan.judges.digits import WEIGHTS_PATH, DigitClassifier
 
 
 def random_shift(x: torch.Tensor, max_shift: int = 1) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Train the shapes attribute classifier behind ``kuosan.metrics.prompt_accuracy``; write its weights.
+"""Train the shapes attribute classifier behind ``kuosan.judges.prompt_accuracy``; write its weights.
 
     python scripts/train_shapes_classifier.py [--steps 3000] [--out PATH]
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_shapes, shapes_stream
-from kuosan.metrics.shapes_classifier import WEIGHTS_PATH, ShapesClassifier, predict_attributes
+from kuosan.judges.shapes import WEIGHTS_PATH, ShapesClassifier, predict_attributes
 
 TRAIN_SEED = 0
 

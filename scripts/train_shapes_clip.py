@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS, make_shapes, shapes_stream
-from kuosan.metrics.clip_score import info_nce_loss
-from kuosan.metrics.shapes_clip import (
+from kuosan.judges.shapes_clip import (
     WEIGHTS_PATH,
     ShapesCLIP,
     build_vocabulary,
     retrieval_report,
     save_shapes_clip,
 )
+from kuosan.metrics.clip_score import info_nce_loss
 
 TRAIN_SEED = 0
 MAX_LOGIT_SCALE = 4.6052  # log(100), CLIP's clamp of the learned temperature

@@ -12,15 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_caption, make_shapes
-from kuosan.metrics.clip_score import (
-    clip_score,
-    cosine_scores,
-    info_nce_loss,
-    load_clip,
-    similarity_matrix,
-    torchmetrics_convention,
-)
-from kuosan.metrics.shapes_clip import (
+from kuosan.judges.shapes_clip import (
     WEIGHTS_PATH,
     ShapesCLIP,
     build_vocabulary,
@@ -28,6 +20,14 @@ from kuosan.metrics.shapes_clip import (
     load_shapes_clip,
     retrieval_report,
     save_shapes_clip,
+)
+from kuosan.metrics.clip_score import (
+    clip_score,
+    cosine_scores,
+    info_nce_loss,
+    load_clip,
+    similarity_matrix,
+    torchmetrics_convention,
 )
 
 # ------------------------------------------------------------------------------------------ formulas

@@ -15,8 +15,9 @@ import torch
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
 from kuosan.data import load_digits  # noqa: E402
+from kuosan.judges.digits import DigitsFeatureExtractor  # noqa: E402
 from kuosan.metrics import frechet_distance, gaussian_stats  # noqa: E402
-from kuosan.metrics.fid import DigitsFeatureExtractor, fid, load_stats, reference_stats, save_stats  # noqa: E402
+from kuosan.metrics.fid import fid, load_stats, reference_stats, save_stats  # noqa: E402
 from kuosan.metrics.inception import (  # noqa: E402
     FIDInceptionV3,
     InceptionFeatureExtractor,

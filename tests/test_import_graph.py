@@ -23,13 +23,14 @@ LAYERS = {
     "diffusion": {"utils"},
     "samplers": {"utils", "diffusion"},
     "losses": {"utils", "diffusion"},
-    "metrics": {"utils", "data", "networks", "ops", "imaging"},
+    "metrics": {"utils", "networks"},
+    "judges": {"utils", "data", "networks", "metrics"},
     "train": {"utils", "diffusion", "losses", "imaging"},
 }
 LAYERS["build"] = {"config", "presets", "data", "diffusion", "losses", "networks", "samplers", "utils", "train"}
 LAYERS["runs"] = LAYERS["build"] | {"build"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
-LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "imaging", "ops"}
+LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops"}
 LAYERS["cli"] = LAYERS["app"] | {"app"}
 LAYERS["__main__"] = {"cli"}
 LAYERS["__init__"] = set(LAYERS) - {"__main__", "__init__"}  # lazily, by name (kuosan.__getattr__)

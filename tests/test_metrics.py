@@ -10,14 +10,8 @@ import torch
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
 from kuosan.data import load_digits, load_digits_with_labels  # noqa: E402 (after the scipy skip)
-from kuosan.metrics import (  # noqa: E402
-    DigitClassifier,
-    digit_quality,
-    frechet_distance,
-    frechet_distance_from_features,
-    gaussian_stats,
-    load_digit_classifier,
-)
+from kuosan.judges import DigitClassifier, digit_quality, load_digit_classifier  # noqa: E402
+from kuosan.metrics import frechet_distance, frechet_distance_from_features, gaussian_stats  # noqa: E402
 
 
 def _sqrtm_psd(a):

@@ -178,7 +178,7 @@ class _TableClassifier(torch.nn.Module):
 
 
 def test_prompt_accuracy_semantics():
-    from kuosan.metrics.shapes_classifier import prompt_accuracy
+    from kuosan.judges.shapes import prompt_accuracy
 
     images = (torch.arange(4).float() / 100).view(4, 1, 1, 1).expand(4, 3, 32, 32)
     predicted = {"shape": [0, 1, 2, 0], "colour": [3, 3, 3, 3], "size": [0, 1, 0, 1], "position": [4, 4, 4, 4]}
@@ -214,7 +214,7 @@ def fresh():
 
 
 def test_shipped_classifier_reads_fresh_images(fresh):
-    from kuosan.metrics.shapes_classifier import WEIGHTS_PATH, load_shapes_classifier, prompt_accuracy
+    from kuosan.judges.shapes import WEIGHTS_PATH, load_shapes_classifier, prompt_accuracy
 
     assert WEIGHTS_PATH.stat().st_size < 1_000_000
     report = prompt_accuracy(fresh.images, fresh.attributes, classifier=load_shapes_classifier())
@@ -226,7 +226,7 @@ def test_shipped_classifier_reads_fresh_images(fresh):
 
 
 def test_classifier_tolerates_mildly_imperfect_images(fresh):
-    from kuosan.metrics.shapes_classifier import load_shapes_classifier, prompt_accuracy
+    from kuosan.judges.shapes import load_shapes_classifier, prompt_accuracy
 
     g = torch.Generator().manual_seed(0)
     blurred = torch.nn.functional.avg_pool2d(fresh.images, 3, stride=1, padding=1, count_include_pad=False)
@@ -237,7 +237,7 @@ def test_classifier_tolerates_mildly_imperfect_images(fresh):
 
 
 def test_classifier_rejects_wrong_shape():
-    from kuosan.metrics.shapes_classifier import ShapesClassifier
+    from kuosan.judges.shapes import ShapesClassifier
 
     with pytest.raises(ValueError, match="3, 32, 32"):
         ShapesClassifier()(torch.zeros(2, 3, 16, 16))

@@ -41,7 +41,7 @@ def test_installed_wheel_trains_with_the_cpu_kernels(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     cpu = sorted(p.name for p in (ROOT / "src/kuosan/ops/cpu").iterdir() if p.suffix in (".cpp", ".h"))
     assert {f"kuosan/ops/cpu/{n}" for n in cpu} <= names, "the wheel lacks kernel sources or headers"
-    assert any(n.startswith("kuosan/metrics/weights/") for n in names)
+    assert any(n.startswith("kuosan/judges/weights/") for n in names)
     site = tmp_path / "site"
     r = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

@@ -16,7 +16,7 @@ from kuosan.config import ConfigError
 from kuosan.data import DIGITS_SPLITS, load_dataset
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS
 from kuosan.diffusion.likelihood import ode_bpd, respaced_schedule, vlb_bpd
-from kuosan.metrics.evaluate import DATASETS, SAMPLE_SHAPES, evaluate_samples
+from kuosan.judges.evaluate import DATASETS, SAMPLE_SHAPES, evaluate_samples
 from kuosan.metrics.reconstruction import reconstruction_pairs, reconstruction_report
 from kuosan.runs import Run, load_autoencoder
 

@@ -12,7 +12,7 @@ A text-image model here is any object with
 (embeddings need not be normalised). Two implement it: ``HFCLIPScorer`` (a transformers ``CLIPModel``
 from a local directory, ``load_clip``; images are preprocessed in torch the way its
 ``CLIPImageProcessor`` does: resize the short side, centre-crop, normalise with its mean/std) and
-``kuosan.metrics.shapes_clip.ShapesCLIP`` (a small model trained on the captioned shapes).
+``kuosan.judges.shapes_clip.ShapesCLIP`` (a small model trained on the captioned shapes).
 """
 
 from __future__ import annotations

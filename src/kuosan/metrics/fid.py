@@ -6,8 +6,8 @@ for Gaussians fitted to features of real (r) and generated (g) images: ``frechet
 (float64, symmetric eigendecompositions, rank-deficient covariances handled). A feature extractor is
 any callable ``images (N, C, H, W) in [-1, 1] -> features (N, D)`` with a ``name`` naming its feature
 space: :class:`~kuosan.metrics.inception.InceptionFeatureExtractor` (the standard FID network, from a
-weights file) or :class:`DigitsFeatureExtractor` (kuosan's digits classifier, the in-house network of
-the bundled digits).
+weights file) or a data set's own judge (:class:`kuosan.judges.digits.DigitsFeatureExtractor`, the
+digits classifier).
 
 Cached statistics are ``.npz`` files of float64 arrays (``mu``, ``sigma``) plus string/int metadata
 (``extractor``, ``n``, ``data_sha256``), written with ``np.savez`` and read with
@@ -36,25 +36,7 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-class DigitsFeatureExtractor:
-    """The 128-d penultimate features of the shipped digits classifier (``digits_classifier.py``) for
-    (N, 1, 8, 8) digits in [-1, 1] (clamped)."""
-
-    def __init__(self, classifier=None, *, batch_size: int = 512):
-        from kuosan.metrics.digits_classifier import load_digit_classifier
-
-        self.model = classifier if classifier is not None else load_digit_classifier()
-        self.model.eval()
-        self.batch_size = batch_size
-        self.name = f"digits-classifier:{_state_fingerprint(self.model)}"
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        chunks = images.detach().cpu().split(self.batch_size)
-        return torch.cat([self.model.features(c.clamp(-1, 1).float()) for c in chunks])
-
-
-def _state_fingerprint(model: torch.nn.Module) -> str:
+def state_fingerprint(model: torch.nn.Module) -> str:
     """First 12 hex digits of the SHA-256 of a module's weights (names its feature space)."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
@@ -142,7 +124,6 @@ def fid(
 
 
 __all__ = [
-    "DigitsFeatureExtractor",
     "FeatureExtractor",
     "data_fingerprint",
     "extract_features",

@@ -1,5 +1,5 @@
 r"""Inception Score (Salimans et al. 2016), computed from any classifier's class probabilities; kuosan
-computes it for digits with its own digits classifier (``digits_classifier.py``), as an
+computes it for digits with its own digits classifier (``kuosan.judges.digits``), as an
 "Inception-Score-style" figure (Inception-v3 knows no 8x8 digits).
 
 .. math::
@@ -15,7 +15,6 @@ predictions are confident and classes are used equally.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from kuosan.metrics.frechet import _as_float64
 
@@ -39,17 +38,4 @@ def inception_score_from_probs(probs, *, splits: int = 10, seed: int | None = No
     return {"is": float(scores.mean()), "is_std": float(scores.std())}
 
 
-@torch.no_grad()
-def digits_inception_score(samples: torch.Tensor, *, classifier=None, splits: int = 10, batch_size: int = 512) -> dict:
-    """The Inception-Score-style figure of digit samples (N, 1, 8, 8) in [-1, 1] (clamped) under the
-    shipped digits classifier (default ``load_digit_classifier()``); at most 10."""
-    from kuosan.metrics.digits_classifier import load_digit_classifier
-
-    model = classifier if classifier is not None else load_digit_classifier()
-    model.eval()
-    chunks = samples.detach().cpu().split(batch_size)
-    probs = torch.cat([model(chunk.clamp(-1, 1).float()).softmax(1) for chunk in chunks])
-    return inception_score_from_probs(probs, splits=min(splits, len(probs)))
-
-
-__all__ = ["digits_inception_score", "inception_score_from_probs"]
+__all__ = ["inception_score_from_probs"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from kuosan.data.shapes import ATTRIBUTES, CAPTION_TEMPLATES, POSITION_PHRASES, SIZE_WORDS
-from kuosan.metrics.shipped import load_shipped
+from kuosan.judges.shipped import load_shipped
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "shapes_clip.safetensors"
 PAD, UNK = "<pad>", "<unk>"

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kuosan.judges.shipped import load_shipped
+from kuosan.metrics.fid import state_fingerprint
 from kuosan.metrics.frechet import frechet_distance, gaussian_stats
-from kuosan.metrics.shipped import load_shipped
+from kuosan.metrics.inception_score import inception_score_from_probs
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "digits_classifier.safetensors"
 CONFIDENCE_THRESHOLD = 0.9
@@ -132,4 +134,38 @@ def digit_quality(
     }
 
 
-__all__ = ["DigitClassifier", "load_digit_classifier", "digit_quality", "WEIGHTS_PATH"]
+class DigitsFeatureExtractor:
+    """The 128-d penultimate features of the shipped digits classifier (``digits_classifier.py``) for
+    (N, 1, 8, 8) digits in [-1, 1] (clamped)."""
+
+    def __init__(self, classifier=None, *, batch_size: int = 512):
+        self.model = classifier if classifier is not None else load_digit_classifier()
+        self.model.eval()
+        self.batch_size = batch_size
+        self.name = f"digits-classifier:{state_fingerprint(self.model)}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        chunks = images.detach().cpu().split(self.batch_size)
+        return torch.cat([self.model.features(c.clamp(-1, 1).float()) for c in chunks])
+
+
+@torch.no_grad()
+def digits_inception_score(samples: torch.Tensor, *, classifier=None, splits: int = 10, batch_size: int = 512) -> dict:
+    """The Inception-Score-style figure of digit samples (N, 1, 8, 8) in [-1, 1] (clamped) under the
+    shipped digits classifier (default ``load_digit_classifier()``); at most 10."""
+    model = classifier if classifier is not None else load_digit_classifier()
+    model.eval()
+    chunks = samples.detach().cpu().split(batch_size)
+    probs = torch.cat([model(chunk.clamp(-1, 1).float()).softmax(1) for chunk in chunks])
+    return inception_score_from_probs(probs, splits=min(splits, len(probs)))
+
+
+__all__ = [
+    "DigitClassifier",
+    "DigitsFeatureExtractor",
+    "WEIGHTS_PATH",
+    "digit_quality",
+    "digits_inception_score",
+    "load_digit_classifier",
+]

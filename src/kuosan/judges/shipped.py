@@ -19,7 +19,7 @@ def read_shipped_metadata(path: str | Path, *, what: str, script: str) -> dict[s
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} weights not found at {path} (the package ships them in "
-            f"kuosan/metrics/weights/; re-create them with {script})"
+            f"kuosan/judges/weights/; re-create them with {script})"
         )
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}

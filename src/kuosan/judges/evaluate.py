@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from kuosan.metrics.digits_classifier import digit_quality, load_digit_classifier
-from kuosan.metrics.fid import DigitsFeatureExtractor, extract_features, fid
+from kuosan.judges.digits import DigitsFeatureExtractor, digit_quality, load_digit_classifier
+from kuosan.metrics.fid import extract_features, fid
 from kuosan.metrics.inception_score import inception_score_from_probs
 from kuosan.metrics.kid import kid
 from kuosan.metrics.memorization import memorization_report

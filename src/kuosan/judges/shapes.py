@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from kuosan.data.shapes import ATTRIBUTES
-from kuosan.metrics.shipped import load_shipped
+from kuosan.judges.shipped import load_shipped
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "shapes_classifier.safetensors"
 
