@@ -15,8 +15,16 @@ def test_presets_are_valid_and_roundtrip():
         assert Config.from_dict(cfg.to_dict()) == cfg
 
 
-def test_shipped_config_file_is_the_digits_preset():
-    assert resolve_config(None, str(ROOT / "configs" / "digits.toml")) == resolve_config("digits")
+def test_a_preset_file_is_an_experiment_file():
+    """The shipped preset file, given as --config, is the preset; an NCSN preset replaces its twin's
+    diffusion and sample sections whole and keeps the rest."""
+    import kuosan.presets
+
+    digits_file = Path(kuosan.presets.__file__).parent / "digits.toml"
+    assert resolve_config(None, str(digits_file)) == resolve_config("digits")
+    ncsn, ddpm = PRESETS["digits-ncsn"], PRESETS["digits"]
+    assert ncsn["model"] == ddpm["model"] and ncsn["train"] == ddpm["train"]
+    assert "schedule" not in ncsn["diffusion"] and ncsn["diffusion"]["kind"] == "ncsn"
 
 
 def test_overrides_types_and_errors():
@@ -35,3 +43,14 @@ def test_overrides_types_and_errors():
         validate(resolve_config("digits", None, ["sample.sampler=nope"]))
     with pytest.raises(ConfigError, match="more than the 1000"):
         validate(resolve_config("digits", None, ["sample.steps=1001"]))
+
+
+def test_model_params_are_checked_against_the_network_signature():
+    from kuosan.build import build_network
+
+    with pytest.raises(ConfigError, match=r"model.params.widht is not a parameter of model.network=unet \(it takes: "):
+        build_network(resolve_config("digits", None, ["model.params.widht=3"]), (1, 8, 8))
+    with pytest.raises(ConfigError, match="model.params.hiden is not a parameter of model.network=mlp"):
+        build_network(resolve_config("toy2d", None, ["model.params.hiden=3"]), (2,))
+    with pytest.raises(ConfigError, match="model.params: num_heads=5 must be >= 1 and divide"):
+        build_network(resolve_config("digits", None, ["model.params.num_heads=5"]), (1, 8, 8))

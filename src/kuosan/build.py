@@ -4,6 +4,8 @@ fails here with a ConfigError before anything is written."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -168,10 +170,18 @@ def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
         if len(data_shape) != 1:
             raise ConfigError(f"the mlp needs vector data (D,), got samples of shape {tuple(data_shape)}")
         params.setdefault("dim", data_shape[0])
+    cls = NETWORKS[cfg.model.network]
+    accepted = inspect.signature(cls).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model.params.{unknown[0]} is not a parameter of model.network={cfg.model.network} "
+            f"(it takes: {', '.join(accepted)})"
+        )
     try:
-        return NETWORKS[cfg.model.network](**params)
-    except TypeError as e:
-        raise ConfigError(f"model.params: {e}") from None
+        return cls(**params)
+    except (TypeError, ValueError) as e:  # a value the constructor refuses, e.g. heads not dividing channels
+        raise ConfigError(f"model.params: {str(e).splitlines()[0]}") from None
 
 
 def _check_autoencoder_shape(params: dict, data_shape: tuple[int, ...]) -> None:

@@ -10,14 +10,14 @@ OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
 def add_train(sub):
+    from kuosan.presets import PRESETS
+
     p = sub.add_parser(
         "train",
         help="train a diffusion model",
         description="Train a diffusion model; `section.key=value` overrides any config entry.",
     )
-    p.add_argument(
-        "--preset", help="named preset: digits, toy2d, digits-ncsn, toy2d-ncsn, shapes-vae, shapes-ldm, shapes-pixel"
-    )
+    p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (src/kuosan/presets/NAME.toml)")
     p.add_argument("--config", help="experiment file (TOML or JSON)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
     p.add_argument("--time-budget", type=float, help="seconds of training")
