@@ -275,7 +275,7 @@ def test_preset_config_round_trip_and_network():
         (["autoencoder.recon=l3"], "autoencoder.recon='l3'"),
         (["autoencoder.kl_weight=-1"], "autoencoder.kl_weight must be >= 0"),
         (["model.network=ae"], "set autoencoder.kl_weight=0"),
-        (["data.name=toy2d:moons"], "is 2-D points"),
+        (["data.name=toy2d:moons"], "is not images"),
         (["diffusion.learn_sigma=true", "diffusion.loss=hybrid"], "learn_sigma"),
         (["autoencoder.klweight=1"], "unknown config key 'autoencoder.klweight'"),
     ],
@@ -340,7 +340,7 @@ def test_cli_trains_reconstructs_and_refuses_to_sample(tmp_path, capsys):
     # the other bad requests, in-process (the same main() the subprocess runs)
     for argv, needle in [
         (["nll", str(run)], "autoencoder run"),
-        (["reconstruct", str(run), "--split", "train"], "split 'train'"),
+        (["reconstruct", str(run), "--split", "nope"], "shapes has no split 'nope'; it has train, val, test"),
         (["reconstruct", str(tmp_path / "missing")], "run directory not found"),
         (["reconstruct", str(run), "--out", "x.jpg"], "--out must end in .png"),
         (

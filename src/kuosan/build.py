@@ -5,12 +5,14 @@ fails here with a ConfigError before anything is written."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from kuosan.config import Config, ConfigError
-from kuosan.data import DataError, load_dataset
+from kuosan.data import DataError
+from kuosan.data.registry import Options, dataset_spec, load_split
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import ScoreDenoiser
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
@@ -81,8 +83,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("diffusion.loss=hybrid trains a learned variance: set diffusion.learn_sigma=true")
     if d.learn_sigma and cfg.model.network != "unet":
         raise ConfigError("diffusion.learn_sigma=true needs model.network=unet (2x output channels)")
-    if d.dequantize and cfg.data.name.startswith("toy2d:"):
-        raise ConfigError("diffusion.dequantize=true needs data on a grid (digits or an image folder)")
+    if d.dequantize and data_bin_width(cfg) is None:
+        raise ConfigError(
+            f"diffusion.dequantize=true needs data on a grid (digits or an image folder); "
+            f"data.name={cfg.data.name!r} is continuous"
+        )
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
     if cfg.text.encoder or cfg.latent.autoencoder:
@@ -118,30 +123,21 @@ def _validate_autoencoder(cfg: Config) -> None:
         raise ConfigError(
             f"model.network=ae has no KL term: set autoencoder.kl_weight=0 (got {a.kl_weight}) or use model.network=vae"
         )
-    if cfg.data.name.startswith("toy2d:"):
-        raise ConfigError(f"model.network={net} is an image autoencoder; data.name={cfg.data.name!r} is 2-D points")
+    if not dataset_spec(cfg.data.name)[0].images:
+        raise ConfigError(f"model.network={net} is an image autoencoder; data.name={cfg.data.name!r} is not images")
     if cfg.diffusion.dequantize:
         raise ConfigError(f"diffusion.dequantize=true: model.network={net} trains an autoencoder, not a diffusion")
 
 
-def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
-    """The training tensor (N, ...) of the config's data set."""
-    name = cfg.data.name
-    if name == "digits":
-        return load_dataset("digits", split=split)
-    if name.startswith("toy2d:"):
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        return load_dataset(name, n=cfg.data.n, generator=g)
-    if name.startswith("folder:"):
-        return load_dataset(name, size=cfg.data.size, channels=cfg.data.channels)
-    if name == "shapes":  # training images from the run's seed; "val"/"test" are the fixed evaluation sets
-        from kuosan.data.shapes import SHAPES_EVAL_SEEDS
+def data_options(cfg: Config, **changes) -> Options:
+    """The loader options of the config's data section and training seed (``changes`` replace some)."""
+    d = cfg.data
+    return replace(Options(n=d.n, size=d.size, channels=d.channels, seed=cfg.train.seed), **changes)
 
-        if split != "train" and split not in SHAPES_EVAL_SEEDS:
-            raise DataError(f"unknown shapes split {split!r}; expected train, {', '.join(SHAPES_EVAL_SEEDS)}")
-        seed = cfg.train.seed if split == "train" else SHAPES_EVAL_SEEDS[split]
-        return load_dataset("shapes", n=cfg.data.n, seed=seed)
-    return load_dataset(name)  # raises DataError listing the known names
+
+def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
+    """The ``split`` (N, ...) of the config's data set (``data/registry.py`` says which it has)."""
+    return load_split(cfg.data.name, split, data_options(cfg))
 
 
 def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
@@ -212,14 +208,8 @@ def build_schedule(cfg: Config) -> DiscreteSchedule:
 
 def data_bin_width(cfg: Config) -> float | None:
     """Width of the data's grid in [-1, 1] (for discretized likelihoods): digits 2/16, 8-bit image
-    folders 2/255; None for continuous (toy 2-D) data."""
-    from kuosan.data import DIGITS_BIN_WIDTH
-
-    if cfg.data.name == "digits":
-        return DIGITS_BIN_WIDTH
-    if cfg.data.name.startswith("folder:"):
-        return 2.0 / 255
-    return None
+    folders 2/255; None for continuous data (``data/registry.py``)."""
+    return dataset_spec(cfg.data.name)[0].bin_width
 
 
 def build_objective(cfg: Config):
@@ -276,7 +266,7 @@ def _validate_conditional(cfg: Config) -> None:
             "text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "
             "learn_sigma, timestep_sampler or dequantize)"
         )
-    if t.encoder and cfg.data.name != "shapes":
+    if t.encoder and dataset_spec(cfg.data.name)[0].load_captioned is None:
         raise ConfigError(f"text.encoder needs captioned data (data.name=shapes), got data.name={cfg.data.name!r}")
     for key, value in (("text.cond_drop", t.cond_drop), ("text.inpaint_fraction", t.inpaint_fraction)):
         if not 0 <= value <= 1:
@@ -333,6 +323,7 @@ __all__ = [
     "build_schedule",
     "build_text_encoder",
     "data_bin_width",
+    "data_options",
     "encode_posterior",
     "prior_for",
     "validate",

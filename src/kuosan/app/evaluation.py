@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from kuosan.app.sampling import refuse_autoencoder
-from kuosan.build import build_data, data_bin_width
+from kuosan.build import build_data, data_bin_width, data_options
 from kuosan.config import ConfigError
-from kuosan.data import DIGITS_SPLITS, load_dataset
-from kuosan.data.shapes import SHAPES_EVAL_SEEDS
+from kuosan.data.registry import load_split
 from kuosan.diffusion.likelihood import ode_bpd, respaced_schedule, vlb_bpd
 from kuosan.judges.evaluate import DATASETS, SAMPLE_SHAPES, evaluate_samples
 from kuosan.metrics.reconstruction import reconstruction_pairs, reconstruction_report
@@ -65,18 +64,9 @@ def evaluate(
 
 
 def evaluation_data(cfg, split: str) -> torch.Tensor:
-    """The evaluation images of a run's data set: digits splits, the whole image folder, fresh toy draws."""
-    name = cfg.data.name
-    if name == "digits":
-        if split not in DIGITS_SPLITS:
-            raise ConfigError(f"split {split!r}: digits has {', '.join(DIGITS_SPLITS)}")
-        return build_data(cfg, split=split)
-    if name.startswith("toy2d:"):  # "test": a fresh draw the model never saw
-        seed = cfg.train.seed + (1 if split == "test" else 0)
-        return load_dataset(name, n=10_000, generator=torch.Generator().manual_seed(seed))
-    if split not in ("all", "train"):
-        raise ConfigError(f"split {split!r}: an image folder has no test split; use split all")
-    return build_data(cfg)
+    """The ``split`` of a run's data set (digits: train, test, all; toy 2-D: train, or test, a fresh draw
+    the model never saw; an image folder: all; shapes: val, test), as ``data/registry.py`` describes."""
+    return build_data(cfg, split=split)
 
 
 def likelihood(
@@ -218,14 +208,7 @@ def reconstruct(
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     cfg, net = load_autoencoder(run_dir, weights=weights)
-    if cfg.data.name == "shapes":
-        if split not in SHAPES_EVAL_SEEDS:
-            raise ConfigError(f"split {split!r}: shapes has {', '.join(SHAPES_EVAL_SEEDS)}")
-        x = load_dataset("shapes", n=eval_n, seed=SHAPES_EVAL_SEEDS[split])
-    elif cfg.data.name == "digits":
-        x = build_data(cfg, split=split)
-    else:
-        raise ConfigError(f"no evaluation split for data.name={cfg.data.name!r} (shapes or digits)")
+    x = load_split(cfg.data.name, split, data_options(cfg, n=eval_n))  # shapes: eval_n images of the fixed set
     with torch.inference_mode():
         report = reconstruction_report(net, x, batch_size=batch_size, sample=sample, seed=seed)
         picture = reconstruction_pairs(net, x[:pairs], nrow=8) if pairs else None

@@ -17,12 +17,13 @@ from kuosan.build import (
     build_objective,
     build_schedule,
     build_text_encoder,
+    data_options,
     encode_posterior,
     prior_for,
     validate,
 )
 from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
-from kuosan.data.shapes import make_shapes
+from kuosan.data.registry import dataset_spec, load_captioned_split
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
 from kuosan.metrics.reconstruction import reconstruction_pairs
 from kuosan.networks import AUTOENCODERS
@@ -95,9 +96,8 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
     captions = None
     if images is None:
-        if cfg.data.name == "shapes":
-            batch = make_shapes(cfg.data.n, cfg.train.seed)
-            images, captions = batch.images, batch.captions
+        if dataset_spec(cfg.data.name)[0].load_captioned is not None:
+            images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg))
         else:
             images = build_data(cfg)
     data: dict[str, torch.Tensor] = {}

@@ -1,0 +1,155 @@
+"""The data sets, each described once: what ``data.name`` may say, the shape of a sample, the splits,
+the width of the data's grid (for discrete likelihoods), whether it has captions, and the judge that
+evaluates samples of it (``kuosan.judges``). Adding a data set is one entry here and its loader.
+
+``data.name`` is ``KIND`` or ``KIND:ARGUMENT`` (``toy2d:moons``, ``folder:/path/to/images``).
+:func:`load_split` draws a split with the options of the config's data section and training seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kuosan.data.digits import DIGITS_BIN_WIDTH, DIGITS_SPLITS, load_digits
+from kuosan.data.errors import DataError
+from kuosan.data.image_folder import load_image_folder
+from kuosan.data.shapes import SHAPES_EVAL_SEEDS, make_shapes
+from kuosan.data.toy2d import TOY2D_NAMES, sample_toy2d
+
+TOY2D_TEST_SIZE = 10_000  # a fresh draw of this many points is toy2d's "test" split
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a loader may use: the config's ``data.n``, ``data.size``, ``data.channels`` and the run's
+    training seed."""
+
+    n: int | None = None
+    size: int | None = None
+    channels: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set. ``load(argument, split, options)`` -> (N, *sample shape) float32; ``splits``: the
+    splits it has ("train" trains); ``bin_width``: the grid of its values in [-1, 1] (None:
+    continuous); ``images``: samples are (C, H, W); ``captions``: it carries captions (text conditioning);
+    ``judge``: the evaluation suite of ``kuosan.judges`` for its samples (None: none);
+    ``load_captioned(argument, split, options)`` -> (images, captions) for a data set with captions."""
+
+    kind: str
+    description: str
+    load: Callable[[str, str, Options], torch.Tensor]
+    splits: tuple[str, ...]
+    bin_width: float | None
+    images: bool = True
+    load_captioned: Callable[[str, str, Options], tuple[torch.Tensor, list[str]]] | None = None
+    judge: str | None = None
+    argument: str | None = None  # what follows "KIND:" in data.name, described (None: takes none)
+
+
+def _digits(argument: str, split: str, options: Options) -> torch.Tensor:
+    return load_digits(split)
+
+
+def _toy2d(argument: str, split: str, options: Options) -> torch.Tensor:
+    """The training draw from the run's seed; "test" a fresh draw the model never saw."""
+    if split == "test":
+        return sample_toy2d(argument, TOY2D_TEST_SIZE, generator=torch.Generator().manual_seed(options.seed + 1))
+    if options.n is None:
+        raise DataError(f"dataset 'toy2d:{argument}' needs the number of samples data.n")
+    return sample_toy2d(argument, options.n, generator=torch.Generator().manual_seed(options.seed))
+
+
+def _folder(argument: str, split: str, options: Options) -> torch.Tensor:
+    return load_image_folder(argument, size=options.size, channels=options.channels)
+
+
+def _shapes_captioned(argument: str, split: str, options: Options) -> tuple[torch.Tensor, list[str]]:
+    """Training images from the run's seed; "val" and "test" the fixed evaluation sets."""
+    if options.n is None:
+        raise DataError("dataset 'shapes' needs the number of images data.n")
+    batch = make_shapes(options.n, options.seed if split == "train" else SHAPES_EVAL_SEEDS[split])
+    return batch.images, batch.captions
+
+
+def _shapes(argument: str, split: str, options: Options) -> torch.Tensor:
+    return _shapes_captioned(argument, split, options)[0]
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.kind: spec
+    for spec in (
+        DatasetSpec(
+            "digits",
+            "scikit-learn's 8x8 digits, 17 grey levels",
+            _digits,
+            DIGITS_SPLITS,
+            DIGITS_BIN_WIDTH,
+            judge="digits",
+        ),
+        DatasetSpec(
+            "toy2d",
+            "2-D toy distributions",
+            _toy2d,
+            ("train", "test"),
+            None,
+            images=False,
+            argument="|".join(TOY2D_NAMES),
+        ),
+        DatasetSpec("folder", "a folder of 8-bit image files", _folder, ("train", "all"), 2.0 / 255, argument="<path>"),
+        DatasetSpec(
+            "shapes",
+            "captioned synthetic shapes, 32x32x3",
+            _shapes,
+            ("train", *SHAPES_EVAL_SEEDS),
+            None,
+            load_captioned=_shapes_captioned,
+        ),
+    )
+}
+
+
+def dataset_names() -> list[str]:
+    """Every accepted form of ``data.name``."""
+    return [f"{s.kind}:{s.argument}" if s.argument else s.kind for s in DATASETS.values()]
+
+
+def dataset_spec(name: str) -> tuple[DatasetSpec, str]:
+    """(spec, argument) of ``data.name``; DataError (one line, the known names) for an unknown one."""
+    kind, _, argument = name.partition(":")
+    spec = DATASETS.get(kind)
+    if spec is None or bool(spec.argument) != bool(argument) or (kind == "toy2d" and argument not in TOY2D_NAMES):
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    return spec, argument
+
+
+def _checked(name: str, split: str) -> tuple[DatasetSpec, str]:
+    spec, argument = dataset_spec(name)
+    if split not in spec.splits:
+        raise DataError(f"{spec.kind} has no split {split!r}; it has {', '.join(spec.splits)}")
+    return spec, argument
+
+
+def load_split(name: str, split: str = "train", options: Options = Options()) -> torch.Tensor:
+    """The ``split`` of data set ``name`` (DataError naming the splits it has)."""
+    spec, argument = _checked(name, split)
+    return spec.load(argument, split, options)
+
+
+def load_captioned_split(name: str, split: str = "train", options: Options = Options()):
+    """(images, captions) of the ``split`` of a data set with captions; DataError for one without."""
+    spec, argument = _checked(name, split)
+    if spec.load_captioned is None:
+        raise DataError(
+            f"data.name={name!r} has no captions; captioned data sets: "
+            f"{', '.join(k for k, s in DATASETS.items() if s.load_captioned)}"
+        )
+    return spec.load_captioned(argument, split, options)
+
+
+__all__ = ["DATASETS", "DatasetSpec", "Options", "dataset_names", "dataset_spec", "load_captioned_split", "load_split"]
