@@ -86,8 +86,7 @@ def one(system: str, shape: str, batch: int, mode: str, steps: int) -> dict:
     kuosan's AdamW."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kuosan.train.optim import AdamW
-    from kuosan.utils import retain_freed_memory
+    from kuosan.train.cpu import AdamW, retain_freed_memory
 
     retained = retain_freed_memory()
 

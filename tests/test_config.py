@@ -54,3 +54,11 @@ def test_model_params_are_checked_against_the_network_signature():
         build_network(resolve_config("toy2d", None, ["model.params.hiden=3"]), (2,))
     with pytest.raises(ConfigError, match="model.params: num_heads=5 must be >= 1 and divide"):
         build_network(resolve_config("digits", None, ["model.params.num_heads=5"]), (1, 8, 8))
+
+
+def test_a_renamed_key_still_loads():
+    """Runs written before train.retain_memory became train.cpu_tweaks load with the value they had."""
+    d = resolve_config("digits").to_dict()
+    d["train"].pop("cpu_tweaks")
+    d["train"]["retain_memory"] = False
+    assert Config.from_dict(d).train.cpu_tweaks is False

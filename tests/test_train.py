@@ -128,7 +128,7 @@ def test_compiled_training_computes_the_same_gradients(tmp_path):
 
 _FAULTS_SCRIPT = """
 import resource, statistics, sys, torch
-from kuosan.utils import retain_freed_memory
+from kuosan.train.cpu import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 else:  # glibc's initial setting, kept fixed: blocks from 128 KiB are mmap-ed and unmapped when freed
@@ -159,14 +159,14 @@ def test_retained_memory_is_not_faulted_in_again(tmp_path):
 
     assert faults("fixed-default") > 10_000
     assert faults("retain") < 500
-    assert _cfg().train.retain_memory
+    assert _cfg().train.cpu_tweaks
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_adamw_on_channels_last_views_is_torchs_adamw(amsgrad):
     """kuosan's AdamW hands the fused kernel permuted views of channels-last weights: the same
     parameters and moments as torch's fused AdamW, bitwise, after several steps."""
-    from kuosan.train.optim import AdamW
+    from kuosan.train.cpu import AdamW
 
     def run(cls):
         torch.manual_seed(0)

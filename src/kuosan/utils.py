@@ -42,24 +42,3 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return precision
-
-
-def retain_freed_memory() -> bool:
-    """Have the C library keep the memory that freed tensors give back, for the next step to reuse.
-
-    By default glibc serves large blocks (from 128 KiB, a threshold it raises as it goes) with fresh
-    ``mmap`` pages and returns the top of its heap to the system once 2x that threshold is free.
-    A training step frees all of its activations at the end of the backward pass, so the next step
-    faults the same memory in again: 4,500-12,000 page faults a step for the 32x32 U-Net of
-    docs/speed.md, about 5% of its time. With blocks up to 32 MiB (glibc's largest) taken from the
-    heap and the heap never trimmed below 2 GiB of free space, the steady state has a few hundred.
-    The process keeps its peak footprint, as a GPU caching allocator does. Process-wide; returns
-    False (and changes nothing) where the C library has no ``mallopt`` (e.g. macOS, musl)."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

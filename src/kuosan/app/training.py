@@ -77,7 +77,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         precision=resolve_precision(tr.precision),
         channels_last=tr.channels_last,
         compile=tr.compile,
-        retain_memory=tr.retain_memory,
+        cpu_tweaks=tr.cpu_tweaks,
         checkpoint_every=tr.checkpoint_every,
         sample_every=tr.sample_every,
         log_every=tr.log_every,

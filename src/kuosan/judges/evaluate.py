@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from kuosan.data.registry import DATASETS as REGISTRY
 from kuosan.judges.digits import DigitsFeatureExtractor, digit_quality, load_digit_classifier
 from kuosan.metrics.fid import extract_features, fid
 from kuosan.metrics.inception_score import inception_score_from_probs
@@ -31,8 +32,9 @@ from kuosan.metrics.kid import kid
 from kuosan.metrics.memorization import memorization_report
 from kuosan.metrics.precision_recall import precision_recall
 
-DATASETS = ("digits",)
-SAMPLE_SHAPES = {"digits": (1, 8, 8)}  # the per-sample shape each evaluation suite takes
+# each judge's suite and the per-sample shape it takes; the data sets it serves name it
+# (data/registry.py, DatasetSpec.judge)
+SUITE_SAMPLE_SHAPES = {"digits": (1, 8, 8)}
 
 
 @torch.no_grad()
@@ -81,11 +83,17 @@ def evaluate_digits(
     return report
 
 
+SUITES = {"digits": evaluate_digits}
+# the data sets with an evaluation suite, and the shape of their samples
+DATASETS = tuple(name for name, spec in REGISTRY.items() if spec.judge in SUITES)
+SAMPLE_SHAPES = {name: SUITE_SAMPLE_SHAPES[REGISTRY[name].judge] for name in DATASETS}
+
+
 def evaluate_samples(samples: torch.Tensor, dataset: str = "digits", **kwargs) -> dict:
-    """Report of every metric for samples of a bundled data set (``DATASETS``)."""
-    if dataset != "digits":
+    """Report of every metric for samples of a bundled data set (``DATASETS``), by its judge's suite."""
+    if dataset not in DATASETS:
         raise ValueError(f"no evaluation suite for dataset {dataset!r}; available: {', '.join(DATASETS)}")
-    return evaluate_digits(samples, **kwargs)
+    return SUITES[REGISTRY[dataset].judge](samples, **kwargs)
 
 
-__all__ = ["DATASETS", "SAMPLE_SHAPES", "evaluate_digits", "evaluate_samples"]
+__all__ = ["DATASETS", "SAMPLE_SHAPES", "SUITES", "evaluate_digits", "evaluate_samples"]

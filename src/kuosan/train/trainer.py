@@ -23,9 +23,8 @@ from tqdm.auto import tqdm
 
 from kuosan.train import checkpoint as ckpt
 from kuosan.train import distributed
+from kuosan.train.cpu import make_optimizer, retain_freed_memory
 from kuosan.train.ema import EMA
-from kuosan.train.optim import AdamW
-from kuosan.utils import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class Trainer:
         precision: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
-        retain_memory: bool = True,
+        cpu_tweaks: bool = True,
         checkpoint_every: float = 60.0,
         sample_every: int = 0,
         log_every: int = 25,
@@ -109,16 +108,23 @@ class Trainer:
         self.sample_fn, self.progress = sample_fn, progress and self.rank == 0
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        if retain_memory:  # process-wide: freed activations stay mapped for the next step (utils.retain_freed_memory)
+        if cpu_tweaks:  # process-wide: freed activations stay mapped for the next step (train/cpu.py)
             retain_freed_memory()
         # DDP broadcasts rank 0's initial weights; gradients are averaged over processes
         self.model = DistributedDataParallel(net) if self.world > 1 else net
         if compile:  # the compiled module shares net's parameters; EMA, checkpoints and pictures use net
             self.model = torch.compile(self.model)
         # the fused (one-kernel) AdamW: 3x faster than the per-parameter loop on CPU for a 6.5M U-Net;
-        # kuosan's hands it channels-last weights as dense views (train/optim.py)
+        # with cpu_tweaks it is handed channels-last weights as dense views (train/cpu.py)
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
-        self.opt = AdamW(net.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
+        self.opt = make_optimizer(
+            net.parameters(),
+            cpu_tweaks=cpu_tweaks,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            fused=fused or None,
+        )
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
