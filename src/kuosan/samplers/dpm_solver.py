@@ -163,7 +163,7 @@ def sample_dpmpp_3m(
     """DPM-Solver++(3M): third-order multistep (``sample_dpmpp_multistep`` with p = 3), one
     evaluation per step. The quadratic term carries its exact weight I_3(h) = h^3 phi_3(-h) per
     u^2/2; the form in diffusers and k-diffusion, (phi_2(-h) - 1/2) h^2 f[i, i-1, i-2], is half of
-    it, which makes their 3M second order (tests/test_solver_order.py measures both)."""
+    it, which makes their 3M second order (tests/samplers/test_solver_order.py measures both)."""
     return sample_dpmpp_multistep(
         denoiser,
         x,

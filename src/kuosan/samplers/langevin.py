@@ -183,7 +183,7 @@ def sample_pc(
 
     The default predictor is ancestral (the exact posterior step for Gaussian data), not score_sde's
     reverse diffusion: score_sde runs N = 1000 levels, where the two agree, while kuosan's grids have
-    10-50, where reverse diffusion is biased (tests/test_langevin.py and docs/score_models.md).
+    10-50, where reverse diffusion is biased (tests/samplers/test_langevin.py and docs/score_models.md).
 
     The Langevin corrector's step is capped at sigma_1^2, the prior's variance (no step of a
     sampler started from N(0, sigma_1^2 I) needs more). For a trained model the step is about

@@ -24,7 +24,7 @@
 //   the sum is rounded twice: about 1.5x one call's rounding error (1.7e-3 against 1.1e-3 of the
 //   gradient's RMS). (128, 64, 8, 8) -> 64: 0.9 ms instead of 1.3 ms; 1x1 kernels about 2x. Each
 //   half is oneDNN's single-threaded result (bitwise repeatable) and the addition has one order,
-//   so the result is the same every run (tests/test_fused.py checks it from a fresh process).
+//   so the result is the same every run (tests/ops/test_cpu_kernels.py checks it from a fresh process).
 //
 // Elsewhere, and for the input gradient (no reduction over the batch, scales well), oneDNN's own
 // kernel runs. The rules come from timing every convolution of the benchmark U-Nets

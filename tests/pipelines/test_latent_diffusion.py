@@ -17,7 +17,7 @@ from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_po
 from kuosan.pipelines import TextToImagePipeline, downsample_mask, img2img_start_index
 from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
-from test_text_conditioning import _word_tokenizer
+from text_helpers import word_tokenizer as _word_tokenizer
 from train_helpers import assert_resume_equals_uninterrupted
 
 TINY_UNET = [

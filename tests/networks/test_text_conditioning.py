@@ -16,27 +16,7 @@ from kuosan.diffusion.guidance import (
 from kuosan.networks.attention import CrossAttention, SpatialTransformer
 from kuosan.networks.unet import UNet
 from kuosan.samplers import SAMPLERS
-
-WORDS = ["a", "red", "green", "blue", "circle", "square", "on", "the", "left", "right"]
-
-
-def _word_tokenizer(directory, cls_sep: bool):
-    """A tiny word-level tokenizer saved to ``directory`` (no download): <bos>/<eos> or [CLS]/[SEP]."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] if cls_sep else ["<pad>", "<unk>", "<bos>", "<eos>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(
-        single=f"{specials[2]} $A {specials[3]}", special_tokens=[(specials[2], 2), (specials[3], 3)]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token=specials[0], unk_token=specials[1], bos_token=specials[2], eos_token=specials[3]
-    )
-    tok.save_pretrained(directory)
-    return tok, len(vocab)
+from text_helpers import word_tokenizer as _word_tokenizer
 
 
 @pytest.fixture(scope="module")

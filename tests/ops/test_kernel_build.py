@@ -1,6 +1,6 @@
 """The CPU kernels build wherever a C++ compiler and ninja are present, on any x86-64 CPU: the AVX-512
 and AMX code sits behind the compiler's feature macros, so an AVX2-only machine gets the kernels too.
-(tests/test_fused.py skips itself when the kernels cannot build; without this test a build error on
+(tests/ops/test_cpu_kernels.py skips itself when the kernels cannot build; without this test a build error on
 some CPU would pass unseen.)"""
 
 import platform
