@@ -25,6 +25,7 @@ from kuosan.networks import AUTOENCODERS, NETWORKS
 from kuosan.samplers import SAMPLERS
 
 KINDS = ("vp", "ncsn")  # diffusion.kind: DDPM on a beta schedule, or a noise-conditional score network
+MAX_T = 1_000_000  # diffusion.T: more training timesteps than any published schedule uses
 
 
 def _validate_ncsn(cfg: Config) -> None:
@@ -69,9 +70,22 @@ def validate(cfg: Config) -> Config:
         ("train.batch_size", tr.batch_size, 1),
         ("train.warmup_steps", tr.warmup_steps, 0),
         ("train.grad_accum", tr.grad_accum, 1),
+        ("train.log_every", tr.log_every, 1),
+        ("train.sample_every", tr.sample_every, 0),
+        ("data.n", cfg.data.n, 1),
     ]:
         if val < lo:
             raise ConfigError(f"{key} must be at least {lo}, got {val}")
+    if d.T > MAX_T:  # the schedule keeps ~16 float64 tables of T entries, and the VLB loops over them
+        raise ConfigError(
+            f"diffusion.T={d.T} is more than {MAX_T:,} (its tables alone would need {16 * 8 * d.T / 2**30:.1f} GiB)"
+        )
+    if not tr.checkpoint_every > 0:
+        raise ConfigError(f"train.checkpoint_every must be a positive number of seconds, got {tr.checkpoint_every}")
+    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {list(tr.betas)}")
+    if not tr.weight_decay >= 0 or not tr.grad_clip >= 0:
+        raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
     if d.kind == "ncsn":
         _validate_ncsn(cfg)
     validate_sampling(cfg)

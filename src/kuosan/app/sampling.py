@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -72,6 +74,7 @@ def sample(
     if unknown:
         takes = ", ".join(sampler_options(cfg.sample.sampler)) or "no options"
         raise ConfigError(f"sampler {cfg.sample.sampler} does not take {', '.join(unknown)} (it takes: {takes})")
+    check_output_memory(n, run.network.data_shape)
     g = torch.Generator().manual_seed(seed)
     x = generate(
         run.denoiser(),
@@ -86,7 +89,30 @@ def sample(
         prior=prior_for(cfg),
         **sampler_options_,
     )
+    require_finite(x, f"the samples of {run_dir}")
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
+
+
+def require_finite(x: torch.Tensor, what: str) -> None:
+    """ConfigError (one line) when ``x`` holds NaN or infinity: nothing non-finite is ever written."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ConfigError(f"{what} are not finite ({bad} NaN or infinite values); nothing was written")
+
+
+def check_output_memory(n: int, shape: tuple[int, ...], *, copies: int = 3) -> None:
+    """ConfigError (one line) when n samples of ``shape`` (float32, with the ``copies`` a run holds at
+    once: the batches, their concatenation, the file's array) would not fit in this machine's memory."""
+    need = n * math.prod(shape) * 4 * copies
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total:
+        raise ConfigError(
+            f"{n:,} samples of shape {tuple(shape)} would need {need / 2**30:.1f} GiB of memory; "
+            f"this machine has {total / 2**30:.1f} GiB (draw them in several runs with other seeds)"
+        )
 
 
 def run_info(run_dir: str | Path) -> dict:

@@ -3,10 +3,12 @@ CLI and the Python API run them (:class:`kuosan.pipelines.TextToImagePipeline` d
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
+from kuosan.app.sampling import require_finite
 from kuosan.config import ConfigError
 from kuosan.imaging import read_image
 from kuosan.pipelines import DEFAULT_GUIDANCE, INPAINT_METHODS, TextToImagePipeline
@@ -35,6 +37,8 @@ def text_to_image(
     with ``strength``) or inpaint (``image`` repainted where ``mask`` is white, by ``method``). ``image``
     and ``mask`` are file paths or tensors ((1, 3, H, W) in [-1, 1]; (1, 1, H, W) in {0, 1}).
     ConfigError (one line) for an impossible request."""
+    if not math.isfinite(guidance):
+        raise ConfigError(f"guidance must be a finite number, got {guidance}")
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
     if n < 1:
@@ -68,9 +72,12 @@ def text_to_image(
     )
     try:
         if task == "txt2img":
-            return pipe.txt2img(prompts, **common)
-        if task == "img2img":
-            return pipe.img2img(image, prompts, strength=strength, **common)
-        return pipe.inpaint(image, mask, prompts, method=method, **common)
+            x = pipe.txt2img(prompts, **common)
+        elif task == "img2img":
+            x = pipe.img2img(image, prompts, strength=strength, **common)
+        else:
+            x = pipe.inpaint(image, mask, prompts, method=method, **common)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+    require_finite(x, f"the images of {run_dir}")
+    return x

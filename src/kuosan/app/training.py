@@ -4,6 +4,8 @@ directory on request."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -191,11 +193,17 @@ def train(
     out = Path(out)
     if preset is None and config is None and not resume:
         raise ConfigError("give a preset or an experiment file (or resume a run)")
-    existing = ckpt.find_checkpoint(out)
+    existing, traces = ckpt.find_checkpoint(out), ckpt.run_traces(out)
     if existing and not resume:
         raise ConfigError(f"{out} already holds a checkpoint; resume it or choose another output directory")
+    if traces and not resume:  # a run whose config.json is gone: its weights may still be there
+        raise ConfigError(
+            f"{out} holds a run ({', '.join(traces)}) without a readable checkpoint; "
+            "choose another output directory (nothing there is overwritten)"
+        )
     if resume and not existing:
-        raise ConfigError(f"resume: no checkpoint in {out}")
+        lost = f" (it holds {', '.join(traces)} but no checkpoint/config.json)" if traces else ""
+        raise ConfigError(f"resume: no checkpoint in {out}{lost}")
     overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None else [])
     if resume:
         cfg = Config.from_dict(merge_overrides(ckpt.read_config(out), overrides))
@@ -207,13 +215,25 @@ def train(
         raise ConfigError("give a number of steps or a time budget (or train.steps / train.time_budget in the config)")
     if budget is not None and budget <= 0:
         raise ConfigError(f"the time budget must be positive, got {budget}")
-    distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"the number of steps must be at least 1, got {steps}")
+    validate(cfg)  # every impossible option refused before the run directory is made
     try:
-        trainer = build_trainer(cfg, out, progress=progress)
-        if resume:
-            trainer.resume()
-            if trainer.rank == 0:
-                print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
-        return trainer.fit(steps=steps, time_budget=budget)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run directory {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"the run directory {out} is not writable")
+    distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
+    # one process trains in a run directory at a time (rank 0 holds the lock for all of torchrun's)
+    lock = ckpt.run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    try:
+        with lock:
+            trainer = build_trainer(cfg, out, progress=progress)
+            if resume:
+                trainer.resume()
+                if trainer.rank == 0:
+                    print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
+            return trainer.fit(steps=steps, time_budget=budget)
     finally:
         distributed.shutdown()

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"kuosan {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one during any other command
+        print(f"kuosan {args.command}: interrupted; nothing more was written", file=sys.stderr)
+        return 130
 
 
 __all__ = ["EXIT_USAGE", "main"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from kuosan import app
@@ -20,9 +21,18 @@ def _positive(flag: str, value: int | None) -> None:
 
 
 def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
+    """The --out file, checked before any work: its suffix, and a folder it can be written in."""
     out = Path(path)
     if out.suffix not in suffixes:
         raise UserError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out: cannot create {out.parent}: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out: {out.parent} is not writable")
     return out
 
 
@@ -53,7 +63,10 @@ def train(args) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
-    return 130 if summary["interrupted"] else 0
+    if not summary["interrupted"]:
+        return 0
+    # stopped by a signal, checkpoint saved: the shell's status for it (130 SIGINT, 143 SIGTERM)
+    return 128 + getattr(signal, str(summary["signal"]), signal.SIGINT)
 
 
 def sample(args) -> int:

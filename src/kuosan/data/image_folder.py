@@ -56,11 +56,28 @@ def _resize(image: Image.Image, size: int, crop: str) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (Pillow's "I;16*" modes, and "I" holding values above 255) scaled by its real
+    range, 0..65535 -> 0..255 (Pillow's own conversion to "L" clips it, so almost every pixel would be
+    white); 32-bit float greyscale ("F") taken as 0..1 if it fits there, else 0..255."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and values.max(initial=0) <= 255:
+            return Image.fromarray(values.astype(np.uint8), "L")
+        return Image.fromarray(np.round(values / 257.0).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.round(values * scale).clip(0, 255).astype(np.uint8), "L")
+    return image
+
+
 def _read(file: Path, mode: str, size: int | None, crop: str) -> np.ndarray:
     """Decode one file to a uint8 array (H, W, C); any decoding failure becomes a ``DataError``."""
     try:
         with Image.open(file) as image:
-            image = ImageOps.exif_transpose(image).convert(mode)
+            image = ImageOps.exif_transpose(image)
+            image = _to_8bit(image).convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {file}: {exc}") from exc
     if size is not None:

@@ -12,6 +12,7 @@ leaves either the old or the new checkpoint whole (``checkpoint.old/`` is used i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ class CheckpointError(ValueError):
 
 
 FILES = ("config.json", "model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+STATE_KEYS = ("step", "train_seconds", "data_shape")  # what state.json must hold
 
 
 def _contiguous(sd: dict) -> dict:
@@ -70,6 +72,15 @@ def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict
     """Write a complete checkpoint atomically; returns its directory."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
+    try:
+        return _write_checkpoint(final, tmp, old, config=config, model=model, ema=ema, tensors=tensors, state=state)
+    except (OSError, SafetensorError) as e:  # disk full, read-only, ...: the previous checkpoint stays whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        raise CheckpointError(f"cannot write a checkpoint in {run_dir} ({reason}); the previous one is kept") from None
+
+
+def _write_checkpoint(final: Path, tmp: Path, old: Path, *, config, model, ema, tensors, state) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -88,6 +99,44 @@ def save_checkpoint(run_dir: str | Path, *, config: dict, model: dict, ema: dict
     return final
 
 
+# what a training run leaves in its directory; any of them marks the directory as a run's
+RUN_TRACES = ("checkpoint", "checkpoint.old", "checkpoint.tmp", "log.jsonl", "samples")
+
+
+def run_traces(run_dir: str | Path) -> list[str]:
+    """The traces of a run in ``run_dir`` (RUN_TRACES that exist), e.g. after its config.json was lost."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_TRACES if (run_dir / name).exists()] if run_dir.is_dir() else []
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold ``run_dir``'s exclusive lock while a process trains in it (an flock of ``run_dir/.lock``,
+    released on any exit, also kill -9: a stale lock cannot exist). CheckpointError (one line) if
+    another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = Path(run_dir) / ".lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise CheckpointError(f"{run_dir} is in use: {holder} is training there; wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def find_checkpoint(run_dir: str | Path) -> Path | None:
     run_dir = Path(run_dir)
     for name in ("checkpoint", "checkpoint.old"):
@@ -99,9 +148,12 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
 def read_config(run_dir: str | Path) -> dict:
     ckpt = _require(run_dir)
     try:
-        return json.loads((ckpt / "config.json").read_text())
+        config = json.loads((ckpt / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt {ckpt / 'config.json'}: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"corrupt {ckpt / 'config.json'}: a config is a JSON object, got {type(config).__name__}")
+    return config
 
 
 def load_tensors(run_dir: str | Path, name: str) -> dict:
@@ -110,17 +162,29 @@ def load_tensors(run_dir: str | Path, name: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"incomplete checkpoint: {path} is missing")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
+    if name in ("model", "ema"):  # weights with NaN or inf would only ever give NaN samples
+        for key, value in tensors.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(
+                    f"{path} holds non-finite weights (NaN or inf, first in {key!r}); "
+                    "resume from an earlier copy of the run or retrain"
+                )
+    return tensors
 
 
 def read_state(run_dir: str | Path) -> dict:
     path = _require(run_dir) / "state.json"
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt or missing {path}: {e}") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"corrupt {path}: it lacks {', '.join(missing)}")
+    return state
 
 
 def _require(run_dir) -> Path:

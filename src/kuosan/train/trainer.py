@@ -12,6 +12,8 @@ import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,30 @@ from kuosan.train.cpu import make_optimizer, retain_freed_memory
 from kuosan.train.ema import EMA
 
 log = logging.getLogger(__name__)
+
+
+def _stop_on_signals(received: list[int]):
+    """Turn the first SIGINT or SIGTERM into a request, appended to ``received``, that the training
+    loop honours at the next step boundary (so the checkpoint it then saves is the state between two
+    steps, and a resume continues bitwise as if never stopped); a second signal acts at once (Ctrl-C:
+    KeyboardInterrupt, nothing saved, the last checkpoint kept). Returns ``restore()``, which puts the
+    previous handlers back. Outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+
+    def handler(signum, frame):
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+
+    def restore():
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+    return restore
 
 
 class TrainingDiverged(RuntimeError):
@@ -216,11 +242,17 @@ class Trainer:
                 f"{self.out_dir} was trained on {tuple(state['data_shape'])}"
             )
         tensors = ckpt.load_tensors(self.out_dir, "state")
-        self.net.load_state_dict(ckpt.load_tensors(self.out_dir, "model"))
-        self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
-        ckpt.optimizer_from_tensors(self.opt, tensors, state["optimizer"])
-        self.generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors.get(f"rng.torch.{self.rank}", tensors["rng.torch.0"]))
+        try:
+            self.net.load_state_dict(ckpt.load_tensors(self.out_dir, "model"))
+            self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
+            ckpt.optimizer_from_tensors(self.opt, tensors, state["optimizer"])
+            self.generator.set_state(tensors["rng.generator"])
+            torch.set_rng_state(tensors.get(f"rng.torch.{self.rank}", tensors["rng.torch.0"]))
+        except ckpt.CheckpointError:
+            raise
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # shapes, missing tensors, a wrong layout
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ckpt.CheckpointError(f"the checkpoint in {self.out_dir} does not fit this run: {first}") from None
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.last_loss = float(state.get("last_loss", float("nan")))
 
@@ -247,12 +279,15 @@ class Trainer:
             fh.write(json.dumps(rec) + "\n")
         bar.set_postfix(loss=f"{loss:.4f}", step=self.step)
 
-    def _agree(self, stop: bool, checkpoint: bool) -> tuple[bool, bool]:
-        """Rank 0's clock decides when to stop and to checkpoint; every process follows it."""
+    def _agree(self, stop: bool, checkpoint: bool, signalled: bool = False) -> tuple[bool, bool, bool]:
+        """(stop, checkpoint, signalled): rank 0's clock decides when to stop and to checkpoint, a
+        signal to any process stops them all; every process follows."""
         if self.world == 1:
-            return stop, checkpoint
-        flags = distributed.all_sum([float(stop and self.rank == 0), float(checkpoint and self.rank == 0)])
-        return flags[0] > 0, flags[1] > 0
+            return stop or signalled, checkpoint, signalled
+        flags = distributed.all_sum(
+            [float(stop and self.rank == 0), float(checkpoint and self.rank == 0), float(signalled)]
+        )
+        return flags[0] > 0 or flags[2] > 0, flags[1] > 0, flags[2] > 0
 
     def fit(self, *, steps: int | None = None, time_budget: float | None = None) -> dict:
         """Train until ``steps`` total optimizer steps or ``time_budget`` seconds in this call, whichever
@@ -276,12 +311,16 @@ class Trainer:
             desc="train",
             bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]" if by_time else None,
         )
+        received: list[int] = []  # SIGINT / SIGTERM, acted on at the next step boundary
+        restore = _stop_on_signals(received)
         interrupted = False
         try:
             while steps is None or self.step < steps:
                 now = time.perf_counter()
                 out_of_time = time_budget is not None and now - start >= time_budget
-                stop, checkpoint = self._agree(out_of_time, now - last_ckpt >= self.checkpoint_every)
+                stop, checkpoint, interrupted = self._agree(
+                    out_of_time, now - last_ckpt >= self.checkpoint_every, bool(received)
+                )
                 if stop:
                     break
                 if checkpoint and self.step > step0:
@@ -307,11 +346,11 @@ class Trainer:
                     loss_sum, loss_n, last_log = 0.0, 0, now
                 if main and self.sample_every and self.step % self.sample_every == 0:
                     self.write_samples()
-        except KeyboardInterrupt:
-            interrupted = True
-            log.warning("interrupted at step %d; saving a checkpoint", self.step)
         finally:
+            restore()
             bar.close()
+        if interrupted:
+            log.warning("stopped by a signal at step %d; saving a checkpoint", self.step)
         now = time.perf_counter()
         if main and loss_n:
             self._log(
@@ -332,6 +371,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "last_loss": self.last_loss,
             "interrupted": interrupted,
+            "signal": signal.Signals(received[0]).name if received else ("elsewhere" if interrupted else None),
             "out_dir": str(self.out_dir),
             "processes": self.world,
         }
