@@ -16,7 +16,7 @@ LAYERS = {
     "utils": set(),
     "ops": {"utils"},
     "imaging": {"utils"},
-    "config": {"presets"},
+    "config": {"presets"},  # presets: the TOML parser and the named presets
     "presets": set(),
     "networks": {"utils", "ops"},
     "data": {"utils"},

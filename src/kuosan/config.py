@@ -9,15 +9,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, published as tomli
-    import tomli as tomllib
+from kuosan.presets import PRESETS, tomllib  # tomllib: the standard library's TOML parser (tomli on 3.10)
 
 
 class ConfigError(ValueError):
@@ -228,8 +224,6 @@ def merge_overrides(base: dict, overrides: list[str]) -> dict:
 
 def resolve_config(preset: str | None = None, file: str | None = None, overrides: list[str] = ()) -> Config:
     """Preset, then file, then dotted overrides, each on top of the last."""
-    from kuosan.presets import PRESETS
-
     d = Config().to_dict()
     if preset is not None:
         if preset not in PRESETS:

@@ -63,12 +63,6 @@ def evaluate(
         raise ConfigError(str(e)) from None
 
 
-def evaluation_data(cfg, split: str) -> torch.Tensor:
-    """The ``split`` of a run's data set (digits: train, test, all; toy 2-D: train, or test, a fresh draw
-    the model never saw; an image folder: all; shapes: val, test), as ``data/registry.py`` describes."""
-    return build_data(cfg, split=split)
-
-
 def likelihood(
     run_dir: str | Path,
     *,
@@ -101,10 +95,10 @@ def likelihood(
         raise ConfigError(f"the number of images must be at least 1, got {n}")
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
-    refuse_autoencoder(run_dir)
     run = Run.open(run_dir, weights=weights)
+    refuse_autoencoder(run)
     cfg = run.config
-    x = evaluation_data(cfg, split)
+    x = build_data(cfg, split=split)  # digits: train, test, all; toy 2-D: train, test (a fresh draw); ...
     if n is not None:
         x = x[:n]
     schedule = run.schedule

@@ -24,17 +24,13 @@ def sampler_options(name: str) -> list[str]:
     return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _COMMON]
 
 
-def refuse_autoencoder(run_dir: str | Path) -> None:
-    """ConfigError (one line) when ``run_dir`` is a first-stage autoencoder run: it reconstructs, it
-    does not generate, and it has no likelihood."""
-    from kuosan.networks import AUTOENCODERS
-    from kuosan.train import checkpoint as ckpt
-
-    network = ckpt.read_config(run_dir).get("model", {}).get("network")
-    if network in AUTOENCODERS:
+def refuse_autoencoder(run: Run) -> None:
+    """ConfigError (one line) when ``run`` is a first-stage autoencoder run: it reconstructs, it does
+    not generate, and it has no likelihood."""
+    if run.is_autoencoder:
         raise ConfigError(
-            f"{run_dir} is an autoencoder run (model.network={network}): it reconstructs, it does not "
-            f"generate; use `kuosan reconstruct {run_dir}`, or train a latent diffusion model on it"
+            f"{run.path} is an autoencoder run (model.network={run.config.model.network}): it reconstructs, it "
+            f"does not generate; use `kuosan reconstruct {run.path}`, or train a latent diffusion model on it"
         )
 
 
@@ -58,8 +54,8 @@ def sample(
         raise ConfigError(f"the number of samples must be at least 1, got {n}")
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
-    refuse_autoencoder(run_dir)
     run = Run.open(run_dir, weights=weights)
+    refuse_autoencoder(run)
     cfg = run.config
     if run.is_conditional:
         raise ConfigError(

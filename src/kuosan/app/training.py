@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -183,13 +183,15 @@ def train(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_resume: Callable[[int], None] | None = None,
 ) -> dict:
     """Train a run into ``out`` from a preset and/or an experiment file with ``section.key=value``
     overrides, for ``steps`` optimizer steps or ``time_budget`` seconds (default: the config's), and
     return the Trainer's summary (``interrupted`` is True after Ctrl-C, the last checkpoint kept).
     ``resume=True`` continues the run in ``out`` (its config, with the
     overrides). ValueError (ConfigError) for an impossible request, before anything is written;
-    under torchrun the processes join one process group."""
+    under torchrun the processes join one process group. ``on_resume(step)`` is called once a resumed run
+    is loaded (the CLI says where it resumes)."""
     out = Path(out)
     if preset is None and config is None and not resume:
         raise ConfigError("give a preset or an experiment file (or resume a run)")
@@ -232,8 +234,8 @@ def train(
             trainer = build_trainer(cfg, out, progress=progress)
             if resume:
                 trainer.resume()
-                if trainer.rank == 0:
-                    print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
+                if on_resume is not None and trainer.rank == 0:
+                    on_resume(trainer.step)
             return trainer.fit(steps=steps, time_budget=budget)
     finally:
         distributed.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 from kuosan import app
@@ -60,6 +61,7 @@ def train(args) -> int:
         seed=args.seed,
         resume=args.resume,
         progress=not args.no_progress,
+        on_resume=lambda step: print(f"resuming {args.out} at step {step}", file=sys.stderr),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
