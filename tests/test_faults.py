@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,44 @@ def test_a_pickle_named_safetensors_is_refused_unread(run, tmp_path, capsys):
     (run / "checkpoint" / "ema.safetensors").write_bytes(pickle.dumps(Payload()))
     _fails(capsys, ["sample", run, "--out", tmp_path / "a.npy"], "corrupt checkpoint file", "ema.safetensors")
     assert not marker.exists()
+
+
+def test_weights_that_overflow_in_the_last_step_are_never_saved(tmp_path, capsys):
+    """A step can overflow the weights with a finite loss (here lr=1e45): the save refuses them, so no
+    checkpoint of non-finite weights is ever written, and the exit status is not 0."""
+    out = tmp_path / "x"
+    argv = ["train", "--preset", "digits", "--steps", 1, "--out", out, "--no-progress", *TINY, "train.lr=1e45"]
+    _fails(capsys, argv, "became non-finite", "no checkpoint had been written yet", code=1)
+    assert not (out / "checkpoint").exists()
+
+
+def test_a_failed_write_keeps_the_earlier_file(run, tmp_path, monkeypatch, capsys):
+    """A write that fails midway (numpy's short write on a full disk) leaves the file an earlier
+    command wrote there whole, and no partial file beside it."""
+    out = tmp_path / "a.npy"
+    assert main(["sample", str(run), "-n", "4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+
+    def short_write(path, array):
+        Path(path).write_bytes(b"\x93NUMPY partial")
+        raise OSError("1280000 requested and 87008 written")
+
+    monkeypatch.setattr(np, "save", short_write)
+    _fails(capsys, ["sample", run, "-n", 4, "--out", out], str(out), "87008 written", "kept", code=1)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "run"]
+
+
+def test_an_out_folder_that_takes_no_files_fails_before_any_work(run, capsys):
+    """Permission bits say nothing for root or /proc: the folder is tried by making a file in it."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc")
+    _fails(capsys, ["sample", run, "--out", "/proc/a.npy"], "--out: /proc is not writable")
+    _fails(capsys, ["train", "--preset", "digits", "--steps", 1, "--out", "/proc/run", *TINY], "/proc/run")
+
+
+def test_weights_of_another_network_name_what_differs(run, tmp_path, capsys):
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    config["model"]["params"]["base_channels"] = 16
+    (run / "checkpoint" / "config.json").write_text(json.dumps(config))
+    _fails(capsys, ["sample", run, "--out", tmp_path / "a.npy"], "do not fit", "of another shape", "saved")

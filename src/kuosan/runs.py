@@ -25,6 +25,25 @@ from kuosan.train import checkpoint as ckpt
 WEIGHTS = ("ema", "model")
 
 
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """How a checkpoint's tensors differ from a network's (empty when they fit)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shaped = [k for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (first {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+    if shaped:
+        k = shaped[0]
+        parts.append(
+            f"{len(shaped)} of another shape (first {k!r}: {tuple(found[k].shape)} saved, "
+            f"{tuple(expected[k].shape)} in the network)"
+        )
+    return "; ".join(parts)
+
+
 @dataclass
 class Run:
     """A trained run: ``config`` (validated), ``network`` (eval mode, no gradients, ``data_shape``
@@ -46,12 +65,11 @@ class Run:
         state = ckpt.read_state(path)
         data_shape = tuple(state["data_shape"])
         net = build_network(cfg, data_shape)
-        try:
-            net.load_state_dict(ckpt.load_tensors(path, weights))
-        except RuntimeError as e:
-            raise ckpt.CheckpointError(
-                f"weights in {path} do not fit the config's network: {str(e).splitlines()[0]}"
-            ) from None
+        tensors = ckpt.load_tensors(path, weights)
+        misfit = _misfit(net.state_dict(), tensors)
+        if misfit:
+            raise ckpt.CheckpointError(f"weights in {path} do not fit the network its config.json describes: {misfit}")
+        net.load_state_dict(tensors)
         net.eval().requires_grad_(False)
         net.data_shape = data_shape
         if cfg.train.channels_last and len(data_shape) == 3:  # as trained: NHWC convolutions, fused norms

@@ -1,6 +1,13 @@
-"""Small tensor helpers shared by every layer of kuosan (imports nothing from kuosan)."""
+"""Small helpers shared by every layer of kuosan (imports nothing from kuosan): tensor shapes,
+the CPU's precision, and files written whole or not at all."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -42,3 +49,27 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return precision
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why files cannot be made in ``folder`` (its error text), or None when they can. Tried by making
+    one, since permission bits say nothing for root, read-only mounts or /proc."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) to write to; on success it replaces
+    ``path`` in one rename, on any error it is removed: ``path`` is either the old file or the whole
+    new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

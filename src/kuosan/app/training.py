@@ -35,7 +35,7 @@ from kuosan.samplers.loop import generate
 from kuosan.train import Trainer, distributed
 from kuosan.train import checkpoint as ckpt
 from kuosan.train.distributed import rank_and_world
-from kuosan.utils import resolve_precision
+from kuosan.utils import resolve_precision, unwritable_reason
 
 
 def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None = None, progress: bool = True):
@@ -224,8 +224,9 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create the run directory {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"the run directory {out} is not writable")
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise ConfigError(f"the run directory {out} is not writable ({reason})")
     distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
     # one process trains in a run directory at a time (rank 0 holds the lock for all of torchrun's)
     lock = ckpt.run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()

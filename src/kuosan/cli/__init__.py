@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"kuosan {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the file system failed under a command (a full disk, a vanished folder)
+        detail = e.strerror or str(e)
+        print(f"kuosan {args.command}: error: {f'{e.filename}: ' if e.filename else ''}{detail}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one during any other command
         print(f"kuosan {args.command}: interrupted; nothing more was written", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kuosan import app
+from kuosan.utils import replaced_whole, unwritable_reason
 
 
 class UserError(Exception):
@@ -21,10 +22,11 @@ def _positive(flag: str, value: int | None) -> None:
         raise UserError(f"{flag} must be at least 1, got {value}")
 
 
-def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
-    """The --out file, checked before any work: its suffix, and a folder it can be written in."""
+def _out_file(path: str, suffixes: tuple[str, ...] | None) -> Path:
+    """The --out file, checked before any work: its suffix (any when ``suffixes`` is None), and a
+    folder it can be written in."""
     out = Path(path)
-    if out.suffix not in suffixes:
+    if suffixes is not None and out.suffix not in suffixes:
         raise UserError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
@@ -32,22 +34,27 @@ def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out: cannot create {out.parent}: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"--out: {out.parent} is not writable")
+    reason = unwritable_reason(out.parent)
+    if reason is not None:
+        raise UserError(f"--out: {out.parent} is not writable ({reason})")
     return out
 
 
-def _save_images(x, out: Path) -> None:
-    """FILE.npy (the array) or FILE.png (a grid)."""
+def _save_images(x, out: Path, **png) -> None:
+    """FILE.npy (the array) or FILE.png (a grid), written whole: an earlier file there stays as it
+    was if the write fails."""
     import numpy as np
 
     from kuosan.imaging import save_samples_png
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, x.numpy())
-    else:
-        save_samples_png(x, out)
+    try:
+        with replaced_whole(out) as tmp:
+            if out.suffix == ".npy":
+                np.save(tmp, x.numpy())
+            else:
+                save_samples_png(x, tmp, **png)
+    except OSError as e:  # numpy's short-write error names no file and no cause
+        raise OSError(e.errno, f"not written ({e.strerror or e}); an earlier file there is kept", str(out)) from None
 
 
 def train(args) -> int:
@@ -103,6 +110,7 @@ def info(args) -> int:
 
 
 def evaluate(args) -> int:
+    out = _out_file(args.out, None) if args.out else None
     report = app.evaluate(
         args.samples,
         args.dataset,
@@ -111,13 +119,15 @@ def evaluate(args) -> int:
         stats_cache=args.stats_cache,
     )
     text = json.dumps({"samples": str(args.samples), "dataset": args.dataset, **report})
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        with replaced_whole(out) as tmp:
+            tmp.write_text(text + "\n")
     print(text)
     return 0
 
 
 def nll(args) -> int:
+    out = _out_file(args.out, (".npy",)) if args.out else None
     _positive("-n", args.num)
     _positive("--batch-size", args.batch_size)
     result, bpd = app.likelihood(
@@ -137,17 +147,14 @@ def nll(args) -> int:
         trace=args.trace,
         probe=args.probe,
     )
-    if args.out:
-        import numpy as np
-
-        np.save(args.out, bpd.numpy())
+    if out is not None:
+        _save_images(bpd, out)
     print(json.dumps(result))
     return 0
 
 
 def reconstruct(args) -> int:
-    if args.out is not None:
-        _out_file(args.out, (".png",))
+    out = _out_file(args.out, (".png",)) if args.out is not None else None
     for flag, value in (("-n", args.num), ("--eval-n", args.eval_n), ("--batch-size", args.batch_size)):
         _positive(flag, value)
     result, picture = app.reconstruct(
@@ -158,12 +165,10 @@ def reconstruct(args) -> int:
         sample=args.sample,
         batch_size=args.batch_size,
         seed=args.seed,
-        pairs=args.num if args.out else 0,
+        pairs=args.num if out is not None else 0,
     )
-    if args.out:
-        from kuosan.imaging import save_samples_png
-
-        save_samples_png(picture, args.out, nrow=8)
+    if out is not None:
+        _save_images(picture, out, nrow=8)
         result["out"] = args.out
     print(json.dumps(result))
     return 0

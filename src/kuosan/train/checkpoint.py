@@ -165,14 +165,21 @@ def load_tensors(run_dir: str | Path, name: str) -> dict:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt checkpoint file {path}: {e}") from None
-    if name in ("model", "ema"):  # weights with NaN or inf would only ever give NaN samples
-        for key, value in tensors.items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise CheckpointError(
-                    f"{path} holds non-finite weights (NaN or inf, first in {key!r}); "
-                    "resume from an earlier copy of the run or retrain"
-                )
+    key = first_non_finite(tensors) if name in ("model", "ema") else None
+    if key is not None:  # weights with NaN or inf would only ever give NaN samples
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf, first in {key!r}); "
+            "resume from an earlier copy of the run or retrain"
+        )
     return tensors
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first key whose floating-point tensor holds a NaN or an infinity, or None."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
 
 
 def read_state(run_dir: str | Path) -> dict:

@@ -196,7 +196,7 @@ class Trainer:
             local += loss.item()
         value = distributed.all_sum([local])[0] / self.world
         if not math.isfinite(value):
-            raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, last good checkpoint kept")
+            raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, {self._what_is_kept()}")
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.opt.step()
@@ -206,8 +206,21 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
+    def _what_is_kept(self) -> str:
+        if (self.out_dir / "checkpoint").is_dir():
+            return "the last good checkpoint is kept"
+        return "no checkpoint had been written yet"
+
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every process takes part, to gather its RNG state)."""
+        model, ema = self.net.state_dict(), self.ema.shadow.state_dict()
+        for name, weights in (("weights", model), ("EMA weights", ema)):
+            key = ckpt.first_non_finite(weights)
+            if key is not None:  # every process holds the same weights, so all stop
+                raise TrainingDiverged(
+                    f"the {name} became non-finite (first in {key!r}) at step {self.step}; "
+                    f"not saved, {self._what_is_kept()}"
+                )
         rng = distributed.all_gather_bytes(torch.get_rng_state())
         if self.rank != 0:
             return None
@@ -225,8 +238,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.out_dir,
             config=self.config,
-            model=self.net.state_dict(),
-            ema=self.ema.shadow.state_dict(),
+            model=model,
+            ema=ema,
             tensors=tensors,
             state=state,
         )
