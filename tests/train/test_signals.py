@@ -125,3 +125,45 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
         _assert_bitwise(before, after)
     else:
         assert step > STEPS
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_bitwise(tmp_path, straight):
+    """SIGKILL (the OOM killer, a lost node) cannot be caught: eight of them at random moments after
+    training has begun, with a checkpoint every step or two so that some land inside a checkpoint
+    write; each time the run is resumed from what is on disk (started again if it had no checkpoint
+    yet), and it ends bitwise equal to a run never stopped."""
+    import shutil
+
+    rng = random.Random(9)
+    out = tmp_path / "run"
+    often = ["train.checkpoint_every=0.02"]
+    kills = resumed_kills = 0
+    while kills < 8:
+        if ckpt.find_checkpoint(out) is None:
+            shutil.rmtree(out, ignore_errors=True)  # killed before its first checkpoint: start again
+            cmd = _train(out, "--preset", "digits", "--seed", "0", *TINY, *often)
+        elif ckpt.read_state(out)["step"] >= STEPS - 2:
+            break
+        else:
+            cmd = _train(out, "--resume", *often)
+        logged = _logged_steps(out)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        while _logged_steps(out) <= logged and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.random() * 0.1)
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (-signal.SIGKILL, 0), err.decode()[-2000:]
+        killed = proc.returncode == -signal.SIGKILL
+        kills += killed
+        resumed_kills += killed and "--resume" in cmd
+    if ckpt.find_checkpoint(out) is None:
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run(_train(out, "--preset", "digits", "--seed", "0", *TINY), capture_output=True, text=True)
+    else:
+        r = subprocess.run(_train(out, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert resumed_kills >= 3, (kills, resumed_kills)
+    _assert_bitwise(straight, checkpoint_tensors(out))
