@@ -118,7 +118,12 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     lines = err.decode().strip().splitlines()
-    assert proc.returncode == 130 and lines[-1] == "kuosan train: interrupted; nothing more was written", lines[-3:]
+    assert proc.returncode == 130, lines[-3:]
+    # the second one lands inside the step (the usual case), or, on a busy machine, only after the
+    # first was honoured and its checkpoint written
+    assert lines[-1] == "kuosan train: interrupted; nothing more was written" or lines[-1].startswith(
+        "stopped by a signal at step"
+    ), lines[-3:]
     step = ckpt.read_state(out)["step"]
     after = checkpoint_tensors(out)  # whole: every file loads
     if step == STEPS:

@@ -1,7 +1,7 @@
 // AMX tile pieces shared by conv_weight_grad.cpp and attention.cpp: the tile configuration and
 // transposes of 16-bit (32 x 32) and 32-bit (16 x 16) values in AVX-512 registers.
 #pragma once
-#include <torch/extension.h>
+#include <c10/util/BFloat16.h>
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 #include <immintrin.h>

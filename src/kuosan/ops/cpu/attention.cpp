@@ -14,7 +14,7 @@
 // for every n. Packed forms needed here: of a matrix's rows in pairs (V for P V, K for dS K, Q for
 // dS^T Q, dO for P^T dO) and of a matrix's transpose (K^T for Q K^T, V^T for dO V^T), which is a
 // transpose of 32-bit pairs. P^T and dS^T as first operands are 16-bit transposes.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <omp.h>
 #include <algorithm>
 #include <cmath>
@@ -173,7 +173,7 @@ void for_items(int64_t n, int64_t scratch_bytes, F body) {
 bool amx_weight_grad_available();
 
 // qkv (B, N, 3 heads d) bf16 contiguous; N a multiple of 16 (up to 1024), d of 32, on at most two threads
-bool amx_attention_applies(const torch::Tensor& qkv, int64_t heads) {
+bool amx_attention_applies(const at::Tensor& qkv, int64_t heads) {
   if (qkv.dim() != 3 || qkv.scalar_type() != at::kBFloat16 || !qkv.is_contiguous() || heads < 1 ||
       qkv.size(2) % (3 * heads))
     return false;
@@ -202,14 +202,14 @@ std::pair<const bf16*, int64_t> operand(const Item& it, const bf16* x, int64_t l
 #endif
 
 // out (B, N, heads d) bf16 and P (B, heads, N, N) bf16
-std::tuple<torch::Tensor, torch::Tensor> amx_attention_forward(const torch::Tensor& qkv, int64_t heads, double scale) {
+std::tuple<at::Tensor, at::Tensor> amx_attention_forward(const at::Tensor& qkv, int64_t heads, double scale) {
 #ifdef KUOSAN_AMX
   TORCH_CHECK(amx_attention_applies(qkv, heads), "kuosan: the AMX attention kernel does not take this qkv");
   const int64_t B = qkv.size(0), N = qkv.size(1), C = qkv.size(2) / 3, d = C / heads;
   const Item it{N, (N + 31) / 32 * 32, d};
   const int64_t Np = it.Np;
-  auto out = torch::empty({B, N, C}, qkv.options());
-  auto P = torch::empty({B, heads, N, N}, qkv.options());
+  auto out = at::empty({B, N, C}, qkv.options());
+  auto P = at::empty({B, heads, N, N}, qkv.options());
   const bf16* x = (const bf16*)qkv.data_ptr();
   bf16 *o = (bf16*)out.data_ptr(), *p = (bf16*)P.data_ptr();
   // scratch: S (Np x Np float32), packed K^T and V (Np d bf16 each), O (Np x d float32); if padded,
@@ -247,7 +247,7 @@ std::tuple<torch::Tensor, torch::Tensor> amx_attention_forward(const torch::Tens
 }
 
 // dqkv (B, N, 3 heads d) bf16 from dout (B, N, heads d), qkv and the forward's P
-torch::Tensor amx_attention_backward(const torch::Tensor& dout_, const torch::Tensor& qkv, const torch::Tensor& P,
+at::Tensor amx_attention_backward(const at::Tensor& dout_, const at::Tensor& qkv, const at::Tensor& P,
                                      int64_t heads, double scale) {
 #ifdef KUOSAN_AMX
   TORCH_CHECK(amx_attention_applies(qkv, heads) && P.is_contiguous() && P.scalar_type() == at::kBFloat16 &&
@@ -257,7 +257,7 @@ torch::Tensor amx_attention_backward(const torch::Tensor& dout_, const torch::Te
   const int64_t B = qkv.size(0), N = qkv.size(1), C = qkv.size(2) / 3, d = C / heads;
   const Item it{N, (N + 31) / 32 * 32, d};
   const int64_t Np = it.Np;
-  auto dqkv = torch::empty_like(qkv);
+  auto dqkv = at::empty_like(qkv);
   const bf16 *x = (const bf16*)qkv.data_ptr(), *g = (const bf16*)dout.data_ptr(), *p = (const bf16*)P.data_ptr();
   bf16* dx = (bf16*)dqkv.data_ptr();
   // scratch: dP (Np x Np float32), dS and a transpose (Np x Np bf16 each), a packed operand (Np d

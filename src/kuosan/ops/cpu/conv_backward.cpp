@@ -29,7 +29,7 @@
 // Elsewhere, and for the input gradient (no reduction over the batch, scales well), oneDNN's own
 // kernel runs. The rules come from timing every convolution of the benchmark U-Nets
 // (benchmarks/train_speed.py) on 2 cores.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <omp.h>
@@ -38,13 +38,13 @@
 #include <tuple>
 #include <vector>
 
-bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w,
+bool amx_weight_grad_applies(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding);
-std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy, const torch::Tensor& x,
-                                                         const torch::Tensor& w, bool need_bias);
+std::tuple<at::Tensor, at::Tensor> amx_weight_grad(const at::Tensor& dy, const at::Tensor& x,
+                                                         const at::Tensor& w, bool need_bias);
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_backward(
-    torch::Tensor dy, torch::Tensor x, torch::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::string> conv2d_backward(
+    at::Tensor dy, at::Tensor x, at::Tensor w, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, bool need_input, bool need_weight, bool need_bias) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   // the routes below index dy through x's and w's sizes: shapes that disagree are an error here, not
@@ -61,7 +61,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
   }
   TORCH_CHECK(dy.size(0) == x.size(0) && dy.size(1) == w.size(0), "conv2d_backward: dy is ", dy.sizes(),
               ", expected batch ", x.size(0), " and ", w.size(0), " channels");
-  torch::Tensor dx, dw, db;
+  at::Tensor dx, dw, db;
   // dy in x's channels-last layout: the gradient of a concatenation arrives as a channel slice of a
   // wider tensor, which oneDNN reorders slowly (dx and dW of (32, 128, 32, 32) -> 128: 15 ms
   // against 10 ms with this copy of 0.4 ms) and the rewrites below need dense
@@ -77,7 +77,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
                      (kh * kw == 1 || batch / 2 >= 32 || in_channels <= 64) && x.is_contiguous(cl) &&
                      dy.is_contiguous(cl) && w.is_contiguous(cl);
   std::vector<int64_t> bias_sizes{w.size(0)};
-  auto conv_backward = [&](const torch::Tensor& dy_, const torch::Tensor& x_, bool in, bool wt, bool bi) {
+  auto conv_backward = [&](const at::Tensor& dy_, const at::Tensor& x_, bool in, bool wt, bool bi) {
     return at::convolution_backward(dy_, x_, w, bi ? at::OptionalIntArrayRef(bias_sizes) : at::OptionalIntArrayRef(),
                                     stride, padding, dilation, false, {0, 0}, groups, {in, wt, bi});
   };
@@ -106,7 +106,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
     return {dx, dw, db, "swap"};
   }
   const int64_t half = batch / 2;
-  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> parts[2];
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> parts[2];
   std::exception_ptr error;
   const at::ThreadLocalState state;  // the caller's grad mode, dispatch keys...
 #pragma omp parallel num_threads(2)
@@ -128,7 +128,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, std::string> conv2d_back
     }
   }
   if (error) std::rethrow_exception(error);
-  auto add = [&](const torch::Tensor& a, const torch::Tensor& b) {
+  auto add = [&](const at::Tensor& a, const at::Tensor& b) {
     return a.to(at::kFloat, false, true).add_(b).to(w.scalar_type());
   };
   if (need_weight) dw = add(std::get<1>(parts[0]), std::get<1>(parts[1]));

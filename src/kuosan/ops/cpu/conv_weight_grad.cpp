@@ -24,7 +24,7 @@
 // 32x32; oneDNN's kernel (torch 2.13) runs 2-4x slower than this at the U-Net's shapes on 2 cores
 // (docs/speed.md). Each of two threads (or one thread in turn) takes half the batch into its own
 // float32 sums, added at the end in one order: the result is the same every run, on 1 or 2 threads.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <omp.h>
 #include <algorithm>
 #include <exception>
@@ -172,7 +172,7 @@ bool amx_weight_grad_available() {
 // channels multiples of 32 (callers check that there are no groups or dilation), and torch on at most
 // two threads: the kernel splits the batch in two, so with more cores oneDNN's kernel, which uses
 // them all, is the better choice (timed only on this 2-core machine)
-bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, const torch::Tensor& w,
+bool amx_weight_grad_applies(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& w,
                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   const int64_t k = w.size(2);
@@ -183,8 +183,8 @@ bool amx_weight_grad_applies(const torch::Tensor& x, const torch::Tensor& dy, co
 }
 
 // dW (O, C, k, k) in w's dtype and layout, and with need_bias dbias (O)
-std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy, const torch::Tensor& x,
-                                                         const torch::Tensor& w, bool need_bias) {
+std::tuple<at::Tensor, at::Tensor> amx_weight_grad(const at::Tensor& dy, const at::Tensor& x,
+                                                         const at::Tensor& w, bool need_bias) {
 #ifdef KUOSAN_AMX
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = dy.size(1), K = w.size(2);
   const int64_t P = K / 2, R = W + P, S = (H + P) * R;
@@ -192,12 +192,12 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
   const int64_t Kc = std::min<int64_t>(512, ((N - N / 2) * S + 31) / 32 * 32);
   const int64_t pairs = Kc / 2 + P * (R + 1) + 2;  // pixel pairs of X the windows of a chunk reach
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  auto acc = torch::empty({2, O * K * K * C}, opts.dtype(at::kFloat));
-  auto a_buf = torch::empty({2, O * Kc}, opts), b_buf = torch::empty({2, 2, pairs * 2 * C}, opts);
-  auto zeros = torch::zeros({std::max(C, O)}, opts);
-  auto bias = torch::zeros({2, need_bias ? O * 16 : 0}, opts.dtype(at::kFloat));
+  auto acc = at::empty({2, O * K * K * C}, opts.dtype(at::kFloat));
+  auto a_buf = at::empty({2, O * Kc}, opts), b_buf = at::empty({2, 2, pairs * 2 * C}, opts);
+  auto zeros = at::zeros({std::max(C, O)}, opts);
+  auto bias = at::zeros({2, need_bias ? O * 16 : 0}, opts.dtype(at::kFloat));
   // (O, k, k, C) memory is the channels-last layout of (O, C, k, k)
-  auto dw = torch::empty({O, K, K, C}, opts.dtype(w.scalar_type()));
+  auto dw = at::empty({O, K, K, C}, opts.dtype(w.scalar_type()));
   const int64_t rows = O * K * K * C / 32;
   std::exception_ptr error;
   // two threads, or one where torch runs on one (torch.set_num_threads(1), OMP_NUM_THREADS=1: a
@@ -223,7 +223,7 @@ std::tuple<torch::Tensor, torch::Tensor> amx_weight_grad(const torch::Tensor& dy
                        dw.scalar_type() == at::kBFloat16, rows * t / nt, rows * (t + 1) / nt);
   }
   if (error) std::rethrow_exception(error);
-  torch::Tensor db;
+  at::Tensor db;
   if (need_bias) db = (bias[0] + bias[1]).view({O, 16}).select(1, 0).to(w.scalar_type());
   return {dw.permute({0, 3, 1, 2}).contiguous(w.suggest_memory_format()), db};
 #else

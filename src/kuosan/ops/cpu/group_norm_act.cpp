@@ -11,7 +11,7 @@
 // dx, de = sum_n dx', dW = sum_n dz * xhat, dBias = sum_n dz, all per sample, so no reduction
 // crosses threads (the caller sums over the batch where W/Bias are shared parameters).
 // Statistics and accumulations are float32 for bfloat16 and float32 inputs alike.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
@@ -381,7 +381,7 @@ void backward_kernel(const T* dy, const T* x, const float* e, const float* W, co
   });
 }
 
-void check(const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& Bi, int64_t G) {
+void check(const at::Tensor& x, const at::Tensor& W, const at::Tensor& Bi, int64_t G) {
   TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "x must be a contiguous (B, N, C) tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
   TORCH_CHECK(G > 0 && x.size(2) % G == 0, "groups must divide the channel count");
@@ -390,17 +390,17 @@ void check(const torch::Tensor& x, const torch::Tensor& W, const torch::Tensor& 
                 t->size(1) == x.size(2), "W and Bias must be contiguous float32 (B, C)");
 }
 
-const float* optional_ptr(const torch::Tensor& e) { return e.numel() ? e.data_ptr<float>() : nullptr; }
+const float* optional_ptr(const at::Tensor& e) { return e.numel() ? e.data_ptr<float>() : nullptr; }
 
 }  // namespace
 
-std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor e, torch::Tensor W, torch::Tensor Bi,
+std::vector<at::Tensor> group_norm_act_forward(at::Tensor x, at::Tensor e, at::Tensor W, at::Tensor Bi,
                                                   int64_t G, double eps, bool act) {
   check(x, W, Bi, G);
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
-  auto y = torch::empty_like(x);
-  auto mean = torch::empty({B, G}, x.options().dtype(at::kFloat));
-  auto rstd = torch::empty({B, G}, x.options().dtype(at::kFloat));
+  auto y = at::empty_like(x);
+  auto mean = at::empty({B, G}, x.options().dtype(at::kFloat));
+  auto rstd = at::empty({B, G}, x.options().dtype(at::kFloat));
   if (x.scalar_type() == at::kFloat)
     forward_kernel<float>(x.data_ptr<float>(), optional_ptr(e), W.data_ptr<float>(), Bi.data_ptr<float>(),
                           y.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(), B, N, C, G,
@@ -413,9 +413,9 @@ std::vector<torch::Tensor> group_norm_act_forward(torch::Tensor x, torch::Tensor
   return {y, mean, rstd};
 }
 
-std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tensor x, torch::Tensor e, torch::Tensor W,
-                                                   torch::Tensor Bi, torch::Tensor mean, torch::Tensor rstd, bool act,
-                                                   torch::Tensor skip) {
+std::vector<at::Tensor> group_norm_act_backward(at::Tensor dy, at::Tensor x, at::Tensor e, at::Tensor W,
+                                                   at::Tensor Bi, at::Tensor mean, at::Tensor rstd, bool act,
+                                                   at::Tensor skip) {
   check(x, W, Bi, mean.size(1));
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(), "dy must match x");
   TORCH_CHECK(!skip.numel() || (skip.sizes() == x.sizes() && skip.scalar_type() == x.scalar_type()),
@@ -423,10 +423,10 @@ std::vector<torch::Tensor> group_norm_act_backward(torch::Tensor dy, torch::Tens
   dy = dy.contiguous();
   if (skip.numel()) skip = skip.contiguous();
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), G = mean.size(1);
-  auto dx = torch::empty_like(x);
+  auto dx = at::empty_like(x);
   auto fopt = x.options().dtype(at::kFloat);
-  auto dW = torch::empty({B, C}, fopt), dB = torch::empty({B, C}, fopt);
-  auto de = e.numel() ? torch::empty({B, C}, fopt) : torch::empty({0}, fopt);
+  auto dW = at::empty({B, C}, fopt), dB = at::empty({B, C}, fopt);
+  auto de = e.numel() ? at::empty({B, C}, fopt) : at::empty({0}, fopt);
   float* de_ptr = e.numel() ? de.data_ptr<float>() : nullptr;
   if (x.scalar_type() == at::kFloat)
     backward_kernel<float>(dy.data_ptr<float>(), x.data_ptr<float>(), optional_ptr(e), W.data_ptr<float>(),
