@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from cli_helpers import kuosan
 from kuosan.cli import main
 from kuosan.train import checkpoint as ckpt
 
@@ -186,13 +187,7 @@ def test_non_finite_guidance_is_refused():
 
 def test_the_summary_of_a_finished_run_is_json(run):
     """The bad-input tests above leave the copied run usable: it resumes and finishes."""
-    r = subprocess.run(
-        [sys.executable, "-m", "kuosan", "train", "--resume", "--out", str(run), "--steps", "3", "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
+    r = kuosan("train", "--resume", "--out", run, "--steps", 3, "--no-progress")
     assert json.loads(r.stdout)["step"] == 3
 
 

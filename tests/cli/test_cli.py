@@ -26,7 +26,21 @@ def run(tmp_path_factory):
 
 def test_train_sample_info(run, tmp_path):
     assert (run / "checkpoint" / "model.safetensors").is_file() and (run / "log.jsonl").is_file()
-    r = kuosan("sample", run, "--sampler", "ddpm", "--steps", 5, "-n", 10, "--seed", 1, "--out", tmp_path / "s.npy")
+    r = kuosan(
+        "sample",
+        run,
+        "--sampler",
+        "ddpm",
+        "--steps",
+        5,
+        "-n",
+        10,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "s.npy",
+        process=True,
+    )
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (10, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
     kuosan("sample", run, "--steps", 5, "-n", 10, "--seed", 1, "--out", tmp_path / "s2.npy", "--sampler", "ddpm")

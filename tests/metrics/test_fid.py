@@ -5,8 +5,6 @@ statistics without pickle, the Inception-Score-style figure, the memorisation ch
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import torch
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
+from cli_helpers import kuosan  # noqa: E402
 from kuosan.data import load_digits  # noqa: E402
 from kuosan.judges.digits import DigitsFeatureExtractor  # noqa: E402
 from kuosan.metrics import frechet_distance, gaussian_stats  # noqa: E402
@@ -229,11 +228,7 @@ def test_cached_stats_are_reused_only_for_the_same_extractor_and_data(tmp_path):
 def test_cli_eval_prints_every_metric(tmp_path):
     samples = tmp_path / "s.npy"
     np.save(samples, load_digits("train")[:300].numpy())
-    r = subprocess.run(
-        [sys.executable, "-m", "kuosan", "eval", str(samples), "--dataset", "digits"], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(kuosan("eval", samples, "--dataset", "digits").stdout)
     for key in (
         "fd",
         "fd_floor",
@@ -252,5 +247,5 @@ def test_cli_eval_prints_every_metric(tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((5, 3)))
     for args in ([str(bad)], [str(tmp_path / "missing.npy")], [str(samples), "--dataset", "cifar"]):
-        r = subprocess.run([sys.executable, "-m", "kuosan", "eval", *args], capture_output=True, text=True)
+        r = kuosan("eval", *args, check=False)
         assert r.returncode == 2 and r.stderr.startswith("kuosan eval: error:"), r.stderr

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from cli_helpers import kuosan
 from kuosan.train import checkpoint as ckpt
 from train_helpers import checkpoint_tensors
 
@@ -26,14 +27,19 @@ TINY = [
 ]
 
 
+def _argv(out, *extra):
+    return ["train", "--out", str(out), "--steps", str(STEPS), "--no-progress", *extra]
+
+
 def _train(out, *extra):
-    return [sys.executable, "-m", "kuosan", "train", "--out", str(out), "--steps", str(STEPS), "--no-progress", *extra]
+    """The command of a training that is to receive signals: its own process."""
+    return [sys.executable, "-m", "kuosan", *_argv(out, *extra)]
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    subprocess.run(_train(out, "--preset", "digits", "--seed", "0", *TINY), check=True, capture_output=True)
+    kuosan(*_argv(out, "--preset", "digits", "--seed", "0", *TINY))
     return checkpoint_tensors(out)
 
 
@@ -59,8 +65,7 @@ def _stop_and_resume(tmp_path, signum, rng: random.Random, name: str):
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     saved = ckpt.read_state(out)["step"]
-    r = subprocess.run(_train(out, "--resume"), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    kuosan(*_argv(out, "--resume"))  # the resume in this process: only the stopped run needs its own
     return proc.returncode, saved, checkpoint_tensors(out), err.decode()
 
 
@@ -94,7 +99,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     once (exit 130, one line) and saves nothing more: the checkpoint on disk is the earlier one, whole,
     or (if the first was honoured in between) a newer whole one."""
     out = tmp_path / "run"
-    subprocess.run(_train(out, "--preset", "digits", "--seed", "0", *TINY), check=True, capture_output=True)
+    kuosan(*_argv(out, "--preset", "digits", "--seed", "0", *TINY))
     before = checkpoint_tensors(out)
     # a much larger batch makes a step long enough for both signals to land inside it
     cmd = [
@@ -166,9 +171,8 @@ def test_kill_9_at_random_moments_resumes_bitwise(tmp_path, straight):
         resumed_kills += killed and "--resume" in cmd
     if ckpt.find_checkpoint(out) is None:
         shutil.rmtree(out, ignore_errors=True)
-        r = subprocess.run(_train(out, "--preset", "digits", "--seed", "0", *TINY), capture_output=True, text=True)
+        kuosan(*_argv(out, "--preset", "digits", "--seed", "0", *TINY))
     else:
-        r = subprocess.run(_train(out, "--resume"), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+        kuosan(*_argv(out, "--resume"))
     assert resumed_kills >= 3, (kills, resumed_kills)
     _assert_bitwise(straight, checkpoint_tensors(out))
