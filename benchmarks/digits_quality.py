@@ -24,9 +24,9 @@ from kuosan.app import build_trainer
 from kuosan.build import build_denoiser, build_schedule
 from kuosan.config import resolve_config
 from kuosan.data import load_digits
+from kuosan.devices import resolve_device, resolve_precision
 from kuosan.judges import digit_quality
 from kuosan.samplers.loop import generate
-from kuosan.utils import resolve_precision
 
 
 def machine() -> dict:
@@ -65,7 +65,7 @@ def run_kuosan(budget: float, n: int, seed: int, overrides: list[str]) -> dict:
         "params": sum(p.numel() for p in net.parameters()),
         "train_seconds": round(train_s, 1),
         "sample_seconds": round(sample_s, 1),
-        "precision": resolve_precision(cfg.train.precision),
+        "precision": resolve_precision(resolve_device(cfg.train.device), cfg.train.precision),
         "schedule": cfg.diffusion.schedule,
         **digit_quality(x.clamp(-1, 1)),
     }

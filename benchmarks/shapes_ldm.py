@@ -34,11 +34,11 @@ import torch
 from kuosan.app import build_trainer
 from kuosan.config import resolve_config
 from kuosan.data.shapes import ATTRIBUTES, SHAPES_EVAL_SEEDS, make_caption, make_shapes
+from kuosan.devices import resolve_device, resolve_precision
 from kuosan.judges.shapes import load_shapes_classifier, prompt_accuracy
 from kuosan.pipelines import TextToImagePipeline
 from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
-from kuosan.utils import resolve_precision
 
 
 def emit(record: dict) -> None:
@@ -74,7 +74,7 @@ def run_info(run: Path) -> dict:
         "steps": state["step"],
         "train_seconds": round(state["train_seconds"], 1),
         "batch_size": cfg["train"]["batch_size"],
-        "precision": resolve_precision(cfg["train"]["precision"]),
+        "precision": resolve_precision(resolve_device(cfg["train"].get("device", "auto")), cfg["train"]["precision"]),
     }
 
 

@@ -28,8 +28,8 @@ from kuosan.app import build_trainer
 from kuosan.config import resolve_config
 from kuosan.data import load_dataset
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS
+from kuosan.devices import resolve_device, resolve_precision
 from kuosan.metrics.reconstruction import reconstruction_report
-from kuosan.utils import resolve_precision
 
 
 def machine() -> dict:
@@ -90,7 +90,7 @@ def run(system: str, budget: float, rounds: int, test: torch.Tensor, overrides: 
                 "batch_size": cfg.train.batch_size,
                 "train_seconds": round(summary["train_seconds"], 1),
                 "params": sum(p.numel() for p in net.parameters()),
-                "precision": resolve_precision(cfg.train.precision),
+                "precision": resolve_precision(resolve_device(cfg.train.device), cfg.train.precision),
                 "recon": cfg.autoencoder.recon,
                 "kl_weight": cfg.autoencoder.kl_weight,
                 "last_loss": round(summary["last_loss"], 2),

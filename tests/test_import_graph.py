@@ -14,6 +14,7 @@ ROOT = Path(kuosan.__file__).parent
 # rooms from the bottom up; a room may import the rooms of LAYERS[room] (and itself)
 LAYERS = {
     "utils": set(),
+    "devices": {"utils"},  # the device and precision policy
     "ops": {"utils"},
     "imaging": {"utils"},
     "config": {"presets"},  # presets: the TOML parser and the named presets
@@ -25,9 +26,20 @@ LAYERS = {
     "losses": {"utils", "diffusion"},
     "metrics": {"utils", "networks"},
     "judges": {"utils", "data", "networks", "metrics"},
-    "train": {"utils", "diffusion", "losses", "imaging"},
+    "train": {"utils", "devices", "diffusion", "losses", "imaging"},
 }
-LAYERS["build"] = {"config", "presets", "data", "diffusion", "losses", "networks", "samplers", "utils", "train"}
+LAYERS["build"] = {
+    "config",
+    "presets",
+    "data",
+    "devices",
+    "diffusion",
+    "losses",
+    "networks",
+    "samplers",
+    "utils",
+    "train",
+}
 LAYERS["runs"] = LAYERS["build"] | {"build"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
 LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops"}

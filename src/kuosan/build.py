@@ -13,6 +13,7 @@ from torch import nn
 from kuosan.config import Config, ConfigError
 from kuosan.data import DataError
 from kuosan.data.registry import Options, dataset_spec, load_split
+from kuosan.devices import PRECISIONS
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import ScoreDenoiser
 from kuosan.diffusion.schedules import BETA_SCHEDULES, GRIDS
@@ -60,7 +61,7 @@ def validate(cfg: Config) -> Config:
             d.timestep_sampler,
             list(TIMESTEP_SAMPLERS),
         ),
-        (tr.precision in ("auto", "fp32", "bf16"), "train.precision", tr.precision, ["auto", "fp32", "bf16"]),
+        (tr.precision in PRECISIONS, "train.precision", tr.precision, list(PRECISIONS)),
     ]
     for ok, key, val, choices in checks:
         if not ok:
@@ -115,7 +116,11 @@ def validate_sampling(cfg: Config, *, prefix: str = "sample.") -> None:
     """Check the sampler, grid and steps of ``cfg.sample`` against the run's noise levels; the
     ConfigError names the key as ``prefix`` + name (``prefix=""``: as a function's argument)."""
     d, s = cfg.diffusion, cfg.sample
-    for key, val, choices in (("sampler", s.sampler, SAMPLERS), ("grid", s.grid, GRIDS)):
+    for key, val, choices in (
+        ("sampler", s.sampler, SAMPLERS),
+        ("grid", s.grid, GRIDS),
+        ("precision", s.precision, PRECISIONS[1:]),
+    ):
         if val not in choices:
             raise ConfigError(f"{prefix}{key}={val!r} is not one of {', '.join(choices)}")
     if s.steps < 1:

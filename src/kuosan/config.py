@@ -65,7 +65,9 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     steps: int | None = None  # total optimizer steps (the run stops at whichever comes first)
     time_budget: float | None = None  # seconds of training in this invocation
-    precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has bf16 units
+    device: str = "auto"  # auto (CUDA if there, cuda:LOCAL_RANK under torchrun, else CPU), cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # fp32, bf16, fp16 autocast; auto: bf16 on GPUs with it (else fp16), CPUs with bf16 units
+    tf32: bool = True  # TF32 matmuls and convolutions on Ampere and newer GPUs
     channels_last: bool = True  # image data and networks in NHWC memory: faster convolutions and fused norms on CPU
     compile: bool = False  # torch.compile the network for training (compiles on the first steps)
     cpu_tweaks: bool = True  # CPU speed-ups, same numbers: AdamW on dense views, freed memory kept (train/cpu.py)
@@ -81,6 +83,8 @@ class SampleConfig:
     steps: int = 20
     grid: str = "trailing"
     clip: bool = True  # clamp x0_hat to the data range [-1, 1]
+    device: str = "auto"  # as train.device
+    precision: str = "fp32"  # the network's autocast while sampling: fp32, bf16, fp16 (GPU)
 
 
 @dataclass

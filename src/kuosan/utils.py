@@ -44,13 +44,6 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
-    """ "auto" -> "bf16" on CPUs with bf16 matrix units, else "fp32"; other values pass through."""
-    if precision == "auto":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return precision
-
-
 def unwritable_reason(folder: str | Path) -> str | None:
     """Why files cannot be made in ``folder`` (its error text), or None when they can. Tried by making
     one, since permission bits say nothing for root, read-only mounts or /proc."""

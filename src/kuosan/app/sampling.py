@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from kuosan import devices
 from kuosan.build import prior_for, validate_sampling
 from kuosan.config import ConfigError
 from kuosan.runs import Run
@@ -45,11 +46,16 @@ def sample(
     seed: int = 0,
     weights: str = "ema",
     batch_size: int = 1000,
+    device: str | None = None,
+    precision: str | None = None,
     **sampler_options_,
 ) -> torch.Tensor:
-    """n samples (n, ...) from the unconditional run in ``run_dir``, images clamped to [-1, 1]. Unset
-    ``sampler``, ``steps``, ``grid``, ``clip`` take the run's ``sample`` config; the remaining keywords
-    are the sampler's own options (``sampler_options``). ConfigError naming the impossible choice."""
+    """n samples (n, ...) from the unconditional run in ``run_dir``, images clamped to [-1, 1], as a
+    CPU tensor. Unset ``sampler``, ``steps``, ``grid``, ``clip``, ``device`` (auto: a GPU if there is
+    one) and ``precision`` (the network's autocast: fp32, bf16, fp16) take the run's ``sample`` config;
+    the remaining keywords are the sampler's own options (``sampler_options``). ConfigError or
+    DeviceError naming the impossible choice. A seed gives the same samples on every device up to
+    floating-point error: the noise is drawn on the CPU."""
     if n < 1:
         raise ConfigError(f"the number of samples must be at least 1, got {n}")
     if batch_size < 1:
@@ -62,29 +68,41 @@ def sample(
             f"{run_dir} is a text-conditional or latent diffusion run: use kuosan txt2img (or "
             "kuosan.pipelines.TextToImagePipeline)"
         )
-    for key, val in (("sampler", sampler), ("steps", steps), ("grid", grid), ("clip", clip)):
+    for key, val in (
+        ("sampler", sampler),
+        ("steps", steps),
+        ("grid", grid),
+        ("clip", clip),
+        ("device", device),
+        ("precision", precision),
+    ):
         if val is not None:
             setattr(cfg.sample, key, val)
     validate_sampling(cfg, prefix="")
+    where = devices.resolve_device(cfg.sample.device)
+    precision = devices.resolve_precision(where, cfg.sample.precision)
     unknown = sorted(set(sampler_options_) - set(sampler_options(cfg.sample.sampler)))
     if unknown:
         takes = ", ".join(sampler_options(cfg.sample.sampler)) or "no options"
         raise ConfigError(f"sampler {cfg.sample.sampler} does not take {', '.join(unknown)} (it takes: {takes})")
     check_output_memory(n, run.network.data_shape)
     g = torch.Generator().manual_seed(seed)
-    x = generate(
-        run.denoiser(),
-        run.schedule,
-        run.network.data_shape,
-        n,
-        sampler=cfg.sample.sampler,
-        steps=cfg.sample.steps,
-        grid=cfg.sample.grid,
-        generator=g,
-        batch_size=batch_size,
-        prior=prior_for(cfg),
-        **sampler_options_,
-    )
+    run.network.to(where)
+    with devices.autocast(where, precision):
+        x = generate(
+            run.denoiser(),
+            run.schedule,
+            run.network.data_shape,
+            n,
+            sampler=cfg.sample.sampler,
+            steps=cfg.sample.steps,
+            grid=cfg.sample.grid,
+            generator=g,
+            batch_size=batch_size,
+            prior=prior_for(cfg),
+            device=where,
+            **sampler_options_,
+        )
     require_finite(x, f"the samples of {run_dir}")
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
 

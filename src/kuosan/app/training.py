@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from kuosan import devices
 from kuosan.build import (
     build_autoencoder_objective,
     build_data,
@@ -35,7 +36,7 @@ from kuosan.samplers.loop import generate
 from kuosan.train import Trainer, distributed
 from kuosan.train import checkpoint as ckpt
 from kuosan.train.distributed import rank_and_world
-from kuosan.utils import resolve_precision, unwritable_reason
+from kuosan.utils import unwritable_reason
 
 
 def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None = None, progress: bool = True):
@@ -61,6 +62,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train
+    device = devices.resolve_device(tr.device)
     return Trainer(
         net,
         objective,
@@ -76,7 +78,9 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         grad_clip=tr.grad_clip,
         ema_decay=tr.ema_decay,
         ema_warmup=tr.ema_warmup,
-        precision=resolve_precision(tr.precision),
+        precision=devices.resolve_precision(device, tr.precision),
+        device=device,
+        tf32=tr.tf32,
         channels_last=tr.channels_last,
         compile=tr.compile,
         cpu_tweaks=tr.cpu_tweaks,
@@ -182,6 +186,7 @@ def train(
     time_budget: float | None = None,
     seed: int | None = None,
     resume: bool = False,
+    device: str | None = None,
     progress: bool = True,
     on_resume: Callable[[int], None] | None = None,
 ) -> dict:
@@ -191,7 +196,8 @@ def train(
     ``resume=True`` continues the run in ``out`` (its config, with the
     overrides). ValueError (ConfigError) for an impossible request, before anything is written;
     under torchrun the processes join one process group. ``on_resume(step)`` is called once a resumed run
-    is loaded (the CLI says where it resumes)."""
+    is loaded (the CLI says where it resumes). ``device`` sets train.device (a resume may move to another
+    device: checkpoints hold CPU copies)."""
     out = Path(out)
     if preset is None and config is None and not resume:
         raise ConfigError("give a preset or an experiment file (or resume a run)")
@@ -207,6 +213,7 @@ def train(
         lost = f" (it holds {', '.join(traces)} but no checkpoint/config.json)" if traces else ""
         raise ConfigError(f"resume: no checkpoint in {out}{lost}")
     overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None else [])
+    overrides += [f"train.device={device}"] if device is not None else []
     if resume:
         cfg = Config.from_dict(merge_overrides(ckpt.read_config(out), overrides))
     else:
@@ -220,6 +227,8 @@ def train(
     if steps is not None and steps < 1:
         raise ConfigError(f"the number of steps must be at least 1, got {steps}")
     validate(cfg)  # every impossible option refused before the run directory is made
+    where = devices.resolve_device(cfg.train.device)  # a device that is not there, too
+    devices.resolve_precision(where, cfg.train.precision)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -18,6 +18,7 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     from kuosan.config import ConfigError
     from kuosan.data import DataError
+    from kuosan.devices import DeviceError
     from kuosan.imaging import ImageReadError
     from kuosan.train import CheckpointError, TrainingDiverged
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, DataError, CheckpointError, ImageReadError) as e:
+    except (UserError, ConfigError, DataError, CheckpointError, ImageReadError, DeviceError) as e:
         print(f"kuosan {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:

@@ -67,6 +67,7 @@ def train(args) -> int:
         time_budget=args.time_budget,
         seed=args.seed,
         resume=args.resume,
+        device=args.device,
         progress=not args.no_progress,
         on_resume=lambda step: print(f"resuming {args.out} at step {step}", file=sys.stderr),
     )
@@ -97,6 +98,8 @@ def sample(args) -> int:
         seed=args.seed,
         weights=args.weights,
         batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
         **options,
     )
     _save_images(x, out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+DEVICE_HELP = "auto (a CUDA GPU if there is one; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N or mps"
+
 # config overrides anywhere on a train command line: section.key=value
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
@@ -24,6 +26,7 @@ def add_train(sub):
     p.add_argument("--steps", type=int, help="total optimizer steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the config's train.device, auto)")
     p.add_argument("--no-progress", action="store_true")
     p.epilog = "Overrides look like train.lr=1e-3 or model.params.base_channels=32, anywhere on the line."
 
@@ -59,6 +62,10 @@ def add_sample(sub):
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x0_hat to [-1, 1]")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the run's sample.device, auto)")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], help="the network's autocast (default: the run's, fp32)"
+    )
     p.add_argument("--out", required=True, help="FILE.npy (array (N, ...) in [-1, 1]) or FILE.png (grid)")
 
 

@@ -98,16 +98,18 @@ def reverse_log_variance(
     betas = schedule.betas
     post = betas * (1 - schedule.abar_prev) / (1 - schedule.abar)
     log_post = torch.cat([post[1:2], post[1:]]).log()
+    where = t.device if torch.is_tensor(t) else betas.device  # the answer goes where the question came from
     t = torch.as_tensor(t, device=betas.device).long()
     if kind == "fixed_small":
-        return log_post[t]
+        return log_post[t].to(where)
     if kind == "fixed_large":
-        return torch.cat([post[1:2], betas[1:]]).log()[t]
+        return torch.cat([post[1:2], betas[1:]]).log()[t].to(where)
     if kind == "learned_range":
         if v is None:
             raise ValueError("reverse_log_variance('learned_range') needs the network's variance output v")
         frac = (v.to(torch.float64) + 1) / 2
-        return frac * append_dims(betas.log()[t], v.ndim) + (1 - frac) * append_dims(log_post[t], v.ndim)
+        log_beta, log_post = append_dims(betas.log()[t], v.ndim), append_dims(log_post[t], v.ndim)
+        return frac * log_beta.to(v.device) + (1 - frac) * log_post.to(v.device)
     raise ValueError(f"unknown reverse variance {kind!r}; choose from {VARIANCES}")
 
 

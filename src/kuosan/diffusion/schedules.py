@@ -114,7 +114,7 @@ class DiscreteSchedule:
     @property
     def abar_prev(self) -> torch.Tensor:
         """abar_{t-1}, with abar_{-1} = 1 (the clean data)."""
-        return torch.cat([torch.ones(1, dtype=F64), self.abar[:-1]])
+        return torch.cat([torch.ones(1, dtype=F64, device=self.betas.device), self.abar[:-1]])
 
     @property
     def sigmas(self) -> torch.Tensor:
@@ -130,20 +130,22 @@ class DiscreteSchedule:
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep of a noise level: interpolation in log-sigma, clamped to [0, T-1]."""
+        # computed where the schedule is (float64; the query may be on a GPU), returned beside the query
         log_sigmas = self.sigmas.log()
-        log_sigma = sigma.to(F64).clamp(min=1e-30).log()
+        log_sigma = sigma.to(log_sigmas.device).to(F64).clamp(min=1e-30).log()
         idx = torch.searchsorted(log_sigmas, log_sigma).clamp(1, self.T - 1)
         lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
         w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-        return (idx - 1).to(F64) + w
+        return ((idx - 1).to(F64) + w).to(sigma.device)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Noise level of a (possibly fractional) timestep: interpolation in log-sigma."""
-        t = t.to(F64).clamp(0, self.T - 1)
+        log_sigmas = self.sigmas.log()
+        where = t.device
+        t = t.to(log_sigmas.device).to(F64).clamp(0, self.T - 1)
         lo = t.floor().long().clamp(max=self.T - 2)
         w = t - lo
-        log_sigmas = self.sigmas.log()
-        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
+        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp().to(where)
 
 
 # --- timestep spacings and sigma grids -------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from kuosan.diffusion.parameterization import ScoreDenoiser
+from kuosan.losses.objective import Objective
 from kuosan.utils import append_dims
 
 PROJECTIONS = ("rademacher", "gaussian")
@@ -150,7 +151,7 @@ def annealed_dsm_loss(
     return _reduce(loss, reduction, x0)
 
 
-class AnnealedDSMObjective:
+class AnnealedDSMObjective(Objective):
     """NCSN's training objective for the Trainer: draw a level sigma ~ U{sigma_1..sigma_L} (or, with
     ``continuous``, log-uniform between them: score_sde's continuous VE training) and eps ~ N(0, I);
     the network is the score model s = net(c_in x, c_noise(sigma)) / sigma of

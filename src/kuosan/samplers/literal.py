@@ -12,6 +12,7 @@ import torch
 
 from kuosan.diffusion import gaussian as G
 from kuosan.diffusion.schedules import DiscreteSchedule
+from kuosan.samplers.common import noise_like
 
 
 def ddpm_step(
@@ -81,7 +82,7 @@ def sample_ddpm_literal(
         abar = float(abar_tab[t])
         abar_prev = float(abar_tab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         eps = eps_model(x, torch.full((x.shape[0],), float(t), dtype=x.dtype))
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if i + 1 < len(ts) else None
+        z = noise_like(x, generator) if i + 1 < len(ts) else None
         x = ddpm_step(eps, x, abar, abar_prev, z, variance=variance, clip=clip)
     return x
 
@@ -104,6 +105,6 @@ def sample_ddim_literal(
         abar = float(abar_tab[t])
         abar_prev = float(abar_tab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         eps = eps_model(x, torch.full((x.shape[0],), float(t), dtype=x.dtype))
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if (eta > 0 and i + 1 < len(ts)) else None
+        z = noise_like(x, generator) if (eta > 0 and i + 1 < len(ts)) else None
         x = ddim_step(eps, x, abar, abar_prev, eta=eta, z=z)
     return x

@@ -38,10 +38,13 @@ def sample_batches(
     wrap: Callable | None = None,
     start: Callable | None = None,
     extra_args: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
     **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples of per-sample ``shape`` (B, *shape) by the named sampler on the grid ``sigmas``, in
-    batches of ``batch_size``. Per batch [i0, i1), in this order (the order of the generator's draws):
+    batches of ``batch_size``, computed on ``device`` (default the CPU; the noise is drawn on the
+    CPU generator and moved, and the samples come back on the CPU). Per batch [i0, i1), in this order
+    (the order of the generator's draws):
 
     - ``wrap(i0, i1, generator) -> denoiser`` gives the batch's Denoiser (guidance, inpainting; default
       ``denoiser``);
@@ -61,12 +64,13 @@ def sample_batches(
             x, grid = prior_noise((i1 - i0, *shape), float(sigmas[0]), generator=generator, prior=prior), sigmas
         else:
             x, grid = start(i0, i1, sigmas, generator)
+        x = x.to(device) if device is not None else x
         if len(grid) > 1:
             kwargs = dict(sampler_kwargs)
             if extra_args:
                 kwargs["extra_args"] = {k: v[i0:i1] for k, v in extra_args.items()}
             x = fn(den, x, grid, generator=generator, **kwargs)
-        out.append(x)
+        out.append(x.cpu())
     return torch.cat(out)
 
 
@@ -82,10 +86,12 @@ def generate(
     generator: torch.Generator | None = None,
     batch_size: int = 1000,
     prior: str = "vp",
+    device: torch.device | str | None = None,
     **sampler_kwargs,
 ) -> torch.Tensor:
     """n samples of per-sample ``shape`` from ``denoiser`` with the named sampler on a ``steps``-step
-    ``grid`` of ``schedule``'s noise levels, starting from ``prior`` (see :func:`prior_noise`)."""
+    ``grid`` of ``schedule``'s noise levels, starting from ``prior`` (see :func:`prior_noise`), on
+    ``device`` (see :func:`sample_batches`)."""
     sigmas = make_sigmas(schedule, steps, grid)
     return sample_batches(
         denoiser,
@@ -96,5 +102,6 @@ def generate(
         generator=generator,
         batch_size=batch_size,
         prior=prior,
+        device=device,
         **sampler_kwargs,
     )
