@@ -236,7 +236,7 @@ def train(
     reason = unwritable_reason(out)
     if reason is not None:
         raise ConfigError(f"the run directory {out} is not writable ({reason})")
-    distributed.init_from_env()  # under torchrun: join the process group (gloo on CPU)
+    distributed.init_from_env(where)  # under torchrun: join the process group (NCCL on GPUs, gloo on CPUs)
     # one process trains in a run directory at a time (rank 0 holds the lock for all of torchrun's)
     lock = ckpt.run_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     try:
