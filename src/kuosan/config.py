@@ -56,6 +56,7 @@ class DiffusionConfig:
 class TrainConfig:
     batch_size: int = 128  # the global batch (split over processes under torchrun)
     grad_accum: int = 1  # micro-batches per process and step
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass (memory for compute)
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)

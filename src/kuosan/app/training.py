@@ -62,6 +62,12 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train
+    if tr.grad_checkpointing:
+        if not hasattr(net, "enable_gradient_checkpointing"):
+            raise ConfigError(
+                f"train.grad_checkpointing: the {cfg.model.network} network does not recompute activations"
+            )
+        net.enable_gradient_checkpointing()
     device = devices.resolve_device(tr.device)
     return Trainer(
         net,
