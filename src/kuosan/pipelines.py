@@ -12,6 +12,8 @@ sigma * eps); ``mask`` is 1 where the picture is to be (re)generated (white in a
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -307,6 +309,8 @@ def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond
     config's sampler with guidance DEFAULT_GUIDANCE, decoded to images."""
 
     def sample_fn(net, n, generator):
+        if next(net.parameters()).device.type != "cpu":  # the pipeline's GPU path is not built yet: a CPU copy
+            net = copy.deepcopy(net).cpu()
         net.data_shape = x_shape
         pipe = TextToImagePipeline(cfg, net, autoencoder=autoencoder)
         cond = unc = {}

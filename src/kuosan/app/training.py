@@ -157,7 +157,7 @@ def reconstruction_fn(data: torch.Tensor):
     of 8 over the row of its reconstructions."""
 
     def sample_fn(net, n, generator):
-        return reconstruction_pairs(net, data[: max(1, n // 2)], nrow=8)
+        return reconstruction_pairs(net, data[: max(1, n // 2)].to(_device_of(net)), nrow=8).cpu()
 
     return sample_fn
 
@@ -177,9 +177,14 @@ def sample_fn_for(cfg: Config, data_shape: tuple[int, ...]):
             grid=cfg.sample.grid,
             generator=generator,
             prior=prior_for(cfg),
+            device=_device_of(net),
         )
 
     return sample_fn
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def train(

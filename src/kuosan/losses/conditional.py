@@ -115,6 +115,12 @@ class ConditionalObjective(Objective):
             drawn["inpaint_mask"] = torch.where(chosen[:, None, None, None], boxes, torch.ones_like(boxes))
         return drawn
 
+    def to(self, device) -> ConditionalObjective:
+        """The inner objective's constants move; the prompt embeddings stay on the CPU, where the draw
+        picks each example's (the trainer moves the draw)."""
+        self.inner.to(device)
+        return self
+
     def loss(
         self,
         net,

@@ -156,7 +156,7 @@ class Trainer:
         self.net, self.objective = net, objective
         # the data set moved to the device once when it fits easily, else batches are moved as drawn
         self.data = _place(data.contiguous(), self.device)
-        self.cond_data = {k: _place(v, self.device) for k, v in self.cond_data.items()}
+        # (the conditioning stays on the CPU: the objective's draw reads it there, and the trainer moves the draw)
         self.out_dir, self.config = Path(out_dir), config
         self.batch_size, self.grad_accum = batch_size, grad_accum
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
@@ -204,9 +204,8 @@ class Trainer:
         """This process's slice of the global batch and of the objective's random draw (every
         process draws the same global batch from the same generator)."""
         index = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)
-        at = index.to(self.data.device)
-        x0 = self.data[at].to(self.device, non_blocking=True)
-        cond = {k: v[index.to(v.device)].to(self.device, non_blocking=True) for k, v in self.cond_data.items()}
+        x0 = self.data[index.to(self.data.device)].to(self.device, non_blocking=True)
+        cond = {k: v[index] for k, v in self.cond_data.items()}
         # the draw is made on the CPU (its generator) and moved: the same numbers on every device
         drawn = self.objective.draw(x0, self.generator, **cond) if cond else self.objective.draw(x0, self.generator)
         drawn = {k: v.to(self.device, non_blocking=True) for k, v in drawn.items()}
