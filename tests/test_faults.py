@@ -246,3 +246,14 @@ def test_weights_of_another_network_name_what_differs(run, tmp_path, capsys):
     config["model"]["params"]["base_channels"] = 16
     (run / "checkpoint" / "config.json").write_text(json.dumps(config))
     _fails(capsys, ["sample", run, "--out", tmp_path / "a.npy"], "do not fit", "of another shape", "saved")
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_what_to_do(tmp_path, capsys):
+    """kill -9 before the first checkpoint leaves a log and a partial checkpoint.tmp: nothing to resume,
+    nothing overwritten, and the one line says how to start again."""
+    out = tmp_path / "run"
+    (out / "checkpoint.tmp").mkdir(parents=True)
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    _fails(capsys, ["train", "--preset", "digits", "--steps", 1, "--out", out, *TINY], "before its first", "remove")
+    _fails(capsys, ["train", "--resume", "--out", out, "--steps", 1], "before its first checkpoint", "remove")
+    assert (out / "log.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'

@@ -216,12 +216,19 @@ def train(
     if existing and not resume:
         raise ConfigError(f"{out} already holds a checkpoint; resume it or choose another output directory")
     if traces and not resume:  # a run whose config.json is gone: its weights may still be there
+        if set(traces) <= {"checkpoint.tmp", "log.jsonl"}:  # stopped (kill -9) before its first checkpoint
+            raise ConfigError(
+                f"{out} holds a run stopped before its first checkpoint ({', '.join(traces)}): nothing to "
+                "resume; remove the folder to start it again, or choose another output directory"
+            )
         raise ConfigError(
             f"{out} holds a run ({', '.join(traces)}) without a readable checkpoint; "
             "choose another output directory (nothing there is overwritten)"
         )
     if resume and not existing:
         lost = f" (it holds {', '.join(traces)} but no checkpoint/config.json)" if traces else ""
+        if traces and set(traces) <= {"checkpoint.tmp", "log.jsonl"}:
+            lost += ": it stopped before its first checkpoint; remove the folder to start it again"
         raise ConfigError(f"resume: no checkpoint in {out}{lost}")
     overrides = list(overrides) + ([f"train.seed={seed}"] if seed is not None else [])
     overrides += [f"train.device={device}"] if device is not None else []
