@@ -22,7 +22,7 @@ LAYERS = {
     "networks": {"utils", "ops"},
     "data": {"utils"},
     "diffusion": {"utils"},
-    "samplers": {"utils", "diffusion"},
+    "samplers": {"utils", "devices", "diffusion"},
     "losses": {"utils", "diffusion"},
     "metrics": {"utils", "networks"},
     "judges": {"utils", "data", "networks", "metrics"},

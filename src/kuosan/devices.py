@@ -132,9 +132,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def randn(shape, *, generator: torch.Generator | None, device: torch.device, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise drawn on the CPU from ``generator`` and moved to ``device``, so that a
-    seed gives the same numbers on every device."""
-    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    """Standard normal noise drawn where ``generator`` is (a CPU generator: the same numbers on every
+    device, diffusers' ``randn_tensor`` convention) and moved to ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
 
 
 __all__ = [

@@ -214,21 +214,24 @@ def test_attention_at_chosen_levels(channel_mult, levels, n_res):
 # ---------------------------------------------------------------- parity with diffusers (DDPM layout)
 
 
+# our ResBlock's submodules -> diffusers' ResnetBlock2D's
+RESNET_NAMES = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_norm": "norm2",
+    "out_layers.2": "conv2",
+    "skip": "conv_shortcut",
+}
+
+
 def _to_diffusers_state_dict(net: UNet, n_res: int, n_levels: int) -> dict[str, torch.Tensor]:
     """Rename our parameters to diffusers' UNet2DModel names (fused qkv split into q, k, v)."""
     sd = net.state_dict()
     out = {}
 
     def resnet(src: str, dst: str):
-        names = {
-            "in_layers.0": "norm1",
-            "in_layers.2": "conv1",
-            "emb_layers.1": "time_emb_proj",
-            "out_norm": "norm2",
-            "out_layers.2": "conv2",
-            "skip": "conv_shortcut",
-        }
-        for ours, theirs in names.items():
+        for ours, theirs in RESNET_NAMES.items():
             for kind in ("weight", "bias"):
                 if f"{src}.{ours}.{kind}" in sd:
                     out[f"{dst}.{theirs}.{kind}"] = sd[f"{src}.{ours}.{kind}"]
@@ -328,14 +331,7 @@ def test_parity_scale_shift_resblock_with_diffusers():
         eps=1e-6,
         time_embedding_norm="scale_shift",
     ).eval()
-    names = {
-        "in_layers.0": "norm1",
-        "in_layers.2": "conv1",
-        "emb_layers.1": "time_emb_proj",
-        "out_norm": "norm2",
-        "out_layers.2": "conv2",
-        "skip": "conv_shortcut",
-    }
+    names = RESNET_NAMES
     sd = {}
     for key, value in block.state_dict().items():
         module, kind = key.rsplit(".", 1)

@@ -275,35 +275,17 @@ def test_conv_backward_matches_definition(
     if bias:
         assert rel(conv.bias.grad, ref.bias.grad) < tol
     w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
-    taken = cpu.extension().conv2d_backward(
-        g.to(y.dtype),
-        x.detach().to(y.dtype),
-        w.to(y.dtype),
-        list(conv.stride),
-        list(conv.padding),
-        list(conv.dilation),
-        1,
-        True,
-        True,
-        bias,
-    )[3]
-    assert taken == route
+
+    def backward(dy):
+        args = (list(conv.stride), list(conv.padding), list(conv.dilation), 1, True, True, bias)
+        return cpu.extension().conv2d_backward(dy.to(y.dtype), x.detach().to(y.dtype), w.to(y.dtype), *args)
+
+    assert backward(g)[3] == route
     # dy in another layout (NCHW, or a channel slice as a concatenation's gradient gives) is made
     # channels-last first: the same route and values
     wide = torch.cat([g, g], 1).contiguous(memory_format=torch.channels_last)[:, :c_out]
     for dy in (g.contiguous(), wide):
-        other = cpu.extension().conv2d_backward(
-            dy.to(y.dtype),
-            x.detach().to(y.dtype),
-            w.to(y.dtype),
-            list(conv.stride),
-            list(conv.padding),
-            list(conv.dilation),
-            1,
-            True,
-            True,
-            bias,
-        )
+        other = backward(dy)
         assert other[3] == route and rel(other[1], ref.weight.grad) < tol and rel(other[0], x_ref.grad) < tol
 
 

@@ -4,6 +4,7 @@ once and saves nothing. The signals are sent to a `kuosan train` subprocess at r
 operating system sends them."""
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,8 +144,6 @@ def test_kill_9_at_random_moments_resumes_bitwise(tmp_path, straight):
     training has begun, with a checkpoint every step or two so that some land inside a checkpoint
     write; each time the run is resumed from what is on disk (started again if it had no checkpoint
     yet), and it ends bitwise equal to a run never stopped."""
-    import shutil
-
     rng = random.Random(9)
     out = tmp_path / "run"
     often = ["train.checkpoint_every=0.02"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kuosan.devices import randn
 from kuosan.utils import append_dims
 
 
@@ -26,10 +27,8 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
 
 
 def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise of x's shape and dtype on x's device, drawn where the generator is (a
-    CPU generator: the same numbers on every device, diffusers' ``randn_tensor`` convention)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    """Standard normal noise of x's shape and dtype on x's device (:func:`kuosan.devices.randn`)."""
+    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def sigma_batch(x: torch.Tensor, sigma: float) -> torch.Tensor:

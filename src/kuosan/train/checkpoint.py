@@ -42,9 +42,8 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     for pid, st in sd["state"].items():
         for key, val in st.items():
             if torch.is_tensor(val):
-                tensors[f"opt.{pid}.{key}"] = (
-                    val.detach().contiguous().clone().cpu()
-                )  # CPU copies, any device loads them
+                # a contiguous CPU copy (any device loads it), made in one step from wherever it is
+                tensors[f"opt.{pid}.{key}"] = val.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
             else:
                 scalars[f"{pid}.{key}"] = val
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}

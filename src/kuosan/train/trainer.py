@@ -138,8 +138,8 @@ class Trainer:
         sample_fn: Callable | None = None,
         progress: bool = True,
     ):
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        if precision not in devices.DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(devices.DTYPES)}, got {precision!r}")
         self.device = torch.device(device)
         devices.set_tf32(self.device, tf32)
         data, self.cond_data = _split_data(data)
@@ -249,9 +249,6 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
-    def _cuda_rng_state(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device)
-
     def _what_is_kept(self) -> str:
         if (self.out_dir / "checkpoint").is_dir():
             return "the last good checkpoint is kept"
@@ -259,7 +256,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every process takes part, to gather its RNG state)."""
-        model, ema = _cpu(self.net.state_dict()), _cpu(self.ema.shadow.state_dict())
+        model, ema = self.net.state_dict(), self.ema.shadow.state_dict()
         for name, weights in (("weights", model), ("EMA weights", ema)):
             key = ckpt.first_non_finite(weights)
             if key is not None:  # every process holds the same weights, so all stop
@@ -268,15 +265,15 @@ class Trainer:
                     f"not saved, {self._what_is_kept()}"
                 )
         rng = distributed.all_gather_bytes(torch.get_rng_state())
+        # dropout on a GPU draws from its own generator: every process's state, gathered by all of them
+        on_gpu = self.device.type == "cuda"
+        cuda_rng = distributed.all_gather_bytes(torch.cuda.get_rng_state(self.device)) if on_gpu else []
         if self.rank != 0:
             return None
         tensors, opt_meta = ckpt.optimizer_to_tensors(self.opt)
         tensors["rng.generator"] = self.generator.get_state()
         tensors.update({f"rng.torch.{r}": state for r, state in enumerate(rng)})
-        if self.device.type == "cuda":  # dropout on the GPU draws from its own generator
-            tensors.update(
-                {f"rng.cuda.{r}": s for r, s in enumerate(distributed.all_gather_bytes(self._cuda_rng_state()))}
-            )
+        tensors.update({f"rng.cuda.{r}": state for r, state in enumerate(cuda_rng)})
         state = {
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -292,8 +289,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.out_dir,
             config=self.config,
-            model=model,
-            ema=ema,
+            model=_cpu(model),
+            ema=_cpu(ema),
             tensors=tensors,
             state=state,
         )
