@@ -87,7 +87,7 @@ def test_noise_is_drawn_on_the_cpu_generator_whatever_the_device():
     assert torch.equal(a, b) and a.dtype == torch.float64
 
 
-def test_train_sample_eval_with_an_explicit_cpu_device(tmp_path):
+def test_train_sample_eval_nll_with_an_explicit_cpu_device(tmp_path):
     run, tiny = (
         tmp_path / "run",
         ["model.params.base_channels=8", "model.params.num_res_blocks=1", "train.batch_size=8"],
@@ -101,7 +101,9 @@ def test_train_sample_eval_with_an_explicit_cpu_device(tmp_path):
     kuosan("sample", run, "-n", 12, "--steps", 3, "--seed", 4, "--device", "cpu", "--out", tmp_path / "cpu.npy")
     assert np.array_equal(np.load(auto), np.load(tmp_path / "cpu.npy"))  # auto is the CPU here
     np.save(tmp_path / "many.npy", np.concatenate([np.load(auto)] * 2))
-    assert "fd" in json.loads(kuosan("eval", tmp_path / "many.npy", "--dataset", "digits").stdout)
+    assert "fd" in json.loads(kuosan("eval", tmp_path / "many.npy", "--dataset", "digits", "--device", "cpu").stdout)
+    nll = [json.loads(kuosan("nll", run, "-n", 8, "--steps", 4, *extra).stdout) for extra in ([], ["--device", "cpu"])]
+    assert nll[0]["bpd"] == nll[1]["bpd"] and np.isfinite(nll[0]["bpd"])
     kuosan("train", "--resume", "--out", run, "--steps", 3, "--device", "cpu", "--no-progress")
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 3
 

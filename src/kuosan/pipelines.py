@@ -8,15 +8,18 @@ integrates, and a latent run's autoencoder decodes the result.
 Notation: images are (N, 3, H, W) in [-1, 1]; z = s * E(x) are latents with the run's scale factor s
 (for a pixel-space run z = x); ``sigmas`` is the sampler's decreasing grid in VE scaling (x = x0 +
 sigma * eps); ``mask`` is 1 where the picture is to be (re)generated (white in a mask PNG).
+
+Devices: the network, the text encoder and the autoencoder live on the pipeline's ``device``; every
+random draw is made on the caller's CPU generator and moved (:func:`kuosan.devices.randn`), so a seed
+gives the same images on every device up to floating-point error; results come back on the CPU.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
+from kuosan import devices
 from kuosan.build import build_denoiser, build_schedule, encode_posterior
 from kuosan.diffusion.guidance import (
     CFGDenoiser,
@@ -56,10 +59,18 @@ class TextToImagePipeline:
 
     ``TextToImagePipeline.from_run(run_dir)`` loads everything; the methods take prompts (one image
     per prompt) and return images (N, C, H, W) in [-1, 1]. Unset ``steps``, ``sampler`` and ``grid``
-    take the run's ``sample`` config.
+    take the run's ``sample`` config. ``device`` (default the config's ``sample.device``, auto: a GPU
+    if there is one) is where the networks run, moved there on construction; ``precision`` (default
+    ``sample.precision``) is the denoising network's autocast (the decoder and the text encoder run
+    in float32).
     """
 
-    def __init__(self, cfg, net, *, text_encoder=None, autoencoder=None):
+    def __init__(self, cfg, net, *, text_encoder=None, autoencoder=None, device=None, precision=None):
+        self.device = devices.resolve_device(cfg.sample.device if device is None else device)
+        self.precision = devices.resolve_precision(self.device, precision or cfg.sample.precision)
+        for module in (net, text_encoder, autoencoder):
+            if module is not None:
+                module.to(self.device)
         self.cfg, self.net, self.text_encoder, self.autoencoder = cfg, net, text_encoder, autoencoder
         self.schedule = build_schedule(cfg)
         self.denoiser = build_denoiser(cfg, net, clip=False)
@@ -67,9 +78,16 @@ class TextToImagePipeline:
         self.clip = autoencoder is None and cfg.sample.clip  # latents have no fixed range
 
     @classmethod
-    def from_run(cls, run_dir, *, weights: str = "ema") -> TextToImagePipeline:
+    def from_run(cls, run_dir, *, weights: str = "ema", device=None, precision=None) -> TextToImagePipeline:
         run = Run.open(run_dir, weights=weights)
-        return cls(run.config, run.network, text_encoder=run.text_encoder, autoencoder=run.autoencoder)
+        return cls(
+            run.config,
+            run.network,
+            text_encoder=run.text_encoder,
+            autoencoder=run.autoencoder,
+            device=device,
+            precision=precision,
+        )
 
     # --- encoders -----------------------------------------------------------------------------------
 
@@ -79,13 +97,15 @@ class TextToImagePipeline:
             if any(prompts):
                 raise ValueError("this run was trained without text conditioning; give no prompt")
             return {}
-        return self.text_encoder.encode(list(prompts))
+        return {k: v.to(self.device) for k, v in self.text_encoder.encode(list(prompts)).items()}
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """z0 of images: s * (posterior mean) for a latent run (the VAE's mode), the images otherwise."""
+        """z0 of images, on the pipeline's device: s * (posterior mean) for a latent run (the VAE's
+        mode), the images otherwise."""
         if images.ndim != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        images = images.to(self.device)
         if self.autoencoder is None:
             if self.latent_shape and tuple(images.shape[1:]) != self.latent_shape:
                 raise ValueError(
@@ -101,10 +121,11 @@ class TextToImagePipeline:
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] of z0 (the autoencoder's decoder applied to z / s for a latent run)."""
+        """Images in [-1, 1] of z0 (the autoencoder's decoder applied to z / s for a latent run), on
+        the CPU."""
         if self.autoencoder is not None:
-            z = self.autoencoder.decode(z / self.cfg.latent.scale_factor)
-        return z.float().clamp(-1, 1)
+            z = self.autoencoder.decode(z.to(self.device) / self.cfg.latent.scale_factor)
+        return z.float().clamp(-1, 1).cpu()
 
     # --- the shared sampling loop ---------------------------------------------------------------------
 
@@ -118,8 +139,8 @@ class TextToImagePipeline:
         if self.clip:
             den = ClampDenoiser(den)
         if self.net.config.get("cond_channels") and not inpainting:  # an inpainting model doing txt2img:
-            ones = torch.ones(1, 1, *self.latent_shape[1:])  # repaint all, nothing known
-            den = ConcatInpaintDenoiser(den, ones, torch.zeros(1, *self.latent_shape))
+            ones = torch.ones(1, 1, *self.latent_shape[1:], device=self.device)  # repaint all, nothing known
+            den = ConcatInpaintDenoiser(den, ones, torch.zeros(1, *self.latent_shape, device=self.device))
         return den
 
     def _encode(self, prompts: list[str], negative) -> tuple[dict, dict]:
@@ -156,18 +177,21 @@ class TextToImagePipeline:
             den = self._guided({k: v[i0:i1] for k, v in uncond.items()}, guidance, inpaint is not None)
             return inpaint(i0, i1, den, generator) if inpaint is not None else den
 
-        return sample_batches(
-            self.denoiser,
-            self._sigmas(steps, grid),
-            self.latent_shape,
-            n,
-            sampler=sampler or self.cfg.sample.sampler,
-            generator=generator,
-            batch_size=batch_size,
-            wrap=wrap,
-            start=start,
-            extra_args=cond,
-        )
+        with devices.autocast(self.device, self.precision):
+            z = sample_batches(
+                self.denoiser,
+                self._sigmas(steps, grid),
+                self.latent_shape,
+                n,
+                sampler=sampler or self.cfg.sample.sampler,
+                generator=generator,
+                batch_size=batch_size,
+                wrap=wrap,
+                start=start,
+                extra_args=cond,
+                device=self.device,
+            )
+        return z.float()
 
     # --- the three tasks ------------------------------------------------------------------------------
 
@@ -226,7 +250,7 @@ class TextToImagePipeline:
         def start(i0, i1, sigmas, generator):
             if first == 0:  # strength 1: the prior, as txt2img
                 return prior_noise((i1 - i0, *self.latent_shape), float(sigmas[0]), generator=generator), sigmas
-            noise = torch.randn(z0[i0:i1].shape, generator=generator)
+            noise = devices.randn(z0[i0:i1].shape, generator=generator, device=self.device)
             return z0[i0:i1] + float(sigmas[first]) * noise, sigmas[first:]
 
         cond, uncond = self._encode(list(prompts), negative)
@@ -271,7 +295,7 @@ class TextToImagePipeline:
         if method == "concat" and not has_concat:
             raise ValueError("inpainting method 'concat' needs a model trained with text.inpaint_fraction > 0")
         z0 = broadcast_batch(self.encode_images(images), len(prompts), "images")
-        masks = broadcast_batch(masks.float(), len(prompts), "masks")
+        masks = broadcast_batch(masks.float().to(self.device), len(prompts), "masks")
         if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"masks must have shape (N, 1, {images.shape[-2]}, {images.shape[-1]}), got {tuple(masks.shape)}"
@@ -281,7 +305,7 @@ class TextToImagePipeline:
         def wrap(i0, i1, den, generator):
             if method == "concat":
                 return ConcatInpaintDenoiser(den, m[i0:i1], z0[i0:i1])
-            noise = torch.randn(z0[i0:i1].shape, generator=generator)
+            noise = devices.randn(z0[i0:i1].shape, generator=generator, device=self.device)
             return ReplaceInpaintDenoiser(den, m[i0:i1], z0[i0:i1], noise)
 
         if method == "replace" and has_concat:  # an inpainting model asked for the replacement method
@@ -300,7 +324,8 @@ class TextToImagePipeline:
             inpaint=wrap,
         )
         if method == "replace":
-            z = m * z + (1 - m) * z0  # exact in latent space (the sampler's last step already lands there)
+            m, z0 = m.cpu(), z0.cpu()  # exact in latent space (the sampler's last step already lands there)
+            z = m * z + (1 - m) * z0
         return z if return_latents else self.decode(z)
 
 
@@ -309,15 +334,14 @@ def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond
     config's sampler with guidance DEFAULT_GUIDANCE, decoded to images."""
 
     def sample_fn(net, n, generator):
-        if next(net.parameters()).device.type != "cpu":  # the pipeline's GPU path is not built yet: a CPU copy
-            net = copy.deepcopy(net).cpu()
         net.data_shape = x_shape
-        pipe = TextToImagePipeline(cfg, net, autoencoder=autoencoder)
+        where = next(net.parameters()).device  # the pictures are drawn where the network trains
+        pipe = TextToImagePipeline(cfg, net, autoencoder=autoencoder, device=where, precision="fp32")
         cond = unc = {}
         if prompts is not None:
             rows = torch.arange(n) % prompts["context"].shape[0]
-            cond = {k: v[rows] for k, v in prompts.items()}
-            unc = {k: v.expand(n, *v.shape[1:]) for k, v in uncond.items()}
+            cond = {k: v[rows].to(where) for k, v in prompts.items()}
+            unc = {k: v.expand(n, *v.shape[1:]).to(where) for k, v in uncond.items()}
         z = pipe._run(
             n,
             cond,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kuosan import devices
 from kuosan.app.sampling import refuse_autoencoder
 from kuosan.build import build_data, data_bin_width, data_options
 from kuosan.config import ConfigError
@@ -52,13 +53,18 @@ def evaluate(
     inception_weights=None,
     resize: str = "tf1-bilinear",
     stats_cache=None,
+    device: str | None = None,
 ) -> dict:
-    """Every metric of ``metrics.evaluate`` for samples (a tensor, or a .npy file: :func:`load_samples`)."""
+    """Every metric of ``metrics.evaluate`` for samples (a tensor, or a .npy file: :func:`load_samples`);
+    the feature networks run on ``device`` (default auto)."""
+    where = devices.resolve_device(device)
     x = load_samples(samples, dataset) if not isinstance(samples, torch.Tensor) else samples
     if inception_weights and not Path(inception_weights).is_file():
         raise ConfigError(f"Inception weights: file not found: {inception_weights}")
     try:
-        return evaluate_samples(x, dataset, inception_weights=inception_weights, resize=resize, stats_cache=stats_cache)
+        return evaluate_samples(
+            x, dataset, inception_weights=inception_weights, resize=resize, stats_cache=stats_cache, device=where
+        )
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -80,11 +86,14 @@ def likelihood(
     atol: float = 1e-5,
     trace: str = "hutchinson",
     probe: str = "rademacher",
+    device: str | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """(report, per-image bits/dim) of a split of the run's data: the variational bound (``method="vlb"``,
     improved-diffusion's calc_bpd_loop, respaced to ``steps`` if given) or the probability-flow ODE on
     dequantized data (``"ode"``, RK45 with ``rtol``/``atol``, Hutchinson or exact divergence).
-    docs/evaluation.md says what each number means."""
+    docs/evaluation.md says what each number means. The network runs on ``device`` (default the run's
+    ``sample.device``, auto) in float32; the noise is drawn on the CPU, so a seed gives the same figure
+    on every device up to floating-point error."""
     if method not in ("vlb", "ode"):
         raise ConfigError(f"method {method!r} is not one of vlb, ode")
     if variance not in VARIANCES:
@@ -98,6 +107,8 @@ def likelihood(
     run = Run.open(run_dir, weights=weights)
     refuse_autoencoder(run)
     cfg = run.config
+    where = devices.resolve_device(cfg.sample.device if device is None else device)
+    run.network.to(where)
     x = build_data(cfg, split=split)  # digits: train, test, all; toy 2-D: train, test (a fresh draw); ...
     if n is not None:
         x = x[:n]
@@ -121,6 +132,7 @@ def likelihood(
     g = torch.Generator().manual_seed(seed)
     t0, parts, extra = time.perf_counter(), [], {}
     for chunk in x.split(batch_size):
+        chunk = chunk.to(where)
         if method == "vlb":
             out = vlb_bpd(
                 denoiser,
@@ -132,8 +144,8 @@ def likelihood(
                 dequantized=dequantized,
                 generator=g,
             )
-            extra.setdefault("prior_bpd", []).append(out["prior_bpd"])
-            extra.setdefault("decoder_bpd", []).append(out["terms"][:, 0])
+            extra.setdefault("prior_bpd", []).append(out["prior_bpd"].cpu())
+            extra.setdefault("decoder_bpd", []).append(out["terms"][:, 0].cpu())
         else:
             out = ode_bpd(
                 denoiser,
@@ -148,7 +160,7 @@ def likelihood(
                 sigma_max=schedule.sigma_max,
             )
             extra.setdefault("nfe", []).append(out["nfe"])
-        parts.append(out["bpd"])
+        parts.append(out["bpd"].cpu())
     bpd = torch.cat(parts)
     result = {
         "run": str(run_dir),
@@ -193,17 +205,22 @@ def reconstruct(
     batch_size: int = 250,
     seed: int = 0,
     pairs: int = 0,
+    device: str | None = None,
 ):
     """(report, picture) of a trained autoencoder on its data set's evaluation split (shapes: the fixed
     test or val set of ``eval_n`` images; digits: a split): PSNR, KL per latent dimension, the latent
     scale factor; ``pairs`` > 0 also returns the first ``pairs`` originals over their reconstructions
-    (rows of 8), else None. ``sample`` decodes posterior draws instead of the posterior mean."""
+    (rows of 8), else None. ``sample`` decodes posterior draws instead of the posterior mean. The
+    autoencoder runs on ``device`` (default the run's ``sample.device``, auto)."""
     for name, value in (("eval_n", eval_n), ("batch_size", batch_size)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     cfg, net = load_autoencoder(run_dir, weights=weights)
+    where = devices.resolve_device(cfg.sample.device if device is None else device)
+    net.to(where)
     x = load_split(cfg.data.name, split, data_options(cfg, n=eval_n))  # shapes: eval_n images of the fixed set
+    x = x.to(where)
     with torch.inference_mode():
         report = reconstruction_report(net, x, batch_size=batch_size, sample=sample, seed=seed)
-        picture = reconstruction_pairs(net, x[:pairs], nrow=8) if pairs else None
+        picture = reconstruction_pairs(net, x[:pairs], nrow=8).cpu() if pairs else None
     return {"run": str(run_dir), "split": split, "weights": weights, "sample": sample, **report}, picture

@@ -32,11 +32,15 @@ def text_to_image(
     sampler: str | None = None,
     seed: int = 0,
     weights: str = "ema",
+    device: str | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """``n`` images (n, C, H, W) in [-1, 1] for ``prompt``: ``task`` txt2img, img2img (``image`` redrawn
     with ``strength``) or inpaint (``image`` repainted where ``mask`` is white, by ``method``). ``image``
     and ``mask`` are file paths or tensors ((1, 3, H, W) in [-1, 1]; (1, 1, H, W) in {0, 1}).
-    ConfigError (one line) for an impossible request."""
+    ``device`` and ``precision`` (the denoiser's autocast) default to the run's ``sample`` config; the
+    images come back on the CPU, the same for a seed on every device up to floating-point error.
+    ConfigError or DeviceError (one line) for an impossible request."""
     if not math.isfinite(guidance):
         raise ConfigError(f"guidance must be a finite number, got {guidance}")
     if task not in TASKS:
@@ -61,7 +65,7 @@ def text_to_image(
             raise ConfigError(
                 f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image {image.shape[-1]}x{image.shape[-2]}"
             )
-    pipe = TextToImagePipeline.from_run(run_dir, weights=weights)
+    pipe = TextToImagePipeline.from_run(run_dir, weights=weights, device=device, precision=precision)
     prompts = [prompt] * n
     common = dict(
         guidance=guidance,

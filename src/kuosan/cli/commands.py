@@ -120,6 +120,7 @@ def evaluate(args) -> int:
         inception_weights=args.inception_weights,
         resize=args.resize,
         stats_cache=args.stats_cache,
+        device=args.device,
     )
     text = json.dumps({"samples": str(args.samples), "dataset": args.dataset, **report})
     if out is not None:
@@ -149,6 +150,7 @@ def nll(args) -> int:
         atol=args.atol,
         trace=args.trace,
         probe=args.probe,
+        device=args.device,
     )
     if out is not None:
         _save_images(bpd, out)
@@ -169,6 +171,7 @@ def reconstruct(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         pairs=args.num if out is not None else 0,
+        device=args.device,
     )
     if out is not None:
         _save_images(picture, out, nrow=8)
@@ -197,6 +200,8 @@ def text_to_image(args) -> int:
         sampler=args.sampler,
         seed=args.seed,
         weights=args.weights,
+        device=args.device,
+        precision=args.precision,
     )
     _save_images(x, out)
     print(json.dumps({"out": str(out), "shape": list(x.shape), "prompt": args.prompt}))

@@ -11,6 +11,15 @@ DEVICE_HELP = "auto (a CUDA GPU if there is one; cuda:LOCAL_RANK under torchrun)
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
+def add_device_options(p, *, precision: bool) -> None:
+    """--device (and --precision, the network's autocast) of a command that runs a trained network."""
+    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the run's sample.device, auto)")
+    if precision:
+        p.add_argument(
+            "--precision", choices=["fp32", "bf16", "fp16"], help="the network's autocast (default: the run's, fp32)"
+        )
+
+
 def add_train(sub):
     from kuosan.presets import PRESETS
 
@@ -62,10 +71,7 @@ def add_sample(sub):
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x0_hat to [-1, 1]")
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the run's sample.device, auto)")
-    p.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], help="the network's autocast (default: the run's, fp32)"
-    )
+    add_device_options(p, precision=True)
     p.add_argument("--out", required=True, help="FILE.npy (array (N, ...) in [-1, 1]) or FILE.png (grid)")
 
 
@@ -87,6 +93,7 @@ def add_eval(sub):
     )
     p.add_argument("--resize", default="tf1-bilinear", choices=RESIZE_POLICIES, help="Inception resize policy")
     p.add_argument("--stats-cache", help="FILE.npz caching the reference statistics of the Inception FID")
+    p.add_argument("--device", help=f"{DEVICE_HELP}: where the feature networks run (default auto)")
     p.add_argument("--out", help="also write the JSON report to this file")
 
 
@@ -127,6 +134,7 @@ def add_nll(sub):
     p.add_argument("--atol", type=float, default=1e-5, help="ode: absolute tolerance of the RK45 solver")
     p.add_argument("--trace", default="hutchinson", choices=["hutchinson", "exact"], help="ode: divergence")
     p.add_argument("--probe", default="rademacher", choices=["rademacher", "gaussian"], help="ode: Hutchinson probe")
+    add_device_options(p, precision=False)
     p.add_argument("--out", help="FILE.npy: also save the per-image bits/dim")
 
 
@@ -147,6 +155,7 @@ def add_reconstruct(sub):
     p.add_argument("--sample", action="store_true", help="decode posterior draws instead of the posterior mean")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws")
+    add_device_options(p, precision=False)
 
 
 def add_generation_options(p, *, prompt_help: str) -> None:
@@ -160,6 +169,7 @@ def add_generation_options(p, *, prompt_help: str) -> None:
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    add_device_options(p, precision=True)
     p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy (array (N, C, H, W) in [-1, 1])")
 
 

@@ -54,9 +54,16 @@ PROBES = ("rademacher", "gaussian")
 
 
 def dequantize(x: torch.Tensor, bin_width: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantization within each value's bin: y = x + (u - 1/2) w, u ~ U[0, 1) (float64)."""
-    u = torch.rand(x.shape, generator=generator, dtype=F64)
+    """Uniform dequantization within each value's bin: y = x + (u - 1/2) w, u ~ U[0, 1) (float64;
+    u drawn on the generator's device and moved to x's)."""
+    u = torch.rand(x.shape, generator=generator, dtype=F64, device=_draw_device(generator, x)).to(x.device)
     return x.to(F64) + (u - 0.5) * bin_width
+
+
+def _draw_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
+    """Where a draw is made: on the generator's device (a CPU generator gives the same numbers for
+    data on any device), else beside x."""
+    return generator.device if generator is not None else x.device
 
 
 def bpd_from_log_density(log_density: torch.Tensor, dim: int, bin_width: float | None) -> torch.Tensor:
@@ -211,15 +218,16 @@ def vlb_bpd(
     """
     T = schedule.T
     x0 = x0.to(F64)
+    schedule = schedule.to(x0.device)  # the tables where the timesteps are
     if dequantized and bin_width is None:
         raise ValueError("dequantized=True needs the data's bin_width")
     y = dequantize(x0, bin_width, generator=generator) if dequantized else x0
     clip = (1.0 + (bin_width / 2 if dequantized else 0.0)) if clip_denoised else None
-    terms = torch.zeros(x0.shape[0], T, dtype=F64)
-    mse = torch.zeros(x0.shape[0], T, dtype=F64)
+    terms = torch.zeros(x0.shape[0], T, dtype=F64, device=x0.device)
+    mse = torch.zeros(x0.shape[0], T, dtype=F64, device=x0.device)
     for i in reversed(range(T)):
-        t = torch.full((x0.shape[0],), i, dtype=torch.long)
-        eps = torch.randn(x0.shape, generator=generator, dtype=F64)
+        t = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, dtype=F64, device=_draw_device(generator, x0)).to(x0.device)
         x_t = G.q_sample(y, schedule.abar[t], eps)
         x0_hat, logvar = model_x0_and_log_variance(denoiser, x_t, t, schedule, variance=variance, clip=clip, **cond)
         terms[:, i] = vlb_term_bpd(
@@ -260,11 +268,11 @@ def _drift_and_divergence(
     c = math.sqrt(c2)
     with torch.enable_grad():
         zz = z.detach().to(dtype).requires_grad_(True)
-        sig = torch.full((z.shape[0],), sigma, dtype=dtype)
+        sig = torch.full((z.shape[0],), sigma, dtype=dtype, device=z.device)
         d = denoiser(zz * c, sig, **cond)
         if trace == "exact":
             flat = d.flatten(1)
-            tr = torch.zeros(z.shape[0], dtype=F64)
+            tr = torch.zeros(z.shape[0], dtype=F64, device=z.device)
             for i in range(flat.shape[1]):
                 g = torch.autograd.grad(flat[:, i].sum(), zz, retain_graph=i < flat.shape[1] - 1)[0]
                 tr += g.flatten(1)[:, i].to(F64)
@@ -384,16 +392,18 @@ def ode_log_likelihood(
     dtype = _model_dtype(denoiser)
     eps = None
     if trace == "hutchinson":
-        eps = torch.randn(shape, generator=generator, dtype=F64)
+        where = _draw_device(generator, x)
+        eps = torch.randn(shape, generator=generator, dtype=F64, device=where)
         if probe == "rademacher":
-            eps = torch.randint(0, 2, shape, generator=generator).to(F64) * 2 - 1
+            eps = torch.randint(0, 2, shape, generator=generator, device=where).to(F64) * 2 - 1
+        eps = eps.to(x.device)
 
     def fun(s: float, y: torch.Tensor) -> torch.Tensor:
         drift, div = _drift_and_divergence(denoiser, y[:, :dim].reshape(shape), s, eps, trace, dtype, cond)
         return torch.cat([drift.flatten(1), div[:, None]], dim=1)
 
     c0 = math.sqrt(1.0 + sigma_min**2)
-    y0 = torch.cat([(x.to(F64) / c0).flatten(1), torch.zeros(b, 1, dtype=F64)], dim=1)
+    y0 = torch.cat([(x.to(F64) / c0).flatten(1), torch.zeros(b, 1, dtype=F64, device=x.device)], dim=1)
     y1, nfe = solve_rk45(fun, y0, math.log(sigma_min), math.log(sigma_max), rtol=rtol, atol=atol)
     z1, delta = y1[:, :dim], y1[:, dim]
     prior = -0.5 * (dim * math.log(2 * math.pi) + (z1**2).sum(1))

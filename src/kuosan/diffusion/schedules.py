@@ -10,6 +10,7 @@ abar near t = T loses most of its digits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -102,6 +103,10 @@ class DiscreteSchedule:
     @property
     def T(self) -> int:
         return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> DiscreteSchedule:
+        """The same schedule with its table on ``device`` (for lookups at timesteps that live there)."""
+        return dataclasses.replace(self, betas=self.betas.to(device))
 
     @property
     def alphas(self) -> torch.Tensor:

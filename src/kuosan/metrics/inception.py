@@ -275,21 +275,29 @@ def preprocess(images: torch.Tensor, resize: str = "tf1-bilinear", *, quantize: 
 class InceptionFeatureExtractor:
     """FID/KID features: images (N, C, H, W) in [-1, 1] -> (N, 2048) pool3 activations, in batches.
     ``name`` identifies the feature space (weights fingerprint and resize policy) for cached
-    statistics."""
+    statistics. The network runs on ``device`` (the images are moved there batch by batch; the
+    features come back on the CPU)."""
 
     def __init__(
-        self, weights: str | Path, *, resize: str = "tf1-bilinear", quantize: bool = True, batch_size: int = 50
+        self,
+        weights: str | Path,
+        *,
+        resize: str = "tf1-bilinear",
+        quantize: bool = True,
+        batch_size: int = 50,
+        device: torch.device | str = "cpu",
     ):
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"unknown resize policy {resize!r}; choose from {RESIZE_POLICIES}")
-        self.model = load_fid_inception(weights)
+        self.device = torch.device(device)
+        self.model = load_fid_inception(weights).to(self.device)
         self.resize, self.quantize, self.batch_size = resize, quantize, batch_size
         self.name = f"inception-v3-fid:{weights_fingerprint(weights)}:{resize}:{'q8' if quantize else 'float'}"
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         feats = [
-            self.model.features(preprocess(chunk, self.resize, quantize=self.quantize))
+            self.model.features(preprocess(chunk.to(self.device), self.resize, quantize=self.quantize)).cpu()
             for chunk in images.split(self.batch_size)
         ]
         return torch.cat(feats)

@@ -226,7 +226,9 @@ class DiagonalGaussian:
         """The reparameterisation z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, Eq. 10;
         seed 002); ``eps`` may be given (then ``generator`` is unused)."""
         if eps is None:
-            eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
+            where = generator.device if generator is not None else self.mean.device  # drawn where the generator is
+            eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=where)
+            eps = eps.to(self.mean.device)
         return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:

@@ -107,8 +107,10 @@ class TextEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        mask = tokens["attention_mask"].bool()
-        out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        where = next(self.model.parameters()).device  # the tokens go where the encoder is
+        ids, attention = tokens["input_ids"].to(where), tokens["attention_mask"].to(where)
+        mask = attention.bool()
+        out = self.model(input_ids=ids, attention_mask=attention)
         hidden = out.last_hidden_state.float()
         if self.kind == "clip":
             pooled = out.pooler_output.float()
