@@ -27,6 +27,7 @@ LAYERS = {
     "metrics": {"utils", "networks"},
     "judges": {"utils", "data", "networks", "metrics"},
     "train": {"utils", "devices", "diffusion", "losses", "imaging"},
+    "interop": {"utils", "devices", "diffusion", "networks"},  # other libraries' checkpoints in, exports out
 }
 LAYERS["build"] = {
     "config",
@@ -40,7 +41,7 @@ LAYERS["build"] = {
     "utils",
     "train",
 }
-LAYERS["runs"] = LAYERS["build"] | {"build"}
+LAYERS["runs"] = LAYERS["build"] | {"build", "interop"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
 LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops"}
 LAYERS["cli"] = LAYERS["app"] | {"app"}

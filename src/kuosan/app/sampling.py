@@ -12,9 +12,14 @@ import torch
 from kuosan import devices
 from kuosan.build import prior_for, validate_sampling
 from kuosan.config import ConfigError
+from kuosan.diffusion.schedules import GRIDS, make_sigmas
+from kuosan.interop import diffusers as hf
 from kuosan.runs import Run
 from kuosan.samplers import SAMPLERS
-from kuosan.samplers.loop import generate
+from kuosan.samplers.loop import generate, sample_batches
+
+# a diffusers folder samples as diffusers' DDIMPipeline does unless told otherwise
+DIFFUSERS_DEFAULTS = {"sampler": "ddim", "steps": 50, "grid": "scheduler"}
 
 # the keywords every sampler takes, which sample() passes itself
 _COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "extra_args"}
@@ -55,11 +60,30 @@ def sample(
     one) and ``precision`` (the network's autocast: fp32, bf16, fp16) take the run's ``sample`` config;
     the remaining keywords are the sampler's own options (``sampler_options``). ConfigError or
     DeviceError naming the impossible choice. A seed gives the same samples on every device up to
-    floating-point error: the noise is drawn on the CPU."""
+    floating-point error: the noise is drawn on the CPU.
+
+    ``run_dir`` may name a diffusers model folder, ``diffusers:DIR`` (an unconditional UNet2DModel
+    with its scheduler): then the defaults are diffusers' DDIMPipeline's (DDIM, 50 steps on the
+    scheduler's own timesteps, grid "scheduler"; x0 clipped as its ``clip_sample`` says), and every
+    kuosan sampler and grid works on it."""
     if n < 1:
         raise ConfigError(f"the number of samples must be at least 1, got {n}")
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
+    if hf.is_diffusers_spec(run_dir):
+        return _sample_diffusers(
+            run_dir,
+            n,
+            sampler=sampler,
+            steps=steps,
+            grid=grid,
+            clip=clip,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            **sampler_options_,
+        )
     run = Run.open(run_dir, weights=weights)
     refuse_autoencoder(run)
     cfg = run.config
@@ -107,6 +131,68 @@ def sample(
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
 
 
+def _sample_diffusers(
+    spec: str,
+    n: int,
+    *,
+    sampler,
+    steps,
+    grid,
+    clip,
+    seed,
+    batch_size,
+    device,
+    precision,
+    **options,
+) -> torch.Tensor:
+    """``sample`` for a diffusers folder (see there)."""
+    sampler = sampler or DIFFUSERS_DEFAULTS["sampler"]
+    steps = steps or DIFFUSERS_DEFAULTS["steps"]
+    grid = grid or DIFFUSERS_DEFAULTS["grid"]
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if grid not in (*GRIDS, "scheduler"):
+        raise ConfigError(f"grid={grid!r} is not one of {', '.join(GRIDS)}, scheduler")
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    unknown = sorted(set(options) - set(sampler_options(sampler)))
+    if unknown:
+        raise ConfigError(f"sampler {sampler} does not take {', '.join(unknown)}")
+    try:
+        model = hf.load_model(spec)
+        if model.network.conditional:
+            raise ConfigError(f"{model.path} holds a text-conditional U-Net: use kuosan txt2img")
+        where = devices.resolve_device(device or "auto")
+        precision = devices.resolve_precision(where, precision or "fp32")
+        if grid == "scheduler":  # the scheduler's timesteps; DDPM's last step always reaches the clean data
+            scheduler_grid = model.grid(steps, final="ddpm" if sampler == "ddpm" else "ddim")
+            sigmas, final_sigma = scheduler_grid.sigmas, scheduler_grid.final_sigma
+        else:
+            sigmas, final_sigma = make_sigmas(model.schedule, steps, grid), 0.0
+    except (hf.DiffusersError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    check_output_memory(n, model.data_shape)
+    den = model.denoiser(clip=clip)
+    if final_sigma > 0:
+        den = hf.HoldAtDenoiser(den, final_sigma)
+    model.network.to(where)
+    with devices.autocast(where, precision):
+        x = sample_batches(
+            den,
+            sigmas,
+            model.data_shape,
+            n,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),
+            batch_size=batch_size,
+            device=where,
+            **options,
+        )
+    x = hf.vp_output(x.float(), final_sigma)
+    require_finite(x, f"the samples of {spec}")
+    return x.clamp(-1, 1)
+
+
 def require_finite(x: torch.Tensor, what: str) -> None:
     """ConfigError (one line) when ``x`` holds NaN or infinity: nothing non-finite is ever written."""
     bad = int((~torch.isfinite(x)).sum())
@@ -131,7 +217,22 @@ def check_output_memory(n: int, shape: tuple[int, ...], *, copies: int = 3) -> N
 
 def run_info(run_dir: str | Path) -> dict:
     """What a run is: step, training time, last loss, data shape, parameter count, config (and an
-    autoencoder's latent shape)."""
+    autoencoder's latent shape). For a diffusers folder: its U-Net class, parameters, data shape,
+    prediction and scheduler config."""
+    if hf.is_diffusers_spec(run_dir):
+        try:
+            model = hf.load_model(run_dir)
+        except hf.DiffusersError as e:
+            raise ConfigError(str(e)) from None
+        return {
+            "model": str(model.path),
+            "unet": model.network.unet.__class__.__name__,
+            "parameters": sum(p.numel() for p in model.network.parameters()),
+            "data_shape": list(model.data_shape),
+            "prediction": model.prediction,
+            "clip_sample": model.clip,
+            "scheduler": model.scheduler,
+        }
     run = Run.open(run_dir)
     state = run.state
     info = {

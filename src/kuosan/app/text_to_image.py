@@ -11,7 +11,8 @@ import torch
 from kuosan.app.sampling import require_finite
 from kuosan.config import ConfigError
 from kuosan.imaging import read_image
-from kuosan.pipelines import DEFAULT_GUIDANCE, INPAINT_METHODS, TextToImagePipeline
+from kuosan.interop import diffusers as hf
+from kuosan.pipelines import INPAINT_METHODS, TextToImagePipeline
 
 TASKS = ("txt2img", "img2img", "inpaint")
 
@@ -24,12 +25,15 @@ def text_to_image(
     n: int = 1,
     image=None,
     mask=None,
-    strength: float = 0.6,
+    strength: float | None = None,
     method: str = "auto",
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
     negative: str | None = None,
     steps: int | None = None,
     sampler: str | None = None,
+    grid: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
     seed: int = 0,
     weights: str = "ema",
     device: str | None = None,
@@ -40,8 +44,11 @@ def text_to_image(
     and ``mask`` are file paths or tensors ((1, 3, H, W) in [-1, 1]; (1, 1, H, W) in {0, 1}).
     ``device`` and ``precision`` (the denoiser's autocast) default to the run's ``sample`` config; the
     images come back on the CPU, the same for a seed on every device up to floating-point error.
-    ConfigError or DeviceError (one line) for an impossible request."""
-    if not math.isfinite(guidance):
+    ``run_dir`` may be a Stable Diffusion folder, ``diffusers:DIR``: then unset options take
+    diffusers' defaults (DDIM, 50 steps on the scheduler's timesteps, guidance 7.5) and ``height`` /
+    ``width`` choose the size of a txt2img image (multiples of 8). ConfigError or DeviceError (one
+    line) for an impossible request."""
+    if guidance is not None and not math.isfinite(guidance):
         raise ConfigError(f"guidance must be a finite number, got {guidance}")
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -49,8 +56,11 @@ def text_to_image(
         raise ConfigError(f"the number of images must be at least 1, got {n}")
     if steps is not None and steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
+    strength = (0.6 if task == "img2img" else 1.0) if strength is None else strength
     if task == "img2img" and not 0 <= strength <= 1:
         raise ConfigError(f"strength must be in [0, 1], got {strength}")
+    if task == "inpaint" and not 0 < strength <= 1:
+        raise ConfigError(f"inpainting strength must be in (0, 1], got {strength}")
     if task == "inpaint" and method not in INPAINT_METHODS:
         raise ConfigError(f"method {method!r} is not one of {', '.join(INPAINT_METHODS)}")
     if task != "txt2img":
@@ -65,22 +75,31 @@ def text_to_image(
             raise ConfigError(
                 f"the mask is {mask.shape[-1]}x{mask.shape[-2]} but the image {image.shape[-1]}x{image.shape[-2]}"
             )
-    pipe = TextToImagePipeline.from_run(run_dir, weights=weights, device=device, precision=precision)
+    if task != "txt2img" and (height or width):
+        raise ConfigError(f"{task} makes images of its input's size: give no --height/--width")
+    try:
+        if hf.is_diffusers_spec(run_dir):
+            pipe = TextToImagePipeline.from_diffusers(run_dir, device=device or "auto", precision=precision or "fp32")
+        else:
+            pipe = TextToImagePipeline.from_run(run_dir, weights=weights, device=device, precision=precision)
+    except hf.DiffusersError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
     prompts = [prompt] * n
     common = dict(
         guidance=guidance,
         negative=negative or None,
         steps=steps,
         sampler=sampler,
+        grid=grid,
         generator=torch.Generator().manual_seed(seed),
     )
     try:
         if task == "txt2img":
-            x = pipe.txt2img(prompts, **common)
+            x = pipe.txt2img(prompts, height=height, width=width, **common)
         elif task == "img2img":
             x = pipe.img2img(image, prompts, strength=strength, **common)
         else:
-            x = pipe.inpaint(image, mask, prompts, method=method, **common)
+            x = pipe.inpaint(image, mask, prompts, method=method, strength=strength, **common)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     require_finite(x, f"the images of {run_dir}")

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from kuosan.data import DataError
     from kuosan.devices import DeviceError
     from kuosan.imaging import ImageReadError
+    from kuosan.interop.diffusers import DiffusersError
     from kuosan.train import CheckpointError, TrainingDiverged
 
     parser = build_parser()
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, DataError, CheckpointError, ImageReadError, DeviceError) as e:
+    except (UserError, ConfigError, DataError, CheckpointError, ImageReadError, DeviceError, DiffusersError) as e:
         print(f"kuosan {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as e:

@@ -7,6 +7,18 @@ import re
 
 DEVICE_HELP = "auto (a CUDA GPU if there is one; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N or mps"
 
+RUN_OR_SD_HELP = "run directory of a text-conditional model, or diffusers:DIR (a Stable Diffusion folder)"
+
+
+def grid_help() -> str:
+    from kuosan.diffusion.schedules import GRIDS
+
+    return (
+        f"noise-level grid: {', '.join(GRIDS)}, or scheduler (a diffusers model's own timesteps, its default) "
+        "(default: the run's)"
+    )
+
+
 # config overrides anywhere on a train command line: section.key=value
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
@@ -41,11 +53,10 @@ def add_train(sub):
 
 
 def add_sample(sub):
-    from kuosan.diffusion.schedules import GRIDS
     from kuosan.samplers import SAMPLERS
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory, or diffusers:DIR (an unconditional diffusers U-Net with its scheduler)")
     p.add_argument(
         "--sampler",
         help=f"one of: {', '.join(SAMPLERS)} (default: the run's; docs/samplers.md "
@@ -56,7 +67,7 @@ def add_sample(sub):
         type=int,
         help="sampler steps (default: the run's; heun and dpmpp-2s evaluate the network twice per step)",
     )
-    p.add_argument("--grid", help=f"noise-level grid: {', '.join(GRIDS)} (default: the run's)")
+    p.add_argument("--grid", help=grid_help())
     p.add_argument(
         "--eta", type=float, help="stochasticity of ddim, euler-ancestral, dpmpp-2s, dpmpp-2m-sde, dpmpp-3m-sde"
     )
@@ -163,10 +174,15 @@ def add_generation_options(p, *, prompt_help: str) -> None:
 
     p.add_argument("prompt", help=prompt_help)
     p.add_argument("-n", "--num", type=int, default=1, help="images per prompt")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: no guidance)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (1: no guidance; default 3 for a kuosan run, 7.5 for Stable Diffusion)",
+    )
     p.add_argument("--negative", default="", help="negative prompt (the unconditional half of guidance)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the run's; 50 for Stable Diffusion)")
+    p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's; ddim for Stable Diffusion)")
+    p.add_argument("--grid", help=grid_help())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     add_device_options(p, precision=True)
@@ -175,15 +191,17 @@ def add_generation_options(p, *, prompt_help: str) -> None:
 
 def add_text_to_image(sub):
     p = sub.add_parser("txt2img", help="images from a text prompt (a text-conditional run)")
-    p.add_argument("run", help="run directory of a text-conditional model")
+    p.add_argument("run", help=RUN_OR_SD_HELP)
     add_generation_options(p, prompt_help='the prompt, e.g. "a red circle in the top left"')
+    p.add_argument("--height", type=int, help="image height in pixels (Stable Diffusion: a multiple of 8)")
+    p.add_argument("--width", type=int, help="image width in pixels (Stable Diffusion: a multiple of 8)")
     p = sub.add_parser("img2img", help="re-draw an image after a prompt (SDEdit, diffusers' strength)")
-    p.add_argument("run", help="run directory of a text-conditional model")
+    p.add_argument("run", help=RUN_OR_SD_HELP)
     p.add_argument("image", help="input image (PNG/JPEG) of the run's image size")
     add_generation_options(p, prompt_help="the prompt")
     p.add_argument("--strength", type=float, default=0.6, help="0: the input's reconstruction; 1: ignore the input")
     p = sub.add_parser("inpaint", help="repaint the white part of a mask after a prompt")
-    p.add_argument("run", help="run directory of a text-conditional model")
+    p.add_argument("run", help=RUN_OR_SD_HELP)
     p.add_argument("image", help="input image (PNG/JPEG) of the run's image size")
     p.add_argument("mask", help="mask image of the same size: white = repaint, black = keep")
     add_generation_options(p, prompt_help="the prompt for the repainted region")
@@ -193,6 +211,7 @@ def add_text_to_image(sub):
         choices=["auto", "concat", "replace"],
         help="concat: a model trained to inpaint; replace: any model (known region replaced each step)",
     )
+    p.add_argument("--strength", type=float, default=1.0, help="below 1: start from the noised input (as img2img)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_sample(sub)
-    p = sub.add_parser("info", help="describe a trained run")
+    p = sub.add_parser("info", help="describe a trained run (or a diffusers:DIR folder)")
     p.add_argument("run")
     add_eval(sub)
     add_nll(sub)

@@ -81,12 +81,16 @@ def inpaint_cond_image(mask: torch.Tensor, x0_known: torch.Tensor) -> torch.Tens
 
 class ConcatInpaintDenoiser(nn.Module):
     """Inpainting with a model trained for it (concatenation conditioning): every call supplies
-    ``cond_image = inpaint_cond_image(mask, x0_known)``; the network itself fills the hole."""
+    ``cond_image = inpaint_cond_image(mask, x0_known)``; the network itself fills the hole.
+    ``cond_image`` may be given instead (Stable Diffusion's inpainting pipeline: the mask and the
+    latents of the masked image, encoded in pixel space)."""
 
-    def __init__(self, denoiser, mask: torch.Tensor, x0_known: torch.Tensor):
+    def __init__(self, denoiser, mask=None, x0_known=None, *, cond_image: torch.Tensor | None = None):
         super().__init__()
+        if (cond_image is None) == (mask is None or x0_known is None):
+            raise ValueError("ConcatInpaintDenoiser takes mask and x0_known, or cond_image")
         self.denoiser = denoiser
-        self.cond_image = inpaint_cond_image(mask, x0_known)
+        self.cond_image = inpaint_cond_image(mask, x0_known) if cond_image is None else cond_image
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         cond_image = broadcast_batch(self.cond_image, x.shape[0], "cond_image")
@@ -114,15 +118,29 @@ class ReplaceInpaintDenoiser(nn.Module):
     pipeline's ``add_noise(init_latents, noise, t)``), so along a deterministic sampler it stays
     exactly x0_known + sigma * noise and lands on x0_known at sigma = 0. The hole sees the noised
     known content through the network's receptive field; nothing else ties the two regions together.
+
+    ``keep_from``: at levels sigma >= keep_from the input is used as it is (diffusers' inpainting
+    pipeline starts from pure noise everywhere at strength 1 and replaces only after each step).
     """
 
-    def __init__(self, denoiser, mask: torch.Tensor, x0_known: torch.Tensor, noise: torch.Tensor):
+    def __init__(
+        self,
+        denoiser,
+        mask: torch.Tensor,
+        x0_known: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        keep_from: float | None = None,
+    ):
         super().__init__()
         self.denoiser, self.mask, self.x0_known, self.noise = denoiser, mask, x0_known, noise
+        self.keep_from = keep_from
 
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         b = x.shape[0]
         mask = broadcast_batch(self.mask, b, "mask").to(x.dtype)
         known = broadcast_batch(self.x0_known, b, "x0_known").to(x.dtype)
-        x_tilde = replace_known(x, sigma, mask, known, broadcast_batch(self.noise, b, "noise").to(x.dtype))
+        keep = self.keep_from is not None and bool((torch.as_tensor(sigma) >= self.keep_from * (1 - 1e-9)).all())
+        noise = broadcast_batch(self.noise, b, "noise").to(x.dtype)
+        x_tilde = x if keep else replace_known(x, sigma, mask, known, noise)
         return mask * self.denoiser(x_tilde, sigma, **cond) + (1 - mask) * known

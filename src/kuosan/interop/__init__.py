@@ -1,0 +1,1 @@
+"""Other libraries' checkpoints in and kuosan models out (diffusers)."""
