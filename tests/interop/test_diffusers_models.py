@@ -19,8 +19,8 @@ from cli_helpers import fails_cleanly, kuosan
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffusers_helpers import tiny_ddpm, tiny_stable_diffusion  # noqa: E402
 from kuosan.interop import diffusers as hf  # noqa: E402
+from kuosan.interop.tiny import tiny_ddpm, tiny_stable_diffusion  # noqa: E402
 from kuosan.pipelines import TextToImagePipeline  # noqa: E402
 from kuosan.samplers import get_sampler  # noqa: E402
 from kuosan.samplers.loop import prior_noise  # noqa: E402
