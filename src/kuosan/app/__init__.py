@@ -8,9 +8,11 @@ arguments and the same one-line errors (ConfigError, DataError, CheckpointError:
     likelihood(run_dir, split=..., method=...)     -> (report, bits/dim per image)
     reconstruct(run_dir, split=...)                -> (report, picture)
     run_info(run_dir)                              -> what a run is
+    export(run_dir, out, format="diffusers")       -> a diffusers folder of the run
 """
 
 from kuosan.app.evaluation import evaluate, likelihood, load_samples, reconstruct
+from kuosan.app.exporting import export
 from kuosan.app.sampling import run_info, sample, sampler_options
 from kuosan.app.text_to_image import text_to_image
 from kuosan.app.training import build_conditional_training, build_trainer, train
@@ -19,6 +21,7 @@ __all__ = [
     "build_conditional_training",
     "build_trainer",
     "evaluate",
+    "export",
     "likelihood",
     "load_samples",
     "reconstruct",

@@ -211,6 +211,11 @@ def text_to_image(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    print(json.dumps(app.export(args.run, args.out, format=args.format, weights=args.weights)))
+    return 0
+
+
 def _quiet_transformers() -> None:
     """No progress bars from transformers' weight loading on the command line."""
     try:
@@ -231,6 +236,7 @@ COMMANDS = {
     "txt2img": text_to_image,
     "img2img": text_to_image,
     "inpaint": text_to_image,
+    "export": export,
 }
 
 __all__ = ["COMMANDS", "UserError"]

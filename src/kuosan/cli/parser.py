@@ -226,4 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_nll(sub)
     add_reconstruct(sub)
     add_text_to_image(sub)
+    p = sub.add_parser("export", help="write a trained run as a diffusers folder (from_pretrained loads it)")
+    p.add_argument("run", help="run directory: a vae run (AutoencoderKL) or an unconditional DDPM run (DDPMPipeline)")
+    p.add_argument("--format", default="diffusers", choices=["diffusers"])
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
     return parser
