@@ -17,6 +17,11 @@ JSON lines:
     peak GPU memory; then each system's best mode and the ratio.
 (c) ``sample_speed``: images/s of DDIM sampling at 10 and 50 network evaluations, kuosan's sampler
     loop against diffusers' DDIMScheduler loop over its own U-Net (bf16 autocast, batch 256).
+(d) ``commands``: every command that runs a network, once on the device and once on the CPU, from
+    the same seed (the noise is drawn on the CPU, so the outputs differ by float error only): sample
+    and nll of a digits run, reconstruct of a VAE run, txt2img / img2img / inpaint of a tiny random
+    Stable Diffusion folder, sample of a tiny random DDPM folder; the largest difference of each,
+    and ``agree`` when it is under 1e-3 (TF32 off).
 """
 
 from __future__ import annotations
@@ -256,6 +261,46 @@ def _diffusers_ddim(net, nfe: int, n: int, device: torch.device) -> torch.Tensor
     return x
 
 
+# --- (d) every command on the device ------------------------------------------------------------------
+
+
+def commands(device: torch.device) -> None:
+    from kuosan import app
+    from kuosan.interop.tiny import tiny_ddpm, tiny_stable_diffusion
+
+    devices.set_tf32(device, False)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiny = ["model.params.base_channels=32", "model.params.num_res_blocks=1", "train.batch_size=16"]
+        app.train(tmp / "digits", preset="digits", steps=3, seed=0, device="cpu", progress=False, overrides=tiny)
+        vae = ["data.n=32", "model.params.block_out_channels=[8,8,8]", "model.params.groups=4", "train.batch_size=8"]
+        app.train(tmp / "vae", preset="shapes-vae", steps=2, seed=0, device="cpu", progress=False, overrides=vae)
+        sd, ddpm = tiny_stable_diffusion(tmp / "sd"), tiny_ddpm(tmp / "ddpm", clip_sample=False)
+        image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        mask = torch.zeros(1, 1, 32, 32)
+        mask[..., 8:24, 8:24] = 1
+        sd_spec = f"diffusers:{sd}"
+        jobs = {
+            "sample": lambda d: app.sample(tmp / "digits", 16, steps=5, seed=1, device=d),
+            "nll": lambda d: app.likelihood(tmp / "digits", n=16, steps=10, device=d)[1],
+            "reconstruct": lambda d: torch.tensor(app.reconstruct(tmp / "vae", eval_n=16, device=d)[0]["psnr_db"]),
+            "txt2img": lambda d: app.text_to_image(sd_spec, "a red circle", n=2, steps=5, device=d),
+            "img2img": lambda d: app.text_to_image(sd_spec, "blue", task="img2img", image=image, steps=5, device=d),
+            "inpaint": lambda d: app.text_to_image(
+                sd_spec, "green", task="inpaint", image=image, mask=mask, steps=5, device=d
+            ),
+            "sample_diffusers": lambda d: app.sample(f"diffusers:{ddpm}", 8, steps=5, seed=2, device=d),
+        }
+        for name, job in jobs.items():
+            try:
+                here, there = job("cpu"), job(str(device))
+                gap = float((here.double() - there.double().cpu()).abs().max())
+                emit({"bench": "gpu", "part": "commands", "command": name, "max_abs_gap": gap, "agree": gap < 1e-3})
+            except Exception as e:  # a device bug is a finding: report it and go on
+                emit({"bench": "gpu", "part": "commands", "command": name, "error": f"{type(e).__name__}: {e}"})
+    devices.set_tf32(device, True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="every part at toy sizes on the CPU (checks the script)")
@@ -285,6 +330,7 @@ def main() -> int:
     loss_curves(str(device), args.smoke)
     train_speed(device, args.smoke, peak_bf16)
     sample_speed(device, args.smoke)
+    commands(device)
     emit({"bench": "gpu", "part": "done", "seconds": round(time.perf_counter() - start, 1)})
     return 0
 
