@@ -57,8 +57,40 @@ def test_unets_that_do_not_map_say_why():
         unet_to_diffusers(UNet(base_channels=16, channel_mult=(1, 2), attention_levels=(0,), num_heads=2, groups=8), 8)
     with pytest.raises(DiffusersError, match="groups"):
         unet_to_diffusers(UNet(base_channels=24, channel_mult=(1, 2), groups=16, num_heads=1), 8)
-    with pytest.raises(DiffusersError, match="UNet2DConditionModel"):
-        unet_to_diffusers(UNet(base_channels=16, groups=8, context_dim=12, num_heads=1), 8)
+    with pytest.raises(DiffusersError, match="without text cross-attention"):
+        unet_to_diffusers(UNet(base_channels=16, groups=8, pooled_dim=12, num_heads=1), 8)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(in_channels=4, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_heads=2, groups=8,
+             context_dim=12),
+        dict(in_channels=4, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(0, 1),
+             num_heads=4, groups=8, context_dim=12, pooled_dim=10, cond_channels=5, scale_shift=True),
+    ],
+)  # fmt: skip
+def test_the_text_unet_maps_onto_unet2dconditionmodel_exactly(kw):
+    """Cross-attention with a padding mask (encoder_attention_mask), a pooled vector (class_labels)
+    and concatenated inpainting inputs (extra in_channels)."""
+    net = _randomised(UNet(**kw))
+    config, state = unet_to_diffusers(net, 8)
+    assert config.pop("_class_name") == "UNet2DConditionModel"
+    ref = diffusers.UNet2DConditionModel(**config).eval()
+    ref.load_state_dict(state, strict=True)
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 12, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    t = torch.tensor([3.0, 700.0])
+    ours, theirs, x_in = dict(context=ctx, context_mask=mask), dict(encoder_hidden_states=ctx), x
+    theirs["encoder_attention_mask"] = mask.float()
+    if kw.get("pooled_dim"):
+        ours["pooled"] = theirs["class_labels"] = torch.randn(2, 10, generator=g)
+    if kw.get("cond_channels"):
+        ours["cond_image"] = torch.randn(2, 5, 8, 8, generator=g)
+        x_in = torch.cat([x, ours["cond_image"]], dim=1)
+    with torch.no_grad():
+        assert (net(x, t, **ours) - ref(x_in, t, **theirs).sample).abs().max() < 1e-5
 
 
 def test_the_vae_maps_onto_autoencoderkl_exactly():

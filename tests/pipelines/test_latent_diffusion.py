@@ -401,3 +401,37 @@ def test_text_and_autoencoder_commands_with_an_explicit_cpu_device(tmp_path, ldm
         assert main(["reconstruct", str(vae_run), "--eval-n", "16", "--sample", *extra]) == 0
         reports.append(json.loads(capsys.readouterr().out))
     assert reports[0] == reports[1] and np.isfinite(reports[0]["psnr_db"])
+
+
+def test_export_a_latent_text_run_to_diffusers(tmp_path, vae_run, bert_dir):
+    """An inpainting-capable latent text run: unet/ loads as UNet2DConditionModel and computes what
+    kuosan's U-Net computes; vae/ carries the run's latent scale factor."""
+    diffusers = pytest.importorskip("diffusers")
+    from kuosan.runs import Run
+
+    cfg = _ldm_cfg(vae_run, bert_dir, "text.inpaint_fraction=0.5", "model.params.groups=8")
+    build_trainer(cfg, tmp_path / "run", progress=False).fit(steps=1)
+    out = tmp_path / "hf"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 0
+    run = Run.open(tmp_path / "run")
+    unet = diffusers.UNet2DConditionModel.from_pretrained(out / "unet").eval()
+    vae = diffusers.AutoencoderKL.from_pretrained(out / "vae")
+    assert vae.config.scaling_factor == pytest.approx(run.config.latent.scale_factor)
+    conditioning = json.loads((out / "kuosan_conditioning.json").read_text())
+    assert conditioning["latent_shape"] == list(run.network.data_shape)
+    g = torch.Generator().manual_seed(0)
+    c, h, w = run.network.data_shape
+    x = torch.randn(2, c, h, w, generator=g)
+    cond = run.text_encoder.encode(["a red circle", "a blue square on the left"])
+    cond_image = torch.randn(2, run.network.config["cond_channels"], h, w, generator=g)
+    t = torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        ours = run.network(x, t, cond_image=cond_image, **cond)
+        theirs = unet(
+            torch.cat([x, cond_image], dim=1),
+            t,
+            encoder_hidden_states=cond["context"],
+            encoder_attention_mask=cond["context_mask"].float(),
+            class_labels=cond.get("pooled"),
+        ).sample
+    assert (ours - theirs).abs().max() < 1e-4

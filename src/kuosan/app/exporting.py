@@ -17,8 +17,9 @@ FORMATS = ("diffusers",)
 
 def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", weights: str = "ema") -> dict:
     """Write the run in ``run_dir`` to the folder ``out`` in ``format`` (diffusers): a VAE run as an
-    ``AutoencoderKL`` folder, an unconditional DDPM run as a ``DDPMPipeline`` folder (module doc of
-    :mod:`kuosan.interop.export` says what maps). A kuosan VAE records no latent scale factor; the
+    ``AutoencoderKL`` folder, an unconditional DDPM run as a ``DDPMPipeline`` folder, a text/latent
+    run as unet/ (``UNet2DConditionModel``) + scheduler/ + vae/ + kuosan_conditioning.json (module
+    doc of :mod:`kuosan.interop.export` says what maps). A kuosan VAE records no latent scale factor; the
     export writes 1 / std of its training latents (:func:`scale_of`) into the config, where
     diffusers' pipelines read it. Returns what was written; ConfigError (one line) for a run that
     does not map, naming why."""
@@ -37,10 +38,24 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", w
             path = hf_export.export_vae(vae, Path(out), scaling_factor=extra.get("scaling_factor"))
             kind, loads_with = "AutoencoderKL", "diffusers.AutoencoderKL.from_pretrained"
         elif run.is_conditional:
-            raise DiffusersError(
-                f"{run_dir} is a text-conditional or latent run: its U-Net corresponds to UNet2DConditionModel, "
-                "whose export kuosan does not write yet; export its autoencoder run (latent.autoencoder)"
+            cfg, net = run.config, run.network
+            latent = tuple(run.network.data_shape)
+            conditioning = {
+                "text_encoder": cfg.text.encoder or None,
+                "max_length": cfg.text.max_length if cfg.text.encoder else None,
+                "unet_inputs": {
+                    "encoder_hidden_states": "the text encoder's last hidden states (B, L, D)",
+                    "encoder_attention_mask": "its padding mask (B, L), 1 for real tokens",
+                    **({"class_labels": "the pooled prompt vector (B, D)"} if net.config.get("pooled_dim") else {}),
+                    **({"concat": "mask + masked latents after x_t"} if net.config.get("cond_channels") else {}),
+                },
+                "latent_shape": list(latent),
+                "scaling_factor": cfg.latent.scale_factor if run.autoencoder is not None else None,
+            }
+            path = hf_export.export_conditional(
+                net, cfg, latent[-1], Path(out), vae=run.autoencoder, conditioning=conditioning
             )
+            kind, loads_with = "UNet2DConditionModel", "diffusers.UNet2DConditionModel.from_pretrained(OUT/unet)"
         else:
             shape = tuple(run.network.data_shape)
             if len(shape) != 3 or shape[1] != shape[2]:

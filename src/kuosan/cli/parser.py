@@ -179,7 +179,9 @@ def add_generation_options(p, *, prompt_help: str) -> None:
         type=float,
         help="classifier-free guidance scale (1: no guidance; default 3 for a kuosan run, 7.5 for Stable Diffusion)",
     )
-    p.add_argument("--negative", default="", help="negative prompt (the unconditional half of guidance)")
+    p.add_argument(
+        "--negative", "--negative-prompt", default="", help="negative prompt (the unconditional half of guidance)"
+    )
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's; 50 for Stable Diffusion)")
     p.add_argument("--sampler", help=f"one of: {', '.join(SAMPLERS)} (default: the run's; ddim for Stable Diffusion)")
     p.add_argument("--grid", help=grid_help())
@@ -227,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_reconstruct(sub)
     add_text_to_image(sub)
     p = sub.add_parser("export", help="write a trained run as a diffusers folder (from_pretrained loads it)")
-    p.add_argument("run", help="run directory: a vae run (AutoencoderKL) or an unconditional DDPM run (DDPMPipeline)")
+    p.add_argument(
+        "run",
+        help="run directory: a vae run (AutoencoderKL), an unconditional DDPM run (DDPMPipeline), or a text/latent "
+        "run (UNet2DConditionModel + scheduler + VAE)",
+    )
     p.add_argument("--format", default="diffusers", choices=["diffusers"])
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")

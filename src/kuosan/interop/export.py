@@ -14,8 +14,9 @@ What maps, and what does not:
   time embedding [cos, sin] of width base_channels. It maps when every GroupNorm has the configured
   group count (kuosan lowers it for a width it does not divide; diffusers cannot) and every
   attention layer has the same head width (diffusers has one ``attention_head_dim``; one head per
-  layer always works). kuosan's text U-Net (cross-attention with a padding mask, a pooled
-  embedding) corresponds to ``UNet2DConditionModel`` but is not exported yet.
+  layer always works). kuosan's text U-Net is a ``UNet2DConditionModel`` with linear projections in
+  its transformers: the padding mask is its ``encoder_attention_mask``, the pooled embedding its
+  ``class_embed_type="projection"`` (``class_labels``), the inpainting inputs extra ``in_channels``.
 - The schedule: linear, cosine (``squaredcos_cap_v2``), scaled_linear and sigmoid by name, others
   as ``trained_betas``; prediction eps / v / x0 as epsilon / v_prediction / sample, a learned
   variance as ``learned_range``. Mean prediction and NCSN score models have no diffusers scheduler.
@@ -52,7 +53,7 @@ def vae_to_diffusers(vae: nn.Module, *, scaling_factor: float | None = None) -> 
         )
     c = vae.config
     levels = len(c["block_out_channels"])
-    _require_groups(vae, c["groups"])
+    groups = _require_groups(vae, c["groups"])
     config = dict(
         in_channels=c["in_channels"],
         out_channels=c["out_channels"],
@@ -61,7 +62,7 @@ def vae_to_diffusers(vae: nn.Module, *, scaling_factor: float | None = None) -> 
         down_block_types=["DownEncoderBlock2D"] * levels,
         up_block_types=["UpDecoderBlock2D"] * levels,
         layers_per_block=c["layers_per_block"],
-        norm_num_groups=c["groups"],
+        norm_num_groups=groups,
         act_fn="silu",
         mid_block_add_attention=c["mid_attention"],
         use_quant_conv=c["quant_conv"],
@@ -91,42 +92,64 @@ def _resblock(prefix: str, target: str) -> dict[str, str]:
     return {f"{prefix}.{a}": f"{target}.{b}" for a, b in names.items()}
 
 
-def _attention(prefix: str, target: str) -> dict[str, str]:
-    return {f"{prefix}.norm": f"{target}.group_norm", f"{prefix}.proj_out": f"{target}.to_out.0"}
+def _attention(prefix: str, target: str, *, transformer: bool = False) -> dict[str, str]:
+    """kuosan's SelfAttention2d (its qkv split in :func:`unet_to_diffusers`) or SpatialTransformer
+    -> diffusers' Attention or Transformer2DModel (linear projections)."""
+    if not transformer:
+        return {f"{prefix}.norm": f"{target}.group_norm", f"{prefix}.proj_out": f"{target}.to_out.0"}
+    names = {f"{prefix}.{a}": f"{target}.{a}" for a in ("norm", "proj_in", "proj_out")}
+    block, into = f"{prefix}.block", f"{target}.transformer_blocks.0"
+    for a in ("norm1", "norm2", "norm3"):
+        names[f"{block}.{a}"] = f"{into}.{a}"
+    for attn in ("attn1", "attn2"):
+        for a in ("to_q", "to_k", "to_v", "to_out.0"):
+            names[f"{block}.{attn}.{a}"] = f"{into}.{attn}.{a}"
+    names[f"{block}.ff.proj_in"] = f"{into}.ff.net.0.proj"  # GEGLU: [h, gate] in the same order
+    names[f"{block}.ff.proj_out"] = f"{into}.ff.net.2"
+    return names
 
 
-def _require_groups(net: nn.Module, groups: int) -> None:
-    for name, module in net.named_modules():
-        if isinstance(module, nn.GroupNorm) and module.num_groups != groups:
-            raise DiffusersError(
-                f"{name} normalises {module.num_channels} channels in {module.num_groups} groups, not the "
-                f"configured {groups} (kuosan lowers the count for widths it does not divide; diffusers has "
-                "one norm_num_groups)"
-            )
+def _require_groups(net: nn.Module, groups: int) -> int:
+    """The one GroupNorm group count of every norm in ``net`` (diffusers has one norm_num_groups);
+    kuosan lowers the configured count for a width it does not divide, which maps only if it does so
+    for every norm alike."""
+    norms = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.GroupNorm)]
+    counts = {m.num_groups for _, m in norms}
+    if len(counts) > 1:
+        name, module = next((n, m) for n, m in norms if m.num_groups != groups)
+        raise DiffusersError(
+            f"{name} normalises {module.num_channels} channels in {module.num_groups} groups, not the "
+            f"configured {groups} (kuosan lowers the count for widths it does not divide; diffusers has "
+            "one norm_num_groups)"
+        )
+    return counts.pop() if counts else groups
 
 
 def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(diffusers ``UNet2DModel`` config, its state dict) of an unconditional kuosan UNet, or a
-    DiffusersError saying why it does not map (module doc)."""
+    """(diffusers config, state dict) of a kuosan UNet: a ``UNet2DModel`` for an unconditional one,
+    a ``UNet2DConditionModel`` (``config["_class_name"]``) for one with text cross-attention, a pooled
+    embedding (``class_embed_type="projection"``: diffusers' ``class_labels`` input) or concatenated
+    inputs (``in_channels`` counts them); or a DiffusersError saying why it does not map (module doc)."""
     c = net.config
-    if c.get("context_dim") or c.get("pooled_dim") or c.get("cond_channels"):
+    text = bool(c.get("context_dim"))
+    if (c.get("pooled_dim") or c.get("cond_channels")) and not text:
         raise DiffusersError(
-            "this U-Net is conditional (text cross-attention, a pooled embedding or concatenated inputs): it "
-            "corresponds to diffusers' UNet2DConditionModel, whose export kuosan does not write yet; export its "
-            "autoencoder run, or an unconditional run"
+            "a pooled embedding or concatenated inputs without text cross-attention has no diffusers U-Net"
         )
     base, mult, blocks = c["base_channels"], c["channel_mult"], c["num_res_blocks"]
     attn_levels, heads = set(c["attention_levels"]), c["num_heads"]
     widths = [base * m for m in mult]
-    _require_groups(net, c["groups"])
+    groups = _require_groups(net, c["groups"])
     attn_widths = {widths[i] for i in attn_levels} | {widths[-1]}
     head_dims = {w // heads for w in attn_widths}
-    if heads > 1 and len(head_dims) > 1:
+    if heads > 1 and len(head_dims) > 1 and not text:  # UNet2DConditionModel takes a head count
         raise DiffusersError(
             f"attention widths {sorted(attn_widths)} with {heads} heads give head widths {sorted(head_dims)}; "
             "diffusers' UNet2DModel has one attention_head_dim (use num_heads=1 or equal widths)"
         )
     levels = range(len(mult))
+    if text:
+        return _conditional_unet(net, sample_size, widths, groups)
     config = dict(
         sample_size=sample_size,
         in_channels=c["in_channels"],
@@ -135,9 +158,9 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
         block_out_channels=widths,
         down_block_types=["AttnDownBlock2D" if i in attn_levels else "DownBlock2D" for i in levels],
         up_block_types=["AttnUpBlock2D" if i in attn_levels else "UpBlock2D" for i in reversed(levels)],
-        norm_num_groups=c["groups"],
+        norm_num_groups=groups,
         norm_eps=1e-6,
-        attn_norm_num_groups=c["groups"],  # else diffusers' scale-shift middle attention has no norm
+        attn_norm_num_groups=groups,  # else diffusers' scale-shift middle attention has no norm
         attention_head_dim=None if heads == 1 else head_dims.pop(),
         resnet_time_scale_shift="scale_shift" if c["scale_shift"] else "default",
         dropout=c["dropout"],
@@ -148,25 +171,71 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
         downsample_padding=1,
         add_attention=True,
     )
+    return config, _mapped_state(net, transformer=False)
+
+
+def _conditional_unet(
+    net: nn.Module, sample_size: int, widths: list[int], groups: int
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    c = net.config
+    levels, attn_levels = range(len(widths)), set(c["attention_levels"])
+    config = dict(
+        _class_name="UNet2DConditionModel",
+        sample_size=sample_size,
+        in_channels=c["in_channels"] + c.get("cond_channels", 0),
+        out_channels=c["out_channels"],
+        layers_per_block=c["num_res_blocks"],
+        block_out_channels=widths,
+        down_block_types=["CrossAttnDownBlock2D" if i in attn_levels else "DownBlock2D" for i in levels],
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=["CrossAttnUpBlock2D" if i in attn_levels else "UpBlock2D" for i in reversed(levels)],
+        norm_num_groups=groups,
+        norm_eps=1e-6,
+        cross_attention_dim=c["context_dim"],
+        attention_head_dim=c["num_heads"],  # diffusers' legacy name for the number of heads
+        use_linear_projection=True,
+        resnet_time_scale_shift="scale_shift" if c["scale_shift"] else "default",
+        dropout=c["dropout"],
+        act_fn="silu",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+    )
+    if c.get("pooled_dim"):
+        config.update(class_embed_type="projection", projection_class_embeddings_input_dim=c["pooled_dim"])
+    return config, _mapped_state(net, transformer=True)
+
+
+def _mapped_state(net: nn.Module, *, transformer: bool) -> dict[str, torch.Tensor]:
+    """kuosan UNet tensors under diffusers' names (down_blocks / mid_block / up_blocks)."""
+    c = net.config
+    mult, blocks, attn_levels = c["channel_mult"], c["num_res_blocks"], set(c["attention_levels"])
+    levels = range(len(mult))
     names = {
         "time_embed.linear1": "time_embedding.linear_1",
         "time_embed.linear2": "time_embedding.linear_2",
+        "pooled_embed.0": "class_embedding.linear_1",
+        "pooled_embed.2": "class_embedding.linear_2",
         "input_conv": "conv_in",
         "out.0": "conv_norm_out",
         "out.2": "conv_out",
     }
+
+    def attention(prefix: str, target: str) -> dict[str, str]:
+        return _attention(prefix, target, transformer=transformer)
+
     k = 0
     for level in levels:
         for j in range(blocks):
             names.update(_resblock(f"down.{k}.0", f"down_blocks.{level}.resnets.{j}"))
             if level in attn_levels:
-                names.update(_attention(f"down.{k}.1", f"down_blocks.{level}.attentions.{j}"))
+                names.update(attention(f"down.{k}.1", f"down_blocks.{level}.attentions.{j}"))
             k += 1
         if level != len(mult) - 1:
             names[f"down.{k}.0.conv"] = f"down_blocks.{level}.downsamplers.0.conv"
             k += 1
     names.update(_resblock("middle.0", "mid_block.resnets.0"))
-    names.update(_attention("middle.1", "mid_block.attentions.0"))
+    names.update(attention("middle.1", "mid_block.attentions.0"))
     names.update(_resblock("middle.2", "mid_block.resnets.1"))
     k = 0
     for u, level in enumerate(reversed(levels)):
@@ -174,7 +243,7 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
             names.update(_resblock(f"up.{k}.0", f"up_blocks.{u}.resnets.{i}"))
             nxt = 1
             if level in attn_levels:
-                names.update(_attention(f"up.{k}.1", f"up_blocks.{u}.attentions.{i}"))
+                names.update(attention(f"up.{k}.1", f"up_blocks.{u}.attentions.{i}"))
                 nxt = 2
             if level != 0 and i == blocks:
                 names[f"up.{k}.{nxt}.conv"] = f"up_blocks.{u}.upsamplers.0.conv"
@@ -191,7 +260,7 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
         if module not in names:
             raise DiffusersError(f"U-Net tensor {key} has no place in diffusers' UNet2DModel")
         state[f"{names[module]}.{leaf}"] = value
-    return config, state
+    return state
 
 
 def scheduler_config(cfg) -> dict:
@@ -248,6 +317,8 @@ def export_ddpm(net: nn.Module, cfg, sample_size: int, out: Path) -> Path:
     diffusers = require_diffusers()
     scheduler = diffusers.DDPMScheduler(**scheduler_config(cfg))
     config, state = unet_to_diffusers(net, sample_size)
+    if config.pop("_class_name", None):
+        raise DiffusersError("a conditional U-Net exports with export_conditional (UNet2DConditionModel)")
     unet = diffusers.UNet2DModel(**config)
     missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -258,4 +329,44 @@ def export_ddpm(net: nn.Module, cfg, sample_size: int, out: Path) -> Path:
     return _write(out, lambda path: pipe.save_pretrained(path, safe_serialization=True))
 
 
-__all__ = ["export_ddpm", "export_vae", "scheduler_config", "unet_to_diffusers", "vae_to_diffusers"]
+def export_conditional(
+    net: nn.Module, cfg, sample_size: int, out: Path, *, vae: nn.Module | None = None, conditioning: dict
+) -> Path:
+    """A folder with ``unet/`` (``UNet2DConditionModel``), ``scheduler/`` (``DDPMScheduler``), for a
+    latent model ``vae/`` (``AutoencoderKL`` with the run's latent scale factor), and
+    ``kuosan_conditioning.json``: what the U-Net was trained to take (the text encoder, the prompt
+    length, and that kuosan's ``context_mask`` is diffusers' ``encoder_attention_mask`` and its
+    ``pooled`` is ``class_labels``). Not a StableDiffusionPipeline: its pipeline would feed neither
+    the mask nor the pooled vector."""
+    import json
+
+    diffusers = require_diffusers()
+    scheduler = diffusers.DDPMScheduler(**scheduler_config(cfg))
+    config, state = unet_to_diffusers(net, sample_size)
+    config.pop("_class_name", None)
+    unet = diffusers.UNet2DConditionModel(**config)
+    unet.load_state_dict(state, strict=True)
+    vae_model = None
+    if vae is not None:
+        vae_config, vae_state = vae_to_diffusers(vae, scaling_factor=cfg.latent.scale_factor)
+        vae_model = diffusers.AutoencoderKL(**vae_config)
+        vae_model.load_state_dict(vae_state, strict=True)
+
+    def save(path: Path) -> None:
+        unet.save_pretrained(path / "unet", safe_serialization=True)
+        scheduler.save_pretrained(path / "scheduler")
+        if vae_model is not None:
+            vae_model.save_pretrained(path / "vae", safe_serialization=True)
+        (path / "kuosan_conditioning.json").write_text(json.dumps(conditioning, indent=2) + "\n")
+
+    return _write(out, save)
+
+
+__all__ = [
+    "export_conditional",
+    "export_ddpm",
+    "export_vae",
+    "scheduler_config",
+    "unet_to_diffusers",
+    "vae_to_diffusers",
+]
