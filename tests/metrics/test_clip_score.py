@@ -219,3 +219,24 @@ def test_shipped_shapes_clip_ranks_true_caption_first():
     scores = clip_score(test.images, full, model)
     shuffled = clip_score(test.images, full[100:] + full[:100], model)
     assert (scores > shuffled).float().mean() > 0.9
+
+
+def test_cli_eval_clip_score_of_any_images(tiny_clip_dir, tmp_path):
+    """`kuosan eval IMAGES --prompts FILE --clip DIR`: the CLIP score of each image with its prompt,
+    equal to clip_score with the same model."""
+    import json
+
+    from cli_helpers import kuosan
+    from kuosan.metrics.clip_score import clip_score, load_clip
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    np.save(tmp_path / "x.npy", images.numpy())
+    prompts = ["a red circle", "a blue square", "a red square", "a blue circle"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    report = json.loads(
+        kuosan("eval", tmp_path / "x.npy", "--prompts", tmp_path / "p.txt", "--clip", tiny_clip_dir).stdout
+    )
+    expected = clip_score(images, prompts, load_clip(tiny_clip_dir)).mean()
+    assert report["clip_score"] == pytest.approx(float(expected), rel=1e-5) and report["n"] == 4
+    r = kuosan("eval", tmp_path / "x.npy", "--prompts", tmp_path / "p.txt", check=False)
+    assert r.returncode == 2 and "--clip" in r.stderr

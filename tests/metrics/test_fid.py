@@ -290,3 +290,52 @@ def test_frechet_is_unbiased_on_near_singular_statistics(d, smallest):
     if d <= 512:
         assert abs(_pytorch_fid(mu, s1, mu, s2) - exact) > 1e-8
     assert frechet_distance(mu, s1, mu, s1) < 1e-9
+
+
+def _png_folder(path, n: int, size: int, seed: int):
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path / f"{i:03d}.png")
+    return path
+
+
+def test_cli_eval_any_images_against_a_reference(random_inception, tmp_path):
+    """`kuosan eval FOLDER --ref FOLDER2 --inception-weights FILE`: FID, KID, precision/recall, IS in
+    the Inception features (random weights here); a reference against itself has FID 0 and full
+    precision and recall; the reference's features are cached by content and a statistics file works
+    as a reference for the FID; bad input is one line."""
+    _, d = random_inception
+    weights = str(d / "fid_inception.safetensors")
+    s, r = _png_folder(tmp_path / "s", 8, 16, 0), _png_folder(tmp_path / "r", 8, 16, 1)
+    cache = tmp_path / "ref.npz"
+    report = json.loads(kuosan("eval", s, "--ref", r, "--inception-weights", weights, "--stats-cache", cache).stdout)
+    for key in ("fid", "kid", "kid_std", "precision", "recall", "is", "is_ref"):
+        assert key in report and math.isfinite(report[key]), key
+    assert report["n"] == report["n_ref"] == 8 and report["fid"] > 0
+    same = json.loads(kuosan("eval", r, "--ref", r, "--inception-weights", weights).stdout)
+    assert same["fid"] < 1e-6 * report["fid"] and same["precision"] == same["recall"] == 1.0
+    # an array of the same images (uint8, N H W C) and the cached statistics as the reference
+    from PIL import Image
+
+    arr = np.stack([np.asarray(Image.open(f)) for f in sorted(s.iterdir())])
+    np.save(tmp_path / "s.npy", arr)
+    again = json.loads(kuosan("eval", tmp_path / "s.npy", "--ref", r, "--inception-weights", weights,
+                              "--stats-cache", cache).stdout)  # fmt: skip
+    assert again["fid"] == pytest.approx(report["fid"], rel=1e-9) and again["kid"] == pytest.approx(report["kid"])
+    stats_only = json.loads(kuosan("eval", s, "--ref", cache, "--inception-weights", weights).stdout)
+    assert stats_only["fid"] == pytest.approx(report["fid"], rel=1e-9) and "kid" not in stats_only
+    mixed = _png_folder(tmp_path / "mixed", 2, 16, 2)
+    Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(mixed / "odd.png")
+    (tmp_path / "empty").mkdir()
+    for argv, needle in (
+        ([s, "--ref", r, "--inception-weights", tmp_path / "nope.pth"], "file not found"),
+        ([s, "--ref", r], "--inception-weights"),
+        ([mixed, "--ref", r, "--inception-weights", weights], "differ in size"),
+        ([tmp_path / "empty", "--ref", r, "--inception-weights", weights], "no images"),
+        ([s, "--ref", r, "--dataset", "digits", "--inception-weights", weights], "not both"),
+    ):
+        r_ = kuosan("eval", *argv, check=False)
+        assert r_.returncode == 2 and needle in r_.stderr and len(r_.stderr.strip().splitlines()) == 1, r_.stderr

@@ -46,27 +46,135 @@ def load_samples(path: str | Path, dataset: str = "digits") -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
+def load_images(path: str | Path, *, what: str = "samples") -> torch.Tensor | tuple[np.ndarray, np.ndarray]:
+    """Images (N, C, H, W) in [-1, 1] from a folder of image files, a .npy array, or a .npz archive (its
+    one array, or ``arr_0`` / ``images`` / ``samples``); float arrays are (N, C, H, W) in [-1, 1] (what
+    ``kuosan sample`` writes), uint8 arrays 0..255 in (N, H, W, C) or (N, C, H, W). A .npz with ``mu``
+    and ``sigma`` is Gaussian statistics (a reference for the FID alone), returned as (mu, sigma).
+    ConfigError or DataError (one line) naming the file otherwise."""
+    from kuosan.data.image_folder import load_image_folder
+
+    path = Path(path)
+    if path.is_dir():
+        return load_image_folder(path, channels=3)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            x = loaded
+        else:
+            with loaded as f:
+                if {"mu", "sigma"} <= set(f.files):
+                    return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+                keys = [k for k in ("arr_0", "images", "samples") if k in f.files] or list(f.files)
+                if len(keys) != 1:
+                    raise ConfigError(f"{path} holds several arrays ({', '.join(f.files)}): which are the images?")
+                x = f[keys[0]]
+    except (ValueError, OSError, EOFError) as e:
+        raise ConfigError(f"cannot read {path} as a .npy/.npz array: {str(e).splitlines()[0]}") from None
+    if x.ndim != 4:
+        raise ConfigError(f"{path}: expected images (N, C, H, W) or (N, H, W, C), got an array of shape {x.shape}")
+    if x.dtype == np.uint8:
+        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1
+    if x.dtype.kind != "f" or x.shape[1] not in (1, 3):
+        raise ConfigError(f"{path}: expected float (N, C, H, W) in [-1, 1] or uint8 images, got {x.dtype} {x.shape}")
+    if not np.isfinite(x).all() or x.min() < -1.001 or x.max() > 1.001:
+        raise ConfigError(f"{path}: float images must be finite and in [-1, 1] (got {x.min():.3g}..{x.max():.3g})")
+    return torch.from_numpy(x.astype(np.float32)).clamp(-1, 1)
+
+
 def evaluate(
     samples: str | Path | torch.Tensor,
-    dataset: str = "digits",
+    dataset: str | None = None,
     *,
+    reference=None,
     inception_weights=None,
     resize: str = "tf1-bilinear",
     stats_cache=None,
+    prompts=None,
+    clip=None,
     device: str | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Every metric of ``metrics.evaluate`` for samples (a tensor, or a .npy file: :func:`load_samples`);
-    the feature networks run on ``device`` (default auto)."""
+    """The sample-quality report of ``samples`` (a tensor, a .npy/.npz file or a folder of images).
+
+    Without ``reference``: the suite of a bundled data set (``dataset``, default digits: its own
+    classifier's FD, KID, precision/recall, IS and memorisation; :func:`load_samples`), with the
+    Inception FID too when ``inception_weights`` is given. With ``reference`` (images, a folder, an
+    array file, or a statistics .npz): FID, KID, precision/recall and IS in the FID Inception-v3's
+    features (``inception_weights``: a local file; nothing is downloaded), the reference's features
+    cached in ``stats_cache``; see :mod:`kuosan.metrics.report`. ``prompts`` (a list, or a text file
+    with one prompt per line, or one for all) with ``clip`` (a local transformers CLIP directory) add
+    the CLIP score (and are the whole report when neither a reference nor a data set is named). The
+    networks run on ``device`` (default auto)."""
     where = devices.resolve_device(device)
-    x = load_samples(samples, dataset) if not isinstance(samples, torch.Tensor) else samples
     if inception_weights and not Path(inception_weights).is_file():
         raise ConfigError(f"Inception weights: file not found: {inception_weights}")
+    if reference is None and dataset is None and prompts is not None:  # the CLIP score alone, of any images
+        x = samples if isinstance(samples, torch.Tensor) else load_images(samples)
+        if isinstance(x, tuple):
+            raise ConfigError(f"{samples} holds statistics, not images")
+        return {"n": int(len(x)), **clip_report(x, prompts, clip)}
+    if reference is None:
+        dataset = dataset or "digits"
+        x = load_samples(samples, dataset) if not isinstance(samples, torch.Tensor) else samples
+        try:
+            report = evaluate_samples(
+                x, dataset, inception_weights=inception_weights, resize=resize, stats_cache=stats_cache, device=where
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    else:
+        if dataset:
+            raise ConfigError("give --dataset (a bundled data set's judges) or --ref (any reference), not both")
+        if not inception_weights:
+            raise ConfigError(
+                "--ref needs --inception-weights FILE: the FID Inception-v3 weights (e.g. pytorch-fid's "
+                "pt_inception-2015-12-05-6726825d.pth); nothing is downloaded"
+            )
+        x = samples if isinstance(samples, torch.Tensor) else load_images(samples)
+        if isinstance(x, tuple):
+            raise ConfigError(f"{samples} holds statistics, not images: it can be a reference, not the samples")
+        ref = reference if isinstance(reference, (torch.Tensor, tuple)) else load_images(reference, what="reference")
+        from kuosan.metrics.inception import InceptionFeatureExtractor
+        from kuosan.metrics.report import image_report
+
+        try:
+            extractor = InceptionFeatureExtractor(inception_weights, resize=resize, device=where)
+            report = image_report(x, ref, extractor, cache=stats_cache, progress=progress)
+        except ValueError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+    if prompts is not None:
+        report.update(clip_report(x, prompts, clip))
+    return report
+
+
+def clip_report(images: torch.Tensor, prompts, clip) -> dict:
+    """The CLIP score of images and their prompts (one per image, or one for all): the mean cosine and
+    torchmetrics' 100 max(cos, 0), with a local CLIP (``clip``: a transformers directory)."""
+    from kuosan.metrics.clip_score import clip_score, load_clip
+
+    if clip is None:
+        raise ConfigError("--prompts needs --clip DIR: a local transformers CLIP model directory")
+    if not isinstance(prompts, (list, tuple)):
+        path = Path(prompts)
+        if not path.is_file():
+            raise ConfigError(f"prompts file not found: {path}")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    prompts = list(prompts) * len(images) if len(prompts) == 1 else list(prompts)
+    if len(prompts) != len(images):
+        raise ConfigError(f"{len(prompts)} prompts for {len(images)} images (give one per image, or one for all)")
+    if images.shape[1] != 3:
+        images = images.expand(-1, 3, -1, -1)
     try:
-        return evaluate_samples(
-            x, dataset, inception_weights=inception_weights, resize=resize, stats_cache=stats_cache, device=where
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+        scorer = load_clip(clip)
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(f"cannot load the CLIP model in {clip}: {str(e).splitlines()[0]}") from None
+    s = clip_score(images, prompts, scorer)
+    return {"clip_score": float(s.mean()), "clip_score_torchmetrics": float((100 * s.clamp(min=0)).mean())}
 
 
 def likelihood(

@@ -117,12 +117,17 @@ def evaluate(args) -> int:
     report = app.evaluate(
         args.samples,
         args.dataset,
+        reference=args.ref,
         inception_weights=args.inception_weights,
         resize=args.resize,
         stats_cache=args.stats_cache,
+        prompts=args.prompts,
+        clip=args.clip,
         device=args.device,
+        progress=True,
     )
-    text = json.dumps({"samples": str(args.samples), "dataset": args.dataset, **report})
+    against = {"ref": str(args.ref)} if args.ref else {"dataset": args.dataset or "digits"}
+    text = json.dumps({"samples": str(args.samples), **against, **report})
     if out is not None:
         with replaced_whole(out) as tmp:
             tmp.write_text(text + "\n")

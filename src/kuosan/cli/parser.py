@@ -91,12 +91,20 @@ def add_eval(sub):
 
     p = sub.add_parser(
         "eval",
-        help="every sample-quality metric of a samples file, as JSON",
-        description="FD/KID/precision/recall/IS on the in-house classifier and a memorisation "
-        "check against the data set's train split (held-out reference: test split).",
+        help="every sample-quality metric of samples, as JSON",
+        description="With --ref: FID, KID, precision/recall and IS of any images against any reference in the "
+        "FID Inception-v3's features (--inception-weights). Without: the bundled data set's suite (digits: "
+        "FD/KID/precision/recall/IS on the in-house classifier and a memorisation check).",
     )
-    p.add_argument("samples", help="FILE.npy: array (N, C, H, W) in [-1, 1] (what `kuosan sample` writes)")
-    p.add_argument("--dataset", default="digits", help="bundled data set the samples imitate: digits")
+    p.add_argument(
+        "samples", help="a folder of images, or FILE.npy/.npz: (N, C, H, W) in [-1, 1] (what `kuosan sample` writes)"
+    )
+    p.add_argument(
+        "--ref", help="reference: a folder of images, an array file, or a statistics .npz (mu, sigma: FID only)"
+    )
+    p.add_argument("--dataset", help="without --ref: the bundled data set the samples imitate (default digits)")
+    p.add_argument("--prompts", help="a text file of prompts (one per image, or one for all) for the CLIP score")
+    p.add_argument("--clip", help="with --prompts: a local transformers CLIP model directory")
     p.add_argument(
         "--inception-weights",
         help="FID Inception-v3 weights (.pth or .safetensors) to add the "

@@ -78,7 +78,7 @@ def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(mu, sigma, metadata) from a statistics file, read with ``allow_pickle=False``."""
     with np.load(Path(path), allow_pickle=False) as f:
         mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
-        meta = {k: f[k].item() for k in f.files if k not in ("mu", "sigma")}
+        meta = {k: f[k].item() for k in f.files if k not in ("mu", "sigma") and f[k].ndim == 0}  # scalars only
     if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
         raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not form Gaussian statistics")
     return mu, sigma, meta

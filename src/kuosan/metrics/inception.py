@@ -302,6 +302,20 @@ class InceptionFeatureExtractor:
         ]
         return torch.cat(feats)
 
+    @torch.no_grad()
+    def features_and_logits(self, images: torch.Tensor, *, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pool3 features (N, 2048), logits (N, 1008)) in one pass, float64 on the CPU; ``progress``
+        shows a bar over the batches (on a terminal)."""
+        from tqdm import tqdm
+
+        feats, logits = [], []
+        chunks = images.split(self.batch_size)
+        for chunk in tqdm(chunks, desc="inception", unit="batch", disable=None if progress else True, leave=False):
+            f = self.model.features(preprocess(chunk.to(self.device), self.resize, quantize=self.quantize))
+            feats.append(f.double().cpu())
+            logits.append(self.model.fc(f).double().cpu())
+        return torch.cat(feats), torch.cat(logits)
+
 
 __all__ = [
     "FIDInceptionV3",
