@@ -157,3 +157,19 @@ def test_image_folder_errors(tmp_path):
         kuosan("train", "--resume", "--out", tmp_path / "r2", "--steps", 4, check=False), "(1, 16, 16)", "(1, 8, 8)"
     )
     assert _digest(tmp_path / "r2") == before
+
+
+def test_sampler_forms_from_the_command_line(run, tmp_path):
+    """--solver-type (dpmpp-2m-sde) and --form (dpmpp-3m) reach the sampler: the non-default form
+    draws other samples from the same seed; a form the sampler does not take is one line."""
+    outs = {}
+    for name, extra in (("usual", []), ("exact", ["--form", "exact"])):
+        outs[name] = tmp_path / f"{name}.npy"
+        kuosan("sample", run, "--sampler", "dpmpp-3m", "--steps", 6, "-n", 8, *extra, "--out", outs[name])
+    assert not np.array_equal(np.load(outs["usual"]), np.load(outs["exact"]))
+    kuosan("sample", run, "--sampler", "dpmpp-2m-sde", "--solver-type", "heun", "--steps", 4, "-n", 4,
+           "--out", tmp_path / "h.npy")  # fmt: skip
+    fails_cleanly(
+        kuosan("sample", run, "--sampler", "ddim", "--form", "exact", "--out", tmp_path / "x.npy", check=False),
+        "does not take form",
+    )

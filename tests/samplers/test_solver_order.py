@@ -14,6 +14,7 @@ the exception that shows it: its first corrected step is O(h^3) locally, and it 
 
 import math
 
+import k_diffusion_peers as peers  # benchmarks/: k-diffusion's functions, re-typed
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
@@ -35,8 +36,8 @@ ORDERS = {
     "dpmpp-2m": (2, {}, (50, 100, 200)),
     "dpmpp-2s": (2, {}, (25, 50, 100)),
     "dpmpp-2m-sde": (2, {"eta": 0.0}, (50, 100, 200)),
-    "dpmpp-3m": (3, {}, (50, 100, 200)),
-    "dpmpp-3m-sde": (3, {"eta": 0.0}, (50, 100, 200)),
+    "dpmpp-3m": (3, {"form": "exact"}, (50, 100, 200)),
+    "dpmpp-3m-sde": (3, {"eta": 0.0, "form": "exact"}, (50, 100, 200)),
     "unipc": (3, {}, (50, 100, 200)),
     "unipc-3": (4, {}, (50, 100, 200)),
 }
@@ -79,35 +80,67 @@ def test_empirical_order_matches_theory(ode_problem, name):
     assert all(p - TOLERANCE.get(name, 0.3) < o < p + 0.7 for o in orders), (errs, orders)
 
 
-def _dpmpp_3m_half_weight(denoiser, x, sigmas):
-    """DPM-Solver++(3M) as diffusers and k-diffusion write it: the second divided difference D2 gets
-    the weight (phi_2(-h) - 1/2), half of the exact h phi_3(-h)-type weight of ``sample_dpmpp_3m``."""
-    s = [float(v) for v in sigmas]
-    m1 = m2 = h1 = h2 = None
-    for i in range(len(s) - 1):
-        m0 = denoiser(x, torch.full((x.shape[0],), s[i], dtype=x.dtype))
-        if s[i + 1] == 0:
-            return m0
-        h = math.log(s[i] / s[i + 1])
-        x = math.exp(-h) * x - math.expm1(-h) * m0
-        phi_2 = math.expm1(-h) / h + 1
-        if h2 is not None:
-            r0, r1 = h1 / h, h2 / h
-            d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-            x = x + phi_2 * (d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)) - (phi_2 / h - 0.5) * (d1_0 - d1_1) / (r0 + r1)
-        elif h1 is not None:
-            x = x + phi_2 * (m0 - m1) / (h1 / h)
-        m1, m2, h1, h2 = m0, m1, h, h1
-    return x
-
-
 def test_half_weight_3m_is_only_second_order(ode_problem):
-    """The finding behind ``sample_dpmpp_3m``'s docstring, measured: the widely used 3M form
-    converges at order 2, the exact-weight form at order 3."""
+    """The finding behind ``sample_dpmpp_3m``'s docstring, measured: the widely used 3M form (kuosan's
+    default, ``form="usual"``, equal to the re-typed k-diffusion form) converges at order 2, the
+    exact-weight form at order 3."""
     oracle, x, ref = ode_problem
-    _, half = _orders(_dpmpp_3m_half_weight, oracle, x, ref, (50, 100, 200))
-    _, exact = _orders(SAMPLERS["dpmpp-3m"], oracle, x, ref, (50, 100, 200))
+    _, half = _orders(lambda *a: peers.sample_dpmpp_3m_sde(*a, eta=0.0), oracle, x, ref, (50, 100, 200))
+    _, usual = _orders(SAMPLERS["dpmpp-3m"], oracle, x, ref, (50, 100, 200))
+    _, exact = _orders(SAMPLERS["dpmpp-3m"], oracle, x, ref, (50, 100, 200), form="exact")
     assert all(o < 2.5 for o in half) and all(o > 2.7 for o in exact), (half, exact)
+    assert max(abs(a - b) for a, b in zip(half, usual)) < 1e-6, (half, usual)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("variant", ["midpoint", "heun", "3m"])
+def test_sde_solvers_equal_k_diffusion_with_the_same_noise(ode_problem, variant, eta):
+    """dpmpp-2m-sde (both solver types) and dpmpp-3m-sde (the usual form) against k-diffusion's
+    functions (re-typed: benchmarks/k_diffusion_peers.py), the same noise draws in the same order:
+    equal to 1e-12 in float64 (log-uniform 80 -> 0.002)."""
+    oracle, x, _ = ode_problem
+    sigmas = torch.cat([torch.linspace(math.log(80), math.log(0.002), 10, dtype=F64).exp(), torch.zeros(1, dtype=F64)])
+    g = torch.Generator().manual_seed(5)
+    draws = iter([torch.randn(x.shape, generator=g, dtype=F64) for _ in range(len(sigmas))])
+    if variant == "3m":
+        ref = peers.sample_dpmpp_3m_sde(oracle, x, sigmas, eta=eta, noise=lambda: next(draws))
+        ours = SAMPLERS["dpmpp-3m-sde"](oracle, x, sigmas, eta=eta, generator=torch.Generator().manual_seed(5))
+    else:
+        ref = peers.sample_dpmpp_2m_sde(oracle, x, sigmas, eta=eta, solver_type=variant, noise=lambda: next(draws))
+        ours = SAMPLERS["dpmpp-2m-sde"](
+            oracle, x, sigmas, eta=eta, solver_type=variant, generator=torch.Generator().manual_seed(5)
+        )
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12), (ours - ref).abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(peers.PEERS))
+def test_every_sampler_with_a_k_diffusion_namesake_equals_it(ode_problem, name):
+    """kuosan's sampler at its default options (dpmpp-2s with eta = 1, as k-diffusion's
+    dpmpp_2s_ancestral) equals the peer function from the same noise, to 1e-12 in float64."""
+    oracle, x, _ = ode_problem
+    fn, options = peers.PEERS[name]
+    sigmas = make_sigmas(DiscreteSchedule.from_name("linear"), 12, "karras")
+    g = torch.Generator().manual_seed(6)
+    draws = iter([torch.randn(x.shape, generator=g, dtype=F64) for _ in range(2 * len(sigmas))])
+    ref = fn(oracle, x * float(sigmas[0]) / SIGMA_MAX, sigmas, noise=lambda: next(draws), **options)
+    kw = {"eta": 1.0} if name == "dpmpp-2s" else {}
+    ours = SAMPLERS[name](
+        oracle, x * float(sigmas[0]) / SIGMA_MAX, sigmas, generator=torch.Generator().manual_seed(6), **kw
+    )
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12), (ours - ref).abs().max()
+
+
+def test_heun_2m_sde_is_the_exact_integration_form(ode_problem):
+    """solver_type="heun" integrates the linear interpolant exactly: sample_dpmpp_multistep, p = 2."""
+    oracle, x, _ = ode_problem
+    sigmas = _grid(12)
+    a = SAMPLERS["dpmpp-2m-sde"](
+        oracle, x, sigmas, eta=0.7, solver_type="heun", generator=torch.Generator().manual_seed(1)
+    )
+    b = sample_dpmpp_multistep(
+        oracle, x, sigmas, order=2, eta=0.7, lower_order_final=False, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_exp_weights_closed_form():

@@ -85,7 +85,13 @@ def sample(args) -> int:
     _positive("--langevin-steps", args.langevin_steps)
     options = {
         key: value
-        for key, value in (("eta", args.eta), ("langevin_steps", args.langevin_steps), ("snr", args.snr))
+        for key, value in (
+            ("eta", args.eta),
+            ("langevin_steps", args.langevin_steps),
+            ("snr", args.snr),
+            ("solver_type", args.solver_type),
+            ("form", args.form),
+        )
         if value is not None
     }
     x = app.sample(

@@ -77,6 +77,12 @@ def add_sample(sub):
         help="annealed-langevin: Langevin steps per noise level; pc: corrector steps per step",
     )
     p.add_argument("--snr", type=float, help="pc: the Langevin corrector's signal-to-noise ratio")
+    p.add_argument(
+        "--solver-type", choices=["midpoint", "heun"], help="dpmpp-2m-sde: the second-order term (default midpoint)"
+    )
+    p.add_argument(
+        "--form", choices=["usual", "exact"], help="dpmpp-3m, dpmpp-3m-sde: k-diffusion's weights or the exact ones"
+    )
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
