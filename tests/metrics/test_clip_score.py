@@ -240,3 +240,30 @@ def test_cli_eval_clip_score_of_any_images(tiny_clip_dir, tmp_path):
     assert report["clip_score"] == pytest.approx(float(expected), rel=1e-5) and report["n"] == 4
     r = kuosan("eval", tmp_path / "x.npy", "--prompts", tmp_path / "p.txt", check=False)
     assert r.returncode == 2 and "--clip" in r.stderr
+
+
+def test_cli_eval_clip_score_from_a_captioned_folder(tiny_clip_dir, tmp_path):
+    """--prompts FOLDER reads the captions of a captioned folder (metadata.jsonl, or NAME.txt beside
+    NAME.png) in the order its images load; an image without a caption is one line."""
+    import json
+
+    from PIL import Image
+
+    from cli_helpers import kuosan
+
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    texts = ["a red circle", "a blue square", "a red square"]
+    for i, _ in enumerate(texts):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    meta = [{"file_name": "0.png", "text": texts[0]}, {"file_name": "1.png", "text": texts[1]}]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
+    (folder / "2.txt").write_text(texts[2] + "\n")
+    by_folder = json.loads(kuosan("eval", folder, "--prompts", folder, "--clip", tiny_clip_dir).stdout)
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n")
+    by_file = json.loads(kuosan("eval", folder, "--prompts", tmp_path / "p.txt", "--clip", tiny_clip_dir).stdout)
+    assert by_folder["clip_score"] == pytest.approx(by_file["clip_score"], rel=1e-9)
+    (folder / "2.txt").unlink()
+    r = kuosan("eval", folder, "--prompts", folder, "--clip", tiny_clip_dir, check=False)
+    assert r.returncode == 2 and "has no caption" in r.stderr

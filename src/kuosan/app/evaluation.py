@@ -106,10 +106,10 @@ def evaluate(
     Inception FID too when ``inception_weights`` is given. With ``reference`` (images, a folder, an
     array file, or a statistics .npz): FID, KID, precision/recall and IS in the FID Inception-v3's
     features (``inception_weights``: a local file; nothing is downloaded), the reference's features
-    cached in ``stats_cache``; see :mod:`kuosan.metrics.report`. ``prompts`` (a list, or a text file
-    with one prompt per line, or one for all) with ``clip`` (a local transformers CLIP directory) add
-    the CLIP score (and are the whole report when neither a reference nor a data set is named). The
-    networks run on ``device`` (default auto)."""
+    cached in ``stats_cache``; see :mod:`kuosan.metrics.report`. ``prompts`` (a list, a text file
+    with one prompt per line, or one for all, or a captioned folder: :func:`folder_captions`) with
+    ``clip`` (a local transformers CLIP directory) add the CLIP score (and are the whole report when
+    neither a reference nor a data set is named). The networks run on ``device`` (default auto)."""
     where = devices.resolve_device(device)
     if inception_weights and not Path(inception_weights).is_file():
         raise ConfigError(f"Inception weights: file not found: {inception_weights}")
@@ -152,6 +152,38 @@ def evaluate(
     return report
 
 
+def folder_captions(folder: Path) -> list[str]:
+    """The captions of a captioned image folder, in the order its images load (sorted paths): from
+    ``metadata.jsonl`` (``file_name`` and ``text`` per line, the Hugging Face imagefolder layout) or
+    ``NAME.txt`` beside each ``NAME.png`` (kohya-style). ConfigError naming an image without one."""
+    import json
+
+    from kuosan.data.image_folder import find_images
+
+    images = find_images(folder)
+    captions: dict[str, str] = {}
+    meta = folder / "metadata.jsonl"
+    if meta.is_file():
+        for number, line in enumerate(meta.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    captions[str(row["file_name"])] = str(row["text"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{meta}:{number}: expected a JSON object with file_name and text") from None
+    out = []
+    for image in images:
+        name = image.relative_to(folder).as_posix()
+        text = image.with_suffix(".txt")
+        if name in captions:
+            out.append(captions[name])
+        elif text.is_file():
+            out.append(text.read_text().strip())
+        else:
+            raise ConfigError(f"{image} has no caption (no metadata.jsonl entry, no {text.name})")
+    return out
+
+
 def clip_report(images: torch.Tensor, prompts, clip) -> dict:
     """The CLIP score of images and their prompts (one per image, or one for all): the mean cosine and
     torchmetrics' 100 max(cos, 0), with a local CLIP (``clip``: a transformers directory)."""
@@ -161,9 +193,12 @@ def clip_report(images: torch.Tensor, prompts, clip) -> dict:
         raise ConfigError("--prompts needs --clip DIR: a local transformers CLIP model directory")
     if not isinstance(prompts, (list, tuple)):
         path = Path(prompts)
-        if not path.is_file():
+        if path.is_dir():
+            prompts = folder_captions(path)
+        elif not path.is_file():
             raise ConfigError(f"prompts file not found: {path}")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     prompts = list(prompts) * len(images) if len(prompts) == 1 else list(prompts)
     if len(prompts) != len(images):
         raise ConfigError(f"{len(prompts)} prompts for {len(images)} images (give one per image, or one for all)")

@@ -109,7 +109,11 @@ def add_eval(sub):
         "--ref", help="reference: a folder of images, an array file, or a statistics .npz (mu, sigma: FID only)"
     )
     p.add_argument("--dataset", help="without --ref: the bundled data set the samples imitate (default digits)")
-    p.add_argument("--prompts", help="a text file of prompts (one per image, or one for all) for the CLIP score")
+    p.add_argument(
+        "--prompts",
+        help="for the CLIP score: a text file (one prompt per image, or one for all), or a captioned folder "
+        "(metadata.jsonl or NAME.txt beside each image; the samples folder itself works)",
+    )
     p.add_argument("--clip", help="with --prompts: a local transformers CLIP model directory")
     p.add_argument(
         "--inception-weights",
