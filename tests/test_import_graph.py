@@ -28,6 +28,7 @@ LAYERS = {
     "judges": {"utils", "data", "networks", "metrics"},
     "train": {"utils", "devices", "diffusion", "losses", "imaging"},
     "interop": {"utils", "devices", "diffusion", "networks"},  # other libraries' checkpoints in, exports out
+    "distill": {"utils", "devices", "diffusion"},  # score distillation on the Denoiser contract
 }
 LAYERS["build"] = {
     "config",
@@ -43,7 +44,7 @@ LAYERS["build"] = {
 }
 LAYERS["runs"] = LAYERS["build"] | {"build", "interop"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
-LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops"}
+LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops", "distill"}
 LAYERS["cli"] = LAYERS["app"] | {"app"}
 LAYERS["__main__"] = {"cli"}
 LAYERS["__init__"] = set(LAYERS) - {"__main__", "__init__"}  # lazily, by name (kuosan.__getattr__)

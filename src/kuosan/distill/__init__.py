@@ -1,0 +1,1 @@
+"""Score distillation: a frozen diffusion model as the critic of a differentiable generator (sds)."""
