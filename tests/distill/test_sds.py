@@ -113,3 +113,33 @@ def test_the_kl_form_falls_as_the_image_nears_the_mode():
     assert kl[-1] < kl[50] < kl[5] < 0
     assert abs(kl[-1] - kl[-50]) < 0.2 * abs(kl[50] - kl[5]) + 1e-9
     assert math.isfinite(kl[-1])
+
+
+def test_cli_sds_through_a_latent_model_and_bad_input(tmp_path):
+    """`kuosan sds` on a Stable Diffusion folder (latent: pixels -> frozen VAE encoder -> SDS): the
+    images move from their grey start, stay in [-1, 1], the run is reproducible from its seed, and a
+    model without text or an impossible option is one line."""
+    pytest.importorskip("diffusers")
+    import json
+
+    import numpy as np
+
+    from cli_helpers import fails_cleanly, kuosan
+    from kuosan.interop.tiny import tiny_stable_diffusion
+
+    sd = f"diffusers:{tiny_stable_diffusion(tmp_path / 'sd')}"
+    outs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    for out in outs:
+        report = json.loads(kuosan("sds", sd, "a red circle", "-n", 2, "--steps", 6, "--guidance", 7.5,
+                                   "--out", out).stdout)  # fmt: skip
+    x = np.load(outs[0])
+    assert x.shape == (2, 3, 32, 32) and np.abs(x).max() <= 1 and np.abs(x).mean() > 0.05
+    assert np.array_equal(x, np.load(outs[1])) and math.isfinite(report["kl_form_change"])
+    run = tmp_path / "digits"
+    kuosan("train", "--preset", "digits", "--steps", 1, "--out", run, "--no-progress",
+           "model.params.base_channels=32", "model.params.num_res_blocks=1", "train.batch_size=8")  # fmt: skip
+    fails_cleanly(kuosan("sds", run, "a red circle", "--out", tmp_path / "x.png", check=False), "no text conditioning")
+    fails_cleanly(kuosan("sds", sd, "red", "--t-min", 0.9, "--t-max", 0.5, "--out", tmp_path / "x.png", check=False),
+                  "t_min")  # fmt: skip
+    fails_cleanly(kuosan("sds", sd, "red", "--steps", 0, "--out", tmp_path / "x.png", check=False), "steps")
+    assert not (tmp_path / "x.png").exists()

@@ -9,8 +9,10 @@ arguments and the same one-line errors (ConfigError, DataError, CheckpointError:
     reconstruct(run_dir, split=...)                -> (report, picture)
     run_info(run_dir)                              -> what a run is
     export(run_dir, out, format="diffusers")       -> a diffusers folder of the run
+    score_distillation(run_dir, prompt, n=...)     -> (images optimised by SDS, report)
 """
 
+from kuosan.app.distillation import score_distillation
 from kuosan.app.evaluation import evaluate, likelihood, load_samples, reconstruct
 from kuosan.app.exporting import export
 from kuosan.app.sampling import run_info, sample, sampler_options
@@ -28,6 +30,7 @@ __all__ = [
     "run_info",
     "sample",
     "sampler_options",
+    "score_distillation",
     "text_to_image",
     "train",
 ]

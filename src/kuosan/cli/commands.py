@@ -222,6 +222,31 @@ def text_to_image(args) -> int:
     return 0
 
 
+def sds(args) -> int:
+    out = _out_file(args.out, (".npy", ".png"))
+    _quiet_transformers()
+    x, report = app.score_distillation(
+        args.run,
+        args.prompt,
+        n=args.num,
+        steps=args.steps,
+        lr=args.lr,
+        guidance=args.guidance,
+        negative=args.negative,
+        t_min=args.t_min,
+        t_max=args.t_max,
+        weighting=args.weighting,
+        t_schedule=args.t_schedule,
+        t_max_end=args.t_max_end,
+        seed=args.seed,
+        device=args.device,
+        progress=True,
+    )
+    _save_images(x, out)
+    print(json.dumps({"out": str(out), "shape": list(x.shape), **report}))
+    return 0
+
+
 def export(args) -> int:
     print(json.dumps(app.export(args.run, args.out, format=args.format, weights=args.weights)))
     return 0
@@ -248,6 +273,7 @@ COMMANDS = {
     "img2img": text_to_image,
     "inpaint": text_to_image,
     "export": export,
+    "sds": sds,
 }
 
 __all__ = ["COMMANDS", "UserError"]

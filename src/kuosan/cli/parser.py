@@ -246,6 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_nll(sub)
     add_reconstruct(sub)
     add_text_to_image(sub)
+    p = sub.add_parser(
+        "sds",
+        help="images optimised by score distillation through a frozen text model (DreamFusion's SDS, g = identity)",
+    )
+    p.add_argument("run", help=RUN_OR_SD_HELP)
+    p.add_argument("prompt")
+    p.add_argument("-n", "--num", type=int, default=1, help="images (each optimised from its own start)")
+    p.add_argument("--steps", type=int, default=400, help="optimisation steps (one denoiser evaluation each)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate on the pixels")
+    p.add_argument("--guidance", type=float, default=30.0, help="classifier-free guidance (DreamFusion: 100)")
+    p.add_argument("--negative", "--negative-prompt", default="", help="negative prompt")
+    p.add_argument("--t-min", type=float, default=0.02, help="smallest timestep, as a fraction of T")
+    p.add_argument("--t-max", type=float, default=0.98, help="largest timestep, as a fraction of T")
+    p.add_argument("--t-schedule", default="random", choices=["random", "anneal"], help="anneal: t-max to --t-max-end")
+    p.add_argument("--t-max-end", type=float, default=0.5)
+    p.add_argument("--weighting", default="1-abar", choices=["1-abar", "sigma", "uniform"], help="w(t)")
+    p.add_argument("--seed", type=int, default=0)
+    add_device_options(p, precision=False)
+    p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy (array (N, C, H, W) in [-1, 1])")
     p = sub.add_parser("export", help="write a trained run as a diffusers folder (from_pretrained loads it)")
     p.add_argument(
         "run",
