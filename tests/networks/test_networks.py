@@ -214,15 +214,7 @@ def test_attention_at_chosen_levels(channel_mult, levels, n_res):
 # ---------------------------------------------------------------- parity with diffusers (DDPM layout)
 
 
-# our ResBlock's submodules -> diffusers' ResnetBlock2D's
-RESNET_NAMES = {
-    "in_layers.0": "norm1",
-    "in_layers.2": "conv1",
-    "emb_layers.1": "time_emb_proj",
-    "out_norm": "norm2",
-    "out_layers.2": "conv2",
-    "skip": "conv_shortcut",
-}
+from kuosan.interop.export import RESNET_NAMES  # noqa: E402  (our ResBlock's submodules -> diffusers')
 
 
 def _to_diffusers_state_dict(net: UNet, n_res: int, n_levels: int) -> dict[str, torch.Tensor]:

@@ -80,16 +80,19 @@ def vae_to_diffusers(vae: nn.Module, *, scaling_factor: float | None = None) -> 
 # --- the U-Net --------------------------------------------------------------------------------------
 
 
+# kuosan's ResBlock submodules -> diffusers' ResnetBlock2D's
+RESNET_NAMES = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_norm": "norm2",
+    "out_layers.2": "conv2",
+    "skip": "conv_shortcut",
+}
+
+
 def _resblock(prefix: str, target: str) -> dict[str, str]:
-    names = {
-        "in_layers.0": "norm1",
-        "in_layers.2": "conv1",
-        "emb_layers.1": "time_emb_proj",
-        "out_norm": "norm2",
-        "out_layers.2": "conv2",
-        "skip": "conv_shortcut",
-    }
-    return {f"{prefix}.{a}": f"{target}.{b}" for a, b in names.items()}
+    return {f"{prefix}.{a}": f"{target}.{b}" for a, b in RESNET_NAMES.items()}
 
 
 def _attention(prefix: str, target: str, *, transformer: bool = False) -> dict[str, str]:
@@ -363,6 +366,7 @@ def export_conditional(
 
 
 __all__ = [
+    "RESNET_NAMES",
     "export_conditional",
     "export_ddpm",
     "export_vae",
