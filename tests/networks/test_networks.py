@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from kuosan.interop.export import RESNET_NAMES  # our ResBlock's submodules -> diffusers'
 from kuosan.networks import NETWORKS, MLPDenoiser, UNet, timestep_embedding
 from kuosan.networks.attention import SelfAttention2d
 from kuosan.networks.blocks import ResBlock
@@ -212,9 +213,6 @@ def test_attention_at_chosen_levels(channel_mult, levels, n_res):
 
 
 # ---------------------------------------------------------------- parity with diffusers (DDPM layout)
-
-
-from kuosan.interop.export import RESNET_NAMES  # noqa: E402  (our ResBlock's submodules -> diffusers')
 
 
 def _to_diffusers_state_dict(net: UNet, n_res: int, n_levels: int) -> dict[str, torch.Tensor]:
