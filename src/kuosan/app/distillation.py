@@ -10,7 +10,6 @@ import torch
 
 from kuosan import devices
 from kuosan.config import ConfigError
-from kuosan.diffusion.guidance import CFGDenoiser
 from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, kl_form_change
 from kuosan.interop import diffusers as hf
 from kuosan.pipelines import TextToImagePipeline
@@ -21,9 +20,9 @@ def score_distillation(
     prompt: str,
     *,
     n: int = 1,
-    steps: int = 400,
+    steps: int = 200,
     lr: float = 0.05,
-    guidance: float = 30.0,
+    guidance: float = 7.5,
     negative: str | None = None,
     t_min: float = 0.02,
     t_max: float = 0.98,
@@ -32,13 +31,16 @@ def score_distillation(
     t_max_end: float = 0.5,
     seed: int = 0,
     device: str | None = None,
+    through_encoder: bool = False,
     progress: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """(images (n, C, H, W) in [-1, 1] on the CPU, report): ``n`` images, each started from grey plus
     a little noise, optimised with Adam for ``steps`` steps on the SDS gradient of the run's model
     for ``prompt`` with classifier-free guidance ``guidance`` (against ``negative``, default the empty
-    prompt). A latent model's images pass through its frozen VAE encoder (posterior mean, scaled),
-    SDS acts on the latent, and the gradient flows back to the pixels. ``run_dir`` is a kuosan text
+    prompt). For a latent model the latent is optimised and decoded at the end (g = identity in
+    latent space); with ``through_encoder`` the pixels are, through the frozen VAE encoder (the path
+    a rendered image takes in DreamFusion; on kuosan's shapes VAE it finds noise the encoder reads as
+    the prompt: docs/score_distillation.md). ``run_dir`` is a kuosan text
     run or a Stable Diffusion folder (``diffusers:DIR``). The report has the final mean squared
     residual ||eps_hat - eps||^2 and the weighted KL form's change along the run (its line integral
     of the SDS gradient, :func:`kuosan.distill.sds.kl_form_change`)."""
@@ -71,18 +73,22 @@ def score_distillation(
         cond, uncond = pipe._encode([prompt] * n, negative or None)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    sds.denoiser = CFGDenoiser(pipe.denoiser, uncond, guidance)
+    # the pipeline's guided denoiser: CFG, x0 clamping for a pixel model, an inpainting model's
+    # "repaint everything" inputs
+    sds.denoiser = pipe._guided(uncond, guidance, False, pipe.latent_shape)
     where = pipe.device
     g = torch.Generator().manual_seed(seed)
-    shape = (n, *pipe.image_shape())
-    image = (0.05 * devices.randn(shape, generator=g, device=where)).requires_grad_(True)
+    in_latents = pipe.autoencoder is not None and not through_encoder
+    shape = (n, *(pipe.latent_shape if in_latents else pipe.image_shape()))
+    scale = 0.1 if in_latents else 0.05
+    image = (scale * devices.randn(shape, generator=g, device=where)).requires_grad_(True)
     opt = torch.optim.Adam([image], lr=lr)
     for module in (pipe.autoencoder, getattr(pipe.denoiser, "net", None)):
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
 
     def latent(x: torch.Tensor) -> torch.Tensor:
-        if pipe.autoencoder is None:
+        if pipe.autoencoder is None or in_latents:
             return x
         mean = pipe.autoencoder.encode(x).mean
         return pipe.scale_factor * (mean - (pipe.shift_factor or 0.0))
@@ -99,8 +105,9 @@ def score_distillation(
             grads.append(image.grad.detach().clone())
             path.append(image.detach().clone())
             opt.step()
-            with torch.no_grad():
-                image.clamp_(-1, 1)
+            if not in_latents:  # pixels stay in the image range
+                with torch.no_grad():
+                    image.clamp_(-1, 1)
             residual = float(info["residual_sq"].mean())
             if not math.isfinite(residual):
                 raise ConfigError(f"the SDS residual became {residual} at step {i}; try a smaller learning rate")
@@ -115,4 +122,6 @@ def score_distillation(
         "kl_form_change": kl[-1],
         "kl_form_change_half": kl[len(kl) // 2 - 1] if len(kl) > 1 else kl[-1],
     }
-    return image.detach().float().cpu(), report
+    report["optimised"] = "latents" if in_latents else "pixels"
+    out = pipe.decode(image.detach()) if in_latents else image.detach().float().cpu()
+    return out, report

@@ -240,6 +240,7 @@ def sds(args) -> int:
         t_max_end=args.t_max_end,
         seed=args.seed,
         device=args.device,
+        through_encoder=args.through_encoder,
         progress=True,
     )
     _save_images(x, out)

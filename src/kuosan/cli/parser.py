@@ -253,9 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help=RUN_OR_SD_HELP)
     p.add_argument("prompt")
     p.add_argument("-n", "--num", type=int, default=1, help="images (each optimised from its own start)")
-    p.add_argument("--steps", type=int, default=400, help="optimisation steps (one denoiser evaluation each)")
-    p.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate on the pixels")
-    p.add_argument("--guidance", type=float, default=30.0, help="classifier-free guidance (DreamFusion: 100)")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps (one denoiser evaluation each)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate on the latents (or pixels)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=7.5,
+        help="classifier-free guidance (DreamFusion: 100; 30 over-saturates here)",
+    )
+    p.add_argument(
+        "--through-encoder",
+        action="store_true",
+        help="latent model: optimise the pixels through the frozen VAE encoder instead of the latent",
+    )
     p.add_argument("--negative", "--negative-prompt", default="", help="negative prompt")
     p.add_argument("--t-min", type=float, default=0.02, help="smallest timestep, as a fraction of T")
     p.add_argument("--t-max", type=float, default=0.98, help="largest timestep, as a fraction of T")
