@@ -291,7 +291,7 @@ def main() -> None:
     )
     best = max(rows, key=lambda r: r["all_named"])
     curves = {"latent (8x8x4)": [(r["guidance"], r["all_named"]) for r in rows]}
-    method = "concat" if pipe.net.config.get("cond_channels") else "replace"  # what the model was trained for
+    method = "concat" if pipe.inpaint_model else "replace"  # what the model was trained for
     emit(
         inpainting(
             pipe,

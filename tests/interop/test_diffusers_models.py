@@ -292,3 +292,20 @@ def test_broken_folders_are_one_line(tmp_path, sd):
     (bad / "scheduler").mkdir()
     (bad / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "flow"}')
     fails_cleanly(kuosan("txt2img", f"diffusers:{bad}", "red", "--out", out, check=False), "prediction_type")
+
+
+def test_a_learned_variance_folder_samples_on_its_prediction_channels(tmp_path):
+    """variance_type learned_range: the U-Net's 2C outputs are the prediction and the variance; the
+    data have C channels and the Denoiser reads the first C (DDIM does not use the variance)."""
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=6, layers_per_block=1,
+                                 block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)  # fmt: skip
+    sched = diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "lv")
+    model = hf.load_model(tmp_path / "lv")
+    assert model.data_shape == (3, 8, 8)
+    out = tmp_path / "x.npy"
+    kuosan("sample", f"diffusers:{tmp_path / 'lv'}", "--steps", 4, "-n", 2, "--out", out)
+    assert np.load(out).shape == (2, 3, 8, 8)
+    ref = _quiet(diffusers.DDIMPipeline.from_pretrained(tmp_path / "lv"))
+    assert ref.unet.config.out_channels == 6

@@ -90,7 +90,8 @@ def score_distillation(
     def latent(x: torch.Tensor) -> torch.Tensor:
         if pipe.autoencoder is None or in_latents:
             return x
-        mean = pipe.autoencoder.encode(x).mean
+        posterior = pipe.autoencoder.encode(x)
+        mean = posterior if isinstance(posterior, torch.Tensor) else posterior.mean  # a plain AE: its z
         return pipe.scale_factor * (mean - (pipe.shift_factor or 0.0))
 
     from tqdm import tqdm

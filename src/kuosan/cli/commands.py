@@ -132,7 +132,12 @@ def evaluate(args) -> int:
         device=args.device,
         progress=True,
     )
-    against = {"ref": str(args.ref)} if args.ref else {"dataset": args.dataset or "digits"}
+    if args.ref:
+        against = {"ref": str(args.ref)}
+    elif args.prompts and not args.dataset:  # the CLIP score alone
+        against = {"prompts": str(args.prompts)}
+    else:
+        against = {"dataset": args.dataset or "digits"}
     text = json.dumps({"samples": str(args.samples), **against, **report})
     if out is not None:
         with replaced_whole(out) as tmp:

@@ -39,6 +39,7 @@ PREFIX = "diffusers:"
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 SCHEDULER_SPACINGS = ("leading", "trailing", "linspace")
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+LEARNED_VARIANCES = ("learned", "learned_range")  # DDPMScheduler variance types whose U-Net predicts it
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -246,13 +247,15 @@ class DiffusersUNet(nn.Module):
     x_t along channels, as diffusers' inpainting pipeline does. Inputs are cast to the network's dtype
     (float16/bfloat16 weights run as loaded)."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, unet: nn.Module, *, learned_variance: bool = False):
         super().__init__()
         self.unet = unet
         self.config = dict(unet.config)
         self.conditional = "cross_attention_dim" in self.config
         channels = int(self.config.get("in_channels", 3))
         out = int(self.config.get("out_channels", channels))
+        if learned_variance:  # the prediction and the variance channels: the data have half of them
+            out //= 2
         self.extra_channels = channels - out if self.conditional else 0  # 5 for SD's inpainting U-Net
         size = self.config.get("sample_size", 32)
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -282,9 +285,10 @@ def _load(cls, path: Path, dtype: torch.dtype | None):
         raise DiffusersError(f"cannot load {cls.__name__} from {path}: {str(e).strip().splitlines()[0]}") from None
 
 
-def load_unet(folder: Path, *, dtype: torch.dtype | None = None) -> DiffusersUNet:
+def load_unet(folder: Path, *, dtype: torch.dtype | None = None, learned_variance: bool = False) -> DiffusersUNet:
     """The folder's U-Net (``unet/``, or the folder itself), UNet2DConditionModel or UNet2DModel by its
-    config, in eval mode without gradients."""
+    config, in eval mode without gradients (``learned_variance``: its outputs are the prediction and
+    the variance channels, the scheduler's ``variance_type`` learned / learned_range)."""
     diffusers = require_diffusers()
     path = subfolder(folder, "unet")
     config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
@@ -292,7 +296,7 @@ def load_unet(folder: Path, *, dtype: torch.dtype | None = None) -> DiffusersUNe
     if name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise DiffusersError(f"{path}: a {name} is not a U-Net kuosan can run (UNet2DModel, UNet2DConditionModel)")
     unet = _load(getattr(diffusers, name), path, dtype)
-    return DiffusersUNet(unet.eval().requires_grad_(False))
+    return DiffusersUNet(unet.eval().requires_grad_(False), learned_variance=learned_variance)
 
 
 @dataclass
@@ -320,7 +324,8 @@ class DiffusersModel:
         scheduler's clip_sample)."""
         from kuosan.diffusion.guidance import ClampDenoiser
 
-        den = VPDenoiser(self.network, self.schedule, self.prediction)
+        learned = self.scheduler.get("variance_type") in LEARNED_VARIANCES
+        den = VPDenoiser(self.network, self.schedule, self.prediction, learn_sigma=learned)
         return ClampDenoiser(den) if (self.clip if clip is None else clip) else den
 
     def grid(self, steps: int, *, final: str = "ddim") -> SchedulerGrid:
@@ -338,7 +343,7 @@ def load_model(spec: str | Path, *, dtype: torch.dtype | str | None = None) -> D
             raise DiffusersError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
     config = read_scheduler_config(folder)
-    network = load_unet(folder, dtype=dtype)
+    network = load_unet(folder, dtype=dtype, learned_variance=config.get("variance_type") in LEARNED_VARIANCES)
     return DiffusersModel(
         path=folder,
         network=network,

@@ -24,6 +24,7 @@ What maps, and what does not:
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -287,6 +288,15 @@ def scheduler_config(cfg) -> dict:
 # --- writing a folder ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _as_diffusers_error(what: str):
+    """diffusers' constructor and load_state_dict errors as one DiffusersError line."""
+    try:
+        yield
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise DiffusersError(f"{what}: {str(e).strip().splitlines()[-1].strip()}") from None
+
+
 def _write(out: Path, save) -> Path:
     """Write a folder whole: ``save(tmp)`` beside ``out``, then the rename (nothing half-written is
     left at ``out``); refused when ``out`` exists and is not empty."""
@@ -310,8 +320,9 @@ def export_vae(vae: nn.Module, out: Path, *, scaling_factor: float | None = None
     """A diffusers ``AutoencoderKL`` folder (config.json + diffusion_pytorch_model.safetensors)."""
     diffusers = require_diffusers()
     config, state = vae_to_diffusers(vae, scaling_factor=scaling_factor)
-    model = diffusers.AutoencoderKL(**config)
-    model.load_state_dict(state, strict=True)
+    with _as_diffusers_error("the VAE does not map onto AutoencoderKL"):
+        model = diffusers.AutoencoderKL(**config)
+        model.load_state_dict(state, strict=True)
     return _write(out, lambda path: model.save_pretrained(path, safe_serialization=True))
 
 
@@ -322,8 +333,9 @@ def export_ddpm(net: nn.Module, cfg, sample_size: int, out: Path) -> Path:
     config, state = unet_to_diffusers(net, sample_size)
     if config.pop("_class_name", None):
         raise DiffusersError("a conditional U-Net exports with export_conditional (UNet2DConditionModel)")
-    unet = diffusers.UNet2DModel(**config)
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+    with _as_diffusers_error("the U-Net does not map onto UNet2DModel"):
+        unet = diffusers.UNet2DModel(**config)
+        missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DiffusersError(
             f"the U-Net does not map onto UNet2DModel: missing {missing[:2]}, unexpected {unexpected[:2]}"
@@ -347,13 +359,15 @@ def export_conditional(
     scheduler = diffusers.DDPMScheduler(**scheduler_config(cfg))
     config, state = unet_to_diffusers(net, sample_size)
     config.pop("_class_name", None)
-    unet = diffusers.UNet2DConditionModel(**config)
-    unet.load_state_dict(state, strict=True)
+    with _as_diffusers_error("the U-Net does not map onto UNet2DConditionModel"):
+        unet = diffusers.UNet2DConditionModel(**config)
+        unet.load_state_dict(state, strict=True)
     vae_model = None
     if vae is not None:
         vae_config, vae_state = vae_to_diffusers(vae, scaling_factor=cfg.latent.scale_factor)
-        vae_model = diffusers.AutoencoderKL(**vae_config)
-        vae_model.load_state_dict(vae_state, strict=True)
+        with _as_diffusers_error("the VAE does not map onto AutoencoderKL"):
+            vae_model = diffusers.AutoencoderKL(**vae_config)
+            vae_model.load_state_dict(vae_state, strict=True)
 
     def save(path: Path) -> None:
         unet.save_pretrained(path / "unet", safe_serialization=True)

@@ -247,8 +247,8 @@ def _tf1_bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
 def resize_tf1_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     """TF 1.x ``resize_bilinear(align_corners=False)`` of (B, C, H, W) to size x size (torch-fidelity's
     ``interpolate_bilinear_2d_like_tensorflow1x``), as two interpolation matrices, in x's dtype."""
-    mh = _tf1_bilinear_matrix(x.shape[2], size).to(x.dtype)
-    mw = _tf1_bilinear_matrix(x.shape[3], size).to(x.dtype)
+    mh = _tf1_bilinear_matrix(x.shape[2], size).to(device=x.device, dtype=x.dtype)
+    mw = _tf1_bilinear_matrix(x.shape[3], size).to(device=x.device, dtype=x.dtype)
     return torch.einsum("oh,bchw,pw->bcop", mh, x, mw)
 
 

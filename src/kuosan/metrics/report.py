@@ -45,7 +45,10 @@ def reference_features(extractor, images: torch.Tensor, *, cache=None, progress:
         save_stats(cache, mu, sigma, extractor=extractor.name, data_sha256=fingerprint, n=int(len(images)))
         with np.load(Path(cache), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-        np.savez(Path(cache), **arrays, features=feats.astype(np.float32))
+        tmp = Path(cache).with_name(Path(cache).name + ".partial")
+        with open(tmp, "wb") as fh:  # a file object: np.savez adds no suffix, and the rename is atomic
+            np.savez(fh, **arrays, features=feats.astype(np.float32))
+        tmp.replace(cache)
     return mu, sigma, feats, logits
 
 
