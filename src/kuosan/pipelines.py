@@ -28,7 +28,6 @@ from kuosan.diffusion.guidance import (
     ReplaceInpaintDenoiser,
     broadcast_batch,
 )
-from kuosan.diffusion.schedules import make_sigmas
 from kuosan.runs import Run
 from kuosan.samplers.loop import prior_noise, sample_batches
 
@@ -242,16 +241,11 @@ class TextToImagePipeline:
         """(sigmas, final level, number of steps) of a request: a kuosan grid (final level 0), or
         "scheduler", a diffusers model's own timesteps (:func:`kuosan.interop.diffusers.scheduler_grid`;
         DDIM's final level, DDPM's for the ddpm sampler)."""
-        steps, grid = steps or self.defaults["steps"], grid or self.defaults["grid"]
-        sampler = sampler or self.defaults["sampler"]
-        if grid == "scheduler":
-            if self.scheduler is None:
-                raise ValueError("grid 'scheduler' is a diffusers model's own timesteps; this model has no scheduler")
-            from kuosan.interop.diffusers import scheduler_grid
+        from kuosan.interop.diffusers import sampling_grid
 
-            g = scheduler_grid(self.schedule, self.scheduler, steps, final="ddpm" if sampler == "ddpm" else "ddim")
-            return g.sigmas, g.final_sigma, steps
-        return make_sigmas(self.schedule, steps, grid), 0.0, steps
+        steps, grid = steps or self.defaults["steps"], grid or self.defaults["grid"]
+        g = sampling_grid(self.schedule, self.scheduler, steps, grid, sampler or self.defaults["sampler"])
+        return g.sigmas, g.final_sigma, steps
 
     def _guided(self, uncond: dict, guidance: float, inpainting: bool, latent_shape):
         den = self.denoiser

@@ -12,7 +12,7 @@ import torch
 from kuosan import devices
 from kuosan.build import prior_for, validate_sampling
 from kuosan.config import ConfigError
-from kuosan.diffusion.schedules import GRIDS, make_sigmas
+from kuosan.diffusion.schedules import GRIDS
 from kuosan.interop import diffusers as hf
 from kuosan.runs import Run
 from kuosan.samplers import SAMPLERS
@@ -164,11 +164,8 @@ def _sample_diffusers(
             raise ConfigError(f"{model.path} holds a text-conditional U-Net: use kuosan txt2img")
         where = devices.resolve_device(device or "auto")
         precision = devices.resolve_precision(where, precision or "fp32")
-        if grid == "scheduler":  # the scheduler's timesteps; DDPM's last step always reaches the clean data
-            scheduler_grid = model.grid(steps, final="ddpm" if sampler == "ddpm" else "ddim")
-            sigmas, final_sigma = scheduler_grid.sigmas, scheduler_grid.final_sigma
-        else:
-            sigmas, final_sigma = make_sigmas(model.schedule, steps, grid), 0.0
+        g = hf.sampling_grid(model.schedule, model.scheduler, steps, grid, sampler)
+        sigmas, final_sigma = g.sigmas, g.final_sigma
     except (hf.DiffusersError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     check_output_memory(n, model.data_shape)

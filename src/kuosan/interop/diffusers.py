@@ -211,6 +211,21 @@ def scheduler_grid(schedule: DiscreteSchedule, config: dict, steps: int, *, fina
     return SchedulerGrid(append_zero(levels), final_sigma)
 
 
+def sampling_grid(
+    schedule: DiscreteSchedule, scheduler: dict | None, steps: int, grid: str, sampler: str
+) -> SchedulerGrid:
+    """The grid a request samples on: ``grid="scheduler"``, the diffusers scheduler's own timesteps
+    (DDIM's final level; DDPM's, the clean data, for the ddpm sampler), or any kuosan grid (final
+    level 0). ValueError for "scheduler" without a scheduler config."""
+    if grid != "scheduler":
+        from kuosan.diffusion.schedules import make_sigmas
+
+        return SchedulerGrid(make_sigmas(schedule, steps, grid), 0.0)
+    if scheduler is None:
+        raise ValueError("grid 'scheduler' is a diffusers model's own timesteps; this model has no scheduler")
+    return scheduler_grid(schedule, scheduler, steps, final="ddpm" if sampler == "ddpm" else "ddim")
+
+
 class HoldAtDenoiser(nn.Module):
     """D(x, sigma) = x at noise levels at or below ``sigma_hold``, the wrapped denoiser above: an ODE
     step (Euler/DDIM) from sigma_hold to 0 then leaves x where it is, so a grid ending
@@ -490,6 +505,7 @@ __all__ = [
     "prediction_from_config",
     "read_scheduler_config",
     "require_safetensors",
+    "sampling_grid",
     "schedule_from_config",
     "scheduler_grid",
     "scheduler_timesteps",
