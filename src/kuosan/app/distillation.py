@@ -10,7 +10,7 @@ import torch
 
 from kuosan import devices
 from kuosan.config import ConfigError
-from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, kl_form_change
+from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, kl_form_step
 from kuosan.interop import diffusers as hf
 from kuosan.pipelines import TextToImagePipeline
 
@@ -96,32 +96,32 @@ def score_distillation(
 
     from tqdm import tqdm
 
-    grads, path, residual = [], [], float("nan")
+    kl, kl_half, residual = 0.0, None, float("nan")
     with devices.autocast(where, pipe.precision):
         for i in tqdm(range(steps), desc="sds", disable=None if progress else True, leave=False):
             opt.zero_grad()
             z = latent(image)
             loss, info = sds.step(z, i, steps, g, **cond)
             loss.backward()
-            grads.append(image.grad.detach().clone())
-            path.append(image.detach().clone())
+            before = image.detach().clone()
             opt.step()
             if not in_latents:  # pixels stay in the image range
                 with torch.no_grad():
                     image.clamp_(-1, 1)
+            kl += kl_form_step(image.grad, before, image.detach())  # the line integral, step by step
+            if i == steps // 2 - 1:
+                kl_half = kl
             residual = float(info["residual_sq"].mean())
             if not math.isfinite(residual):
                 raise ConfigError(f"the SDS residual became {residual} at step {i}; try a smaller learning rate")
-    path.append(image.detach().clone())
-    kl = kl_form_change(grads, path)
     report = {
         "prompt": prompt,
         "n": n,
         "steps": steps,
         "guidance": guidance,
         "residual_sq": residual,
-        "kl_form_change": kl[-1],
-        "kl_form_change_half": kl[len(kl) // 2 - 1] if len(kl) > 1 else kl[-1],
+        "kl_form_change": kl,
+        "kl_form_change_half": kl if kl_half is None else kl_half,
     }
     report["optimised"] = "latents" if in_latents else "pixels"
     out = pipe.decode(image.detach()) if in_latents else image.detach().float().cpu()

@@ -136,12 +136,18 @@ class ScoreDistillation:
         return sds_surrogate(x, grad), info
 
 
+def kl_form_step(grad: torch.Tensor, x_before: torch.Tensor, x_after: torch.Tensor) -> float:
+    """One step's change of the weighted KL form (module doc): <grad, x_after - x_before>, the
+    batch mean of the per-sample inner products."""
+    return float((grad * (x_after - x_before)).flatten(1).sum(1).mean())
+
+
 def kl_form_change(grads: list[torch.Tensor], xs: list[torch.Tensor]) -> list[float]:
-    """The running change of the weighted KL form along an optimisation path (module doc): the
-    cumulative sum of <grad_k, x_{k+1} - x_k> over the batch mean, one value per step."""
+    """The running change of the weighted KL form along an optimisation path: the cumulative sum of
+    :func:`kl_form_step` over the steps, one value per step."""
     out, acc = [], 0.0
     for g, a, b in zip(grads, xs[:-1], xs[1:]):
-        acc += float((g * (b - a)).flatten(1).sum(1).mean())
+        acc += kl_form_step(g, a, b)
         out.append(acc)
     return out
 
@@ -157,6 +163,7 @@ __all__ = [
     "WEIGHTINGS",
     "cosine_lr",
     "kl_form_change",
+    "kl_form_step",
     "sds_gradient",
     "sds_surrogate",
     "sds_weight",
