@@ -53,12 +53,14 @@ def data_fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, **metadata) -> Path:
-    """Write Gaussian statistics (float64) and scalar metadata (str/int/float) to ``path`` (.npz),
-    atomically (temporary file, then rename)."""
+def save_stats(
+    path: str | Path, mu: np.ndarray, sigma: np.ndarray, *, arrays: dict[str, np.ndarray] | None = None, **metadata
+) -> Path:
+    """Write Gaussian statistics (float64), any further ``arrays`` (e.g. the features themselves) and
+    scalar metadata (str/int/float) to ``path`` (.npz), atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"mu": np.asarray(mu, dtype=np.float64), "sigma": np.asarray(sigma, dtype=np.float64)}
+    arrays = {"mu": np.asarray(mu, dtype=np.float64), "sigma": np.asarray(sigma, dtype=np.float64), **(arrays or {})}
     for key, value in metadata.items():
         if not isinstance(value, (str, int, float)):
             raise TypeError(f"metadata {key!r} must be str, int or float, got {type(value).__name__}")

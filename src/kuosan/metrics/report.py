@@ -42,13 +42,15 @@ def reference_features(extractor, images: torch.Tensor, *, cache=None, progress:
     feats = feats.numpy()
     mu, sigma = gaussian_stats(feats)
     if cache is not None:
-        save_stats(cache, mu, sigma, extractor=extractor.name, data_sha256=fingerprint, n=int(len(images)))
-        with np.load(Path(cache), allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-        tmp = Path(cache).with_name(Path(cache).name + ".partial")
-        with open(tmp, "wb") as fh:  # a file object: np.savez adds no suffix, and the rename is atomic
-            np.savez(fh, **arrays, features=feats.astype(np.float32))
-        tmp.replace(cache)
+        save_stats(
+            cache,
+            mu,
+            sigma,
+            arrays={"features": feats.astype(np.float32)},
+            extractor=extractor.name,
+            data_sha256=fingerprint,
+            n=int(len(images)),
+        )
     return mu, sigma, feats, logits
 
 
