@@ -25,6 +25,7 @@ from kuosan.diffusion.guidance import (
     CFGDenoiser,
     ClampDenoiser,
     ConcatInpaintDenoiser,
+    PerpNegDenoiser,
     ReplaceInpaintDenoiser,
     broadcast_batch,
 )
@@ -247,9 +248,14 @@ class TextToImagePipeline:
         g = sampling_grid(self.schedule, self.scheduler, steps, grid, sampler or self.defaults["sampler"])
         return g.sigmas, g.final_sigma, steps
 
-    def _guided(self, uncond: dict, guidance: float, inpainting: bool, latent_shape):
+    def _guided(self, uncond: dict, guidance: float, inpainting: bool, latent_shape, *, negatives=(), weights=()):
+        """The denoiser a request samples with: classifier-free guidance against ``uncond`` (Perp-Neg
+        with the conditionings ``negatives`` at ``weights``, if given), x0 clamping for a pixel
+        model, an inpainting model's inputs when it does plain text-to-image."""
         den = self.denoiser
-        if uncond:
+        if negatives:
+            den = PerpNegDenoiser(den, uncond, list(negatives), list(weights), guidance)
+        elif uncond:
             den = CFGDenoiser(den, uncond, guidance)
         if self.clip:
             den = ClampDenoiser(den)

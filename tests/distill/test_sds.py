@@ -143,3 +143,19 @@ def test_cli_sds_through_a_latent_model_and_bad_input(tmp_path):
                   "t_min")  # fmt: skip
     fails_cleanly(kuosan("sds", sd, "red", "--steps", 0, "--out", tmp_path / "x.png", check=False), "steps")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_decoded_target_is_sds_in_image_space():
+    """With the identity as decoder the image-space form equals the SDS gradient itself; with a
+    linear decoder A it is w (x - A x0_hat) / s."""
+    from kuosan.distill.sds import decoded_sds_gradient
+
+    mean, var = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.3, 1.0, 0.1], dtype=torch.float64)
+    den = GaussianMixtureDenoiser(torch.ones(1, dtype=torch.float64), mean[None], torch.diag(var)[None])
+    sds = ScoreDistillation(den, SCH)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _, info = sds.step(x, 0, 1, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(decoded_sds_gradient(x, info["x0_hat"], info["sigma"], info["weight"]), info["grad"])
+    A = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, -1.0]], dtype=torch.float64)
+    got = decoded_sds_gradient(x @ A.T, info["x0_hat"] @ A.T, info["sigma"], info["weight"])
+    torch.testing.assert_close(got, info["grad"] @ A.T)

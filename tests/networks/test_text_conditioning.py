@@ -9,6 +9,7 @@ from kuosan.diffusion import GaussianMixtureDenoiser, gaussian_denoiser
 from kuosan.diffusion.guidance import (
     CFGDenoiser,
     ConcatInpaintDenoiser,
+    PerpNegDenoiser,
     ReplaceInpaintDenoiser,
     cfg_combine,
     inpaint_cond_image,
@@ -313,6 +314,30 @@ def test_cfg_formula_on_the_exact_oracle_in_one_call():
         torch.testing.assert_close(out, d_u + scale * (d_c - d_u))
     torch.testing.assert_close(CFGDenoiser(oracle, {"label": torch.tensor([-1])}, 1.0)(x, sigma, label=label), d_c)
     torch.testing.assert_close(cfg_combine(d_u, d_c, 0.0), d_u)
+
+
+def test_perp_neg_removes_only_the_perpendicular_part_of_a_negative():
+    """Perp-Neg on the exact oracle, in one call: a negative along the positive direction changes
+    nothing (CFG), one perpendicular to it is subtracted whole, and the general case is the formula
+    D_u + w (e_+ - w_n (e_n - proj_{e_+} e_n)), per sample."""
+    oracle = _LabelOracle()
+    x, sigma = torch.randn(6, 2, dtype=torch.float64), torch.full((6,), 0.8)
+    pos, neg, un = torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.long), torch.full((6,), -1)
+    d_u, d_p, d_n = oracle(x, sigma, label=un), oracle(x, sigma, label=pos), oracle(x, sigma, label=neg)
+    guided = PerpNegDenoiser(oracle, {"label": torch.tensor([-1])}, [{"label": torch.tensor([1])}], [1.5], 4.0)
+    oracle.calls = 0
+    out = guided(x, sigma, label=pos)
+    assert oracle.calls == 1
+    e_p, e_n = d_p - d_u, d_n - d_u
+    perp = e_n - ((e_n * e_p).sum(1, keepdim=True) / (e_p * e_p).sum(1, keepdim=True)) * e_p
+    torch.testing.assert_close(out, d_u + 4.0 * (e_p - 1.5 * perp))
+    assert ((perp * e_p).sum(1).abs() < 1e-12).all()
+    # the positive prompt as its own negative: nothing perpendicular, plain CFG
+    same = PerpNegDenoiser(oracle, {"label": torch.tensor([-1])}, [{"label": torch.tensor([0])}], [3.0], 4.0)
+    cfg = CFGDenoiser(oracle, {"label": torch.tensor([-1])}, 4.0)
+    torch.testing.assert_close(same(x, sigma, label=pos), cfg(x, sigma, label=pos))
+    with pytest.raises(ValueError, match="weights"):
+        PerpNegDenoiser(oracle, {}, [{}], [], 1.0)
 
 
 def test_cfg_guides_samples_toward_the_condition():

@@ -14,11 +14,11 @@ from PIL import Image
 from kuosan.app import build_trainer
 from kuosan.cli import main
 from kuosan.config import ConfigError, resolve_config
+from kuosan.interop.tiny import tiny_bert
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior, random_box_masks
 from kuosan.pipelines import TextToImagePipeline, downsample_mask, img2img_start_index
 from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
-from text_helpers import word_tokenizer as _word_tokenizer
 from train_helpers import assert_resume_equals_uninterrupted
 
 TINY_UNET = [
@@ -38,22 +38,7 @@ TINY_UNET = [
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    d = tmp_path_factory.mktemp("bert")
-    _, n = _word_tokenizer(d, cls_sep=True)
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=n,
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-        )
-    ).save_pretrained(d)
-    return d
+    return tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,49 @@ from kuosan.interop import diffusers as hf
 from kuosan.pipelines import TextToImagePipeline
 
 
+def load_text_pipeline(run_dir: str | Path, device: str | None = None) -> TextToImagePipeline:
+    """The text-to-image pipeline of a kuosan text run or a Stable Diffusion folder (``diffusers:DIR``);
+    ConfigError (one line) for a model without text conditioning, which score distillation needs."""
+    try:
+        if hf.is_diffusers_spec(run_dir):
+            pipe = TextToImagePipeline.from_diffusers(run_dir, device=device or "auto")
+        else:
+            pipe = TextToImagePipeline.from_run(run_dir, device=device)
+    except hf.DiffusersError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if pipe.text_encoder is None:
+        raise ConfigError(f"{run_dir} has no text conditioning: score distillation needs a text-conditional model")
+    for module in (pipe.autoencoder, getattr(pipe.denoiser, "net", None), pipe.text_encoder):
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)  # a frozen critic: gradients flow through it, not into it
+    return pipe
+
+
+def check_prompt_length(pipe: TextToImagePipeline, prompts: list[str]) -> None:
+    """ConfigError for a prompt with more tokens than the text encoder takes (it would be cut)."""
+    enc = pipe.text_encoder
+    tokenizer, most = getattr(enc, "tokenizer", None), getattr(enc, "max_length", None)
+    if tokenizer is None or most is None:
+        return
+    for prompt in prompts:
+        count = len(tokenizer(prompt, verbose=False)["input_ids"])
+        if count > most:
+            raise ConfigError(
+                f"the prompt {prompt[:40] + '...' if len(prompt) > 40 else prompt!r} has {count} tokens; "
+                f"this model's text encoder takes at most {most}"
+            )
+
+
+def model_input(pipe: TextToImagePipeline, x: torch.Tensor) -> torch.Tensor:
+    """What the denoiser works on for images x in [-1, 1], differentiably: the latent s (E(x) - shift)
+    of a latent model (E the posterior's mean; a plain autoencoder's z), x itself in pixel space."""
+    if pipe.autoencoder is None:
+        return x
+    posterior = pipe.autoencoder.encode(x)
+    mean = posterior if isinstance(posterior, torch.Tensor) else posterior.mean
+    return pipe.scale_factor * (mean - (pipe.shift_factor or 0.0))
+
+
 def score_distillation(
     run_dir: str | Path,
     prompt: str,
@@ -56,15 +99,8 @@ def score_distillation(
             f"weighting is one of {', '.join(WEIGHTINGS)} and t schedule one of {', '.join(T_SCHEDULES)}; "
             f"got {weighting!r}, {t_schedule!r}"
         )
-    try:
-        if hf.is_diffusers_spec(run_dir):
-            pipe = TextToImagePipeline.from_diffusers(run_dir, device=device or "auto")
-        else:
-            pipe = TextToImagePipeline.from_run(run_dir, device=device)
-    except hf.DiffusersError as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
-    if pipe.text_encoder is None:
-        raise ConfigError(f"{run_dir} has no text conditioning: score distillation needs a text-conditional model")
+    pipe = load_text_pipeline(run_dir, device)
+    check_prompt_length(pipe, [prompt, negative or ""])
     try:
         sds = ScoreDistillation(
             None, pipe.schedule, t_min=t_min, t_max=t_max, weighting=weighting, t_schedule=t_schedule,
@@ -83,16 +119,9 @@ def score_distillation(
     scale = 0.1 if in_latents else 0.05
     image = (scale * devices.randn(shape, generator=g, device=where)).requires_grad_(True)
     opt = torch.optim.Adam([image], lr=lr)
-    for module in (pipe.autoencoder, getattr(pipe.denoiser, "net", None)):
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
 
     def latent(x: torch.Tensor) -> torch.Tensor:
-        if pipe.autoencoder is None or in_latents:
-            return x
-        posterior = pipe.autoencoder.encode(x)
-        mean = posterior if isinstance(posterior, torch.Tensor) else posterior.mean  # a plain AE: its z
-        return pipe.scale_factor * (mean - (pipe.shift_factor or 0.0))
+        return x if in_latents else model_input(pipe, x)
 
     from tqdm import tqdm
 

@@ -253,6 +253,51 @@ def sds(args) -> int:
     return 0
 
 
+def dreamfusion(args) -> int:
+    _quiet_transformers()
+    report = app.dreamfusion(
+        args.run,
+        args.prompt,
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        negative=args.negative,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        t_min=args.t_min,
+        t_max=args.t_max,
+        weighting=args.weighting,
+        t_schedule=args.t_schedule,
+        t_max_end=args.t_max_end,
+        azimuth=tuple(args.azimuth),
+        elevation=tuple(args.elevation),
+        radius=tuple(args.radius),
+        fov=tuple(args.fov),
+        view_prompts=args.view_prompts,
+        perp_neg=args.perp_neg,
+        perp_neg_weight=args.perp_neg_weight,
+        grad_clip=args.grad_clip,
+        albedo_warmup=args.albedo_warmup,
+        textureless=args.textureless,
+        min_ambient=args.min_ambient,
+        decoded_target=args.decoded_target,
+        lambda_orientation=args.lambda_orientation,
+        lambda_entropy=args.lambda_entropy,
+        n_samples=args.samples,
+        encoding=args.encoding,
+        n_frequencies=args.frequencies,
+        background=args.background,
+        init=args.init,
+        mesh=args.save_mesh,
+        mesh_level=args.mesh_level,
+        device=args.device,
+        progress=True,
+    )
+    print(json.dumps(report))
+    return 0
+
+
 def export(args) -> int:
     print(json.dumps(app.export(args.run, args.out, format=args.format, weights=args.weights)))
     return 0
@@ -280,6 +325,7 @@ COMMANDS = {
     "inpaint": text_to_image,
     "export": export,
     "sds": sds,
+    "dreamfusion": dreamfusion,
 }
 
 __all__ = ["COMMANDS", "UserError"]

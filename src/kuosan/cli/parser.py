@@ -275,6 +275,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_device_options(p, precision=False)
     p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy (array (N, C, H, W) in [-1, 1])")
+    p = sub.add_parser(
+        "dreamfusion",
+        help="a NeRF optimised by score distillation through a frozen text model (DreamFusion): views, turntable",
+    )
+    p.add_argument("run", help=RUN_OR_SD_HELP)
+    p.add_argument("prompt")
+    p.add_argument("--out", required=True, help="a new or empty folder (views.npy, turntable.gif, nerf.safetensors...)")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (one render and denoiser call each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=20.0, help="classifier-free guidance (DreamFusion: 100)")
+    p.add_argument("--negative", "--negative-prompt", default="", help="negative prompt")
+    p.add_argument("--lr", type=float, default=5e-3, help="Adam's learning rate on the NeRF")
+    p.add_argument("--batch-size", type=int, default=1, help="cameras per step")
+    p.add_argument("--t-min", type=float, default=0.02, help="smallest timestep, as a fraction of T")
+    p.add_argument("--t-max", type=float, default=0.98, help="largest timestep, as a fraction of T")
+    p.add_argument("--t-schedule", default="anneal", choices=["random", "anneal"], help="anneal: t-max to --t-max-end")
+    p.add_argument("--t-max-end", type=float, default=0.5)
+    p.add_argument("--weighting", default="1-abar", choices=["1-abar", "sigma", "uniform"], help="w(t)")
+    for name, default, what in (
+        ("azimuth", (-180.0, 180.0), "degrees"), ("elevation", (-10.0, 60.0), "degrees"),
+        ("radius", (1.0, 1.5), "camera distance from the centre"), ("fov", (40.0, 70.0), "vertical, degrees"),
+    ):  # fmt: skip
+        p.add_argument(f"--{name}", type=float, nargs=2, default=default, metavar=("LO", "HI"), help=f"{what}")
+    p.add_argument("--view-prompts", action="store_true", help="append ', front/side/back/overhead view' by camera")
+    p.add_argument("--perp-neg", action="store_true", help="Perp-Neg: the other views' prompts as negatives")
+    p.add_argument("--perp-neg-weight", type=float, default=1.0)
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the NeRF's gradient norm (0: off)")
+    p.add_argument("--albedo-warmup", type=float, default=0.3, help="fraction of steps rendering albedo only")
+    p.add_argument("--textureless", type=float, default=0.0, help="probability of a textureless (white) render")
+    p.add_argument("--min-ambient", type=float, default=0.6, help="the ambient light is drawn from [this, 1]")
+    p.add_argument("--lambda-orientation", type=float, default=1e-2, help="weight of the orientation regulariser")
+    p.add_argument("--lambda-entropy", type=float, default=0.0, help="weight of the opacity entropy regulariser")
+    p.add_argument("--samples", type=int, default=48, help="samples per ray")
+    p.add_argument(
+        "--encoding", default="frequency", choices=["frequency", "hashgrid"], help="the NeRF's input encoding"
+    )
+    p.add_argument(
+        "--frequencies", type=int, default=3, help="octaves of the frequency encoding (more: finer detail, and noise)"
+    )
+    p.add_argument(
+        "--background", default="fixed", choices=["mlp", "fixed"], help="fixed: dark grey; mlp: learned, by direction"
+    )
+    p.add_argument(
+        "--decoded-target",
+        action="store_true",
+        help="latent model: the SDS target decoded to pixels instead of the gradient through the encoder",
+    )
+    p.add_argument("--init", help="start from an earlier run's nerf.safetensors (its config.json beside it)")
+    p.add_argument("--save-mesh", nargs="?", const="ply", choices=["ply", "obj"], help="also write mesh.ply/.obj")
+    p.add_argument("--mesh-level", type=float, help="the density of the mesh's surface (default ln 2 / 0.1)")
+    add_device_options(p, precision=False)
     p = sub.add_parser("export", help="write a trained run as a diffusers folder (from_pretrained loads it)")
     p.add_argument(
         "run",

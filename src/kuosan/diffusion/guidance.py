@@ -1,5 +1,5 @@
 """Denoiser wrappers that are themselves Denoisers, so every sampler gets them for free: x0 clamping,
-classifier-free guidance, and two kinds of inpainting.
+classifier-free guidance (and Perp-Neg's negative prompts), and two kinds of inpainting.
 
 Notation: the contract D(x, sigma, **cond) -> x0_hat in VE scaling (x = x0 + sigma * eps); ``cond``
 is the conditioning a network takes (e.g. ``context``, ``context_mask``, ``pooled``, ``cond_image``),
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from kuosan.utils import append_dims
 
 
 class ClampDenoiser(nn.Module):
@@ -71,6 +73,50 @@ class CFGDenoiser(nn.Module):
         sigma = torch.cat([sigma.expand(b)] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
         d_uncond, d_cond = self.denoiser(torch.cat([x, x]), sigma, **both).chunk(2)
         return cfg_combine(d_uncond, d_cond, self.scale)
+
+
+def perpendicular_component(e: torch.Tensor, e_pos: torch.Tensor) -> torch.Tensor:
+    """The part of e perpendicular to e_pos, per sample: e - (<e, e_pos> / ||e_pos||^2) e_pos."""
+    dot = (e * e_pos).flatten(1).sum(1)
+    norm2 = e_pos.pow(2).flatten(1).sum(1).clamp(min=1e-12)
+    return e - append_dims(dot / norm2, e.ndim) * e_pos
+
+
+class PerpNegDenoiser(nn.Module):
+    """Perp-Neg guidance (Armandpour et al. 2023) as a Denoiser: negative prompts push only along the
+    part of their direction that is perpendicular to the positive prompt's, so a negative that shares
+    content with the prompt (DreamFusion's "back view" against "front view" of one object) removes
+    what differs without cancelling the object:
+
+        D = D_u + w (e_+ - sum_i w_i perp(e_i, e_+)),   e_+ = D_c - D_u,  e_i = D_(neg i) - D_u.
+
+    The paper writes it on eps_hat; eps = (x - D) / sigma is affine in D with one factor per sample and
+    the perpendicular part is homogeneous, so the x0 form is the same combination. One evaluation on
+    the batch [x, x, x, ...] (uncond, cond, each negative); ``negatives`` are conditioning dicts
+    (batch 1 or B), ``weights`` their w_i (>= 0). With no negatives it is :class:`CFGDenoiser`.
+    """
+
+    def __init__(self, denoiser, uncond: dict, negatives: list[dict], weights: list[float], scale: float):
+        super().__init__()
+        if len(negatives) != len(weights):
+            raise ValueError(f"{len(negatives)} negative conditionings for {len(weights)} weights")
+        self.denoiser, self.uncond, self.scale = denoiser, dict(uncond), float(scale)
+        self.negatives, self.weights = [dict(n) for n in negatives], [float(w) for w in weights]
+
+    def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        b, k = x.shape[0], 2 + len(self.negatives)
+        parts = [self.uncond, cond, *self.negatives]
+        both = {}
+        for key, value in cond.items():
+            c = broadcast_batch(value, b, key)
+            both[key] = torch.cat([broadcast_batch(p[key], b, key) if key in p else c for p in parts])
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(b)
+        d = self.denoiser(torch.cat([x] * k), torch.cat([sigma] * k), **both).chunk(k)
+        d_u, e_pos = d[0], d[1] - d[0]
+        guided = e_pos
+        for w, d_neg in zip(self.weights, d[2:]):
+            guided = guided - w * perpendicular_component(d_neg - d_u, e_pos)
+        return d_u + self.scale * guided
 
 
 def inpaint_cond_image(mask: torch.Tensor, x0_known: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,8 @@ class ScoreDistillation:
     """SDS with a frozen Denoiser on a discrete VP schedule: ``step(x, i, n, generator, **cond) ->
     (surrogate loss, info)`` draws t and eps for optimisation step i of n and returns the surrogate
     whose backward puts the SDS gradient on x (module doc); ``info`` has the timestep, the weight,
-    the mean squared residual ||eps_hat - eps||^2 and the gradient itself."""
+    the noise level, the mean squared residual ||eps_hat - eps||^2, the gradient itself and the
+    denoised x0_hat = D(x + s eps, s) (for a target in another space: :func:`decoded_sds_gradient`)."""
 
     denoiser: object
     schedule: DiscreteSchedule
@@ -121,19 +122,39 @@ class ScoreDistillation:
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where).to(x.device)
         return t, eps
 
-    def step(self, x: torch.Tensor, i: int, n: int, generator: torch.Generator | None = None, **cond):
+    def level(self, x: torch.Tensor, i: int, n: int, generator: torch.Generator | None = None):
+        """(t, eps, sigma, w) of step i of n: the drawn timesteps and noise, their VE noise level
+        s = sqrt((1 - abar) / abar) and weight w(t), each per sample."""
         t, eps = self.draw(x, i, n, generator)
         abar = self.schedule.abar.to(x.device)[t]
         sigma = ((1 - abar) / abar).sqrt().to(x.dtype)
-        w = sds_weight(abar, self.weighting).to(x.dtype)
+        return t, eps, sigma, sds_weight(abar, self.weighting).to(x.dtype)
+
+    def step(self, x: torch.Tensor, i: int, n: int, generator: torch.Generator | None = None, **cond):
+        t, eps, sigma, w = self.level(x, i, n, generator)
         grad, residual = sds_gradient(self.denoiser, x, sigma, eps, weight=w, **cond)
         info = {
             "t": t,
             "weight": w,
+            "sigma": sigma,
             "residual_sq": residual.pow(2).flatten(1).mean(1),
             "grad": grad,
+            "x0_hat": x.detach() - append_dims(sigma, x.ndim) * residual,  # D(x + s eps, s)
         }
         return sds_surrogate(x, grad), info
+
+
+def decoded_sds_gradient(
+    image: torch.Tensor, decoded_x0_hat: torch.Tensor, sigma: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """SDS with the target in image space, for a latent model whose generator renders pixels:
+    grad_x = w(t) (x - Dec(x0_hat)) / s, the pixel-space form of w(t) (z - x0_hat) / s with the
+    denoised latent decoded (HiFA's image-space loss, Zhu et al. 2023). It asks no backward pass
+    through the encoder, whose Jacobian off the image manifold turns latent gradients into
+    high-frequency pixel patterns (docs/score_distillation.md)."""
+    s = append_dims(sigma.to(image.dtype), image.ndim)
+    w = append_dims(weight.to(image.dtype), image.ndim)
+    return w * (image.detach() - decoded_x0_hat.to(image.dtype)) / s
 
 
 def kl_form_step(grad: torch.Tensor, x_before: torch.Tensor, x_after: torch.Tensor) -> float:
@@ -162,6 +183,7 @@ __all__ = [
     "T_SCHEDULES",
     "WEIGHTINGS",
     "cosine_lr",
+    "decoded_sds_gradient",
     "kl_form_change",
     "kl_form_step",
     "sds_gradient",

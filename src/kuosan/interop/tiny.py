@@ -33,6 +33,29 @@ def word_tokenizer(directory, cls_sep: bool):
     return tok, len(vocab)
 
 
+def tiny_bert(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny random BERT (hidden size 24, one layer) with :func:`word_tokenizer`'s vocabulary, saved to
+    ``folder``: a text encoder for kuosan's own text runs (``text.encoder=path:FOLDER``)."""
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder)
+    _, n = word_tokenizer(folder, cls_sep=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(
+            BertConfig(
+                vocab_size=n,
+                hidden_size=24,
+                intermediate_size=48,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=16,
+            )
+        )
+    model.save_pretrained(folder)
+    return folder
+
+
 def tiny_ddpm(folder: Path, *, seed: int = 0, **scheduler) -> Path:
     """A 3x8x8 DDPM folder as DDPMPipeline.save_pretrained writes it (unet/, scheduler/)."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
