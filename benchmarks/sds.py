@@ -92,7 +92,7 @@ def main() -> int:
                 if key != "read":
                     totals.setdefault(f"{name}_{key}", []).append(value)
         for key, value in report["seconds_per_step"].items():
-            split[key] = split.get(key, 0.0) + value / args.prompts
+            split[key] = split.get(key, 0.0) + value / len(PROMPTS[: args.prompts])
     if args.picture:
         from kuosan.imaging import save_samples_png
 

@@ -25,10 +25,12 @@ FAST = ["--steps", 4, "--samples", 8, "--albedo-warmup", 0.5]
 
 def test_dreamfusion_writes_views_turntable_nerf_log_and_mesh(sd, tmp_path):
     """Through a latent model (renders -> frozen VAE encoder -> SDS): every output is there and
-    readable, the NeRF moved from its start, and the same seed gives the same views."""
+    readable, the NeRF moved from its seeded start, the same seed gives the same views, and --init
+    with --steps 0 renders a saved NeRF again exactly."""
     from PIL import Image
 
     from kuosan.app.text_to_3d import load_nerf
+    from kuosan.networks.nerf import NeRF
 
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
@@ -37,13 +39,17 @@ def test_dreamfusion_writes_views_turntable_nerf_log_and_mesh(sd, tmp_path):
     views = np.load(outs[0] / "views.npy")
     assert views.shape == (8, 3, 32, 32) and views.dtype == np.float32 and np.abs(views).max() <= 1
     assert np.array_equal(views, np.load(outs[1] / "views.npy"))
-    assert views.std(axis=0).mean() > 0  # the 8 azimuths see different things (the background turns)
     gif = Image.open(outs[0] / "turntable.gif")
     assert gif.n_frames == 24 and gif.size == (3 * 4 * 32, 4 * 32)  # shaded | textureless | normals, 4x
     nerf, config = load_nerf(outs[0])
     assert config["prompt"] == "a red circle" and config["steps"] == 4 and config["nerf"]["encoding"] == "frequency"
-    start, _ = load_nerf(outs[0])  # reload equals
-    assert all(torch.equal(p, q) for p, q in zip(nerf.state_dict().values(), start.state_dict().values()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the seed's start
+        start = NeRF(**config["nerf"])
+    moved = [not torch.equal(p, q) for p, q in zip(nerf.state_dict().values(), start.state_dict().values())]
+    assert any(moved) and config["init"] is None
+    kuosan("dreamfusion", sd, "a red circle", "--init", outs[0], "--steps", 0, "--samples", 8, "--out", tmp_path / "r")
+    assert np.array_equal(views, np.load(tmp_path / "r" / "views.npy"))
     log = [json.loads(line) for line in (outs[0] / "log.jsonl").read_text().splitlines()]
     assert (
         log[0]["step"] == 0
@@ -61,8 +67,8 @@ def test_dreamfusion_writes_views_turntable_nerf_log_and_mesh(sd, tmp_path):
 
 def test_dreamfusion_pixel_space_view_prompts_and_perp_neg(tmp_path):
     """A kuosan pixel-space text run: SDS on the rendered pixels themselves, with view-dependent
-    prompts and Perp-Neg (one denoiser call of batch 4 per step), the learned background, the hash
-    grid and textureless renders."""
+    prompts and Perp-Neg (cameras grouped by their view word; one denoiser call of 4 parts per
+    group), three cameras a step, the learned background, the hash grid and textureless renders."""
     pytest.importorskip("transformers")
     from kuosan import app
     from kuosan.app.training import build_trainer
@@ -79,10 +85,11 @@ def test_dreamfusion_pixel_space_view_prompts_and_perp_neg(tmp_path):
          "model.params.num_res_blocks=1"],
     )  # fmt: skip
     build_trainer(cfg, tmp_path / "px", progress=False).fit(steps=1)
-    report = app.dreamfusion(tmp_path / "px", "red", tmp_path / "out", steps=3, n_samples=8, view_prompts=True,
-                             perp_neg=True, background="mlp", encoding="hashgrid", textureless=0.5)  # fmt: skip
+    report = app.dreamfusion(tmp_path / "px", "red", tmp_path / "out", steps=3, n_samples=8, perp_neg=True,
+                             batch_size=3, background="mlp", encoding="hashgrid", textureless=0.5)  # fmt: skip
     assert report["views"] == [8, 3, 32, 32] and report["seconds_per_step"]["decode"] == 0
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["perp_neg"] is True
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["perp_neg"] is True and config["view_prompts"] is True  # Perp-Neg's negatives are views
 
 
 def test_dreamfusion_bad_input_is_one_line_and_loses_nothing(sd, tmp_path):
@@ -99,6 +106,8 @@ def test_dreamfusion_bad_input_is_one_line_and_loses_nothing(sd, tmp_path):
     fails_cleanly(kuosan("dreamfusion", sd, "red", "--radius", 2, 1, "--out", out, check=False), "impossible radius")
     fails_cleanly(kuosan("dreamfusion", sd, "red", "--fov", 0, 30, "--out", out, check=False), "impossible fov")
     fails_cleanly(kuosan("dreamfusion", sd, "red", "--steps", 0, "--out", out, check=False), "steps")
+    fails_cleanly(kuosan("dreamfusion", sd, "red", "--lambda-entropy", "nan", "--out", out, check=False), "entropy")
+    fails_cleanly(kuosan("dreamfusion", sd, "red", "--mesh-level", -1, "--out", out, check=False), "mesh-level")
     fails_cleanly(kuosan("dreamfusion", sd, "red", "--out", "/proc/df", check=False), "--out")
     (tmp_path / "file").write_text("keep")
     fails_cleanly(kuosan("dreamfusion", sd, "red", "--out", tmp_path / "file", check=False), "not an empty folder")

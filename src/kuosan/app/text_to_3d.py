@@ -13,6 +13,7 @@ orientation and opacity regularisers. The output folder gets ``views.npy``, ``tu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from kuosan.config import ConfigError
 from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, decoded_sds_gradient, sds_surrogate
 from kuosan.networks.nerf import NeRF, check_range, orbit_cameras, random_cameras, render, view_direction
 from kuosan.utils import replaced_whole, unwritable_reason
+
+logger = logging.getLogger(__name__)
 
 VIEW_WORDS = ("front", "side", "back", "overhead")
 VIEWS_ELEVATION = 15.0  # the 8 views of views.npy: evenly spaced azimuths at this elevation
@@ -98,35 +101,46 @@ def views(
     fov: float,
     shading: str = "lambertian",
     n_samples: int = 48,
-):
-    """n renders (n, 3, H, W) in [-1, 1] at evenly spaced azimuths (0 = front) at VIEWS_ELEVATION,
-    lit from the camera with VIEWS_AMBIENT ambient."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(images, maps): n renders (n, 3, H, W) in [-1, 1] at evenly spaced azimuths (0 = front) at
+    VIEWS_ELEVATION, lit from the camera with VIEWS_AMBIENT ambient, and the renderer's maps
+    (:func:`kuosan.networks.nerf.render`), on the CPU; one camera at a time (memory)."""
     cams = orbit_cameras(torch.arange(n) * (360.0 / n), VIEWS_ELEVATION, radius, fov)
-    out = render(nerf, cams, *size, n_samples=n_samples, shading=shading, ambient=VIEWS_AMBIENT, normals_graph=False)
-    return out["image"].cpu() * 2 - 1, out
+    maps: dict[str, list[torch.Tensor]] = {}
+    for k in range(n):
+        out = render(
+            nerf, cams[k], *size, n_samples=n_samples, shading=shading, ambient=VIEWS_AMBIENT, normals_graph=False
+        )
+        for key, value in out.items():
+            maps.setdefault(key, []).append(value.cpu())
+    joined = {key: torch.cat(v) for key, v in maps.items()}
+    return joined["image"] * 2 - 1, joined
 
 
 def write_turntable(
     nerf: NeRF, path: Path, size: tuple[int, int], *, radius: float, fov: float, frames: int = 24, n_samples: int = 48
-):
+) -> None:
     """An animated GIF: shaded, textureless and normal renders side by side, one turn of azimuths,
-    each render enlarged 4x (nearest)."""
+    each render enlarged 4x (nearest); normals as (n + 1) / 2 over a black background."""
     from PIL import Image
 
     rows = []
     for shading in ("lambertian", "textureless", "normal"):
-        if shading == "normal":
-            _, out = views(nerf, size, n=frames, radius=radius, fov=fov, n_samples=n_samples)
-            img = (out["normal"] * 0.5 + 0.5) * out["opacity"] + (1 - out["opacity"]) * 0.0
+        images, maps = views(nerf, size, n=frames, radius=radius, fov=fov, shading=shading, n_samples=n_samples)
+        if shading == "normal":  # the map is the opacity-weighted normal
+            rows.append(0.5 * maps["normal"] + 0.5 * maps["opacity"])
         else:
-            img = (views(nerf, size, n=frames, radius=radius, fov=fov, shading=shading, n_samples=n_samples)[0] + 1) / 2
-        rows.append(img.cpu().clamp(0, 1))
-    strip = torch.cat(rows, dim=3)  # (frames, 3, H, 3W)
+            rows.append((images + 1) / 2)
+    strip = torch.cat([r.clamp(0, 1) for r in rows], dim=3)  # (frames, 3, H, 3W)
     strip = torch.nn.functional.interpolate(strip, scale_factor=4, mode="nearest")
     arrays = (strip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     pictures = [Image.fromarray(a) for a in arrays]
     with replaced_whole(path) as tmp:
         pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], duration=120, loop=0)
+
+
+class EmptyMesh(ValueError):
+    """The density never crosses the mesh's level."""
 
 
 def save_mesh(nerf: NeRF, path: Path, *, resolution: int = 96, level: float | None = None) -> dict:
@@ -147,7 +161,7 @@ def save_mesh(nerf: NeRF, path: Path, *, resolution: int = 96, level: float | No
         tau = torch.cat([nerf(chunk.to(device))[0].cpu() for chunk in grid.split(65536)])
     tau = tau.reshape(resolution, resolution, resolution).numpy()
     if not tau.min() < level < tau.max():
-        raise ConfigError(f"the density never crosses the mesh level {level} (range {tau.min():.3g}..{tau.max():.3g})")
+        raise EmptyMesh(f"the density never crosses the mesh level {level} (range {tau.min():.3g}..{tau.max():.3g})")
     verts, faces, _, _ = marching_cubes(tau, level=level, spacing=(2 * b / (resolution - 1),) * 3)
     verts = verts - b
     with torch.no_grad():
@@ -181,12 +195,12 @@ def _write_mesh(tmp: Path, verts: np.ndarray, faces: np.ndarray, rho: np.ndarray
             f.write(face.tobytes())
 
 
-def _view_conditioning(pipe, prompt: str, negative: str, view_prompts: bool, perp_neg: bool, n: int):
-    """{view word or None: (cond, uncond)} of the prompt (with ", <view> view" appended per view)."""
-    words = VIEW_WORDS if view_prompts or perp_neg else (None,)
+def _view_conditioning(pipe, prompt: str, negative: str, view_prompts: bool):
+    """{view word or None: (cond, uncond)} of the prompt (with ", <view> view" appended per view), batch 1."""
+    words = VIEW_WORDS if view_prompts else (None,)
     texts = {w: prompt if w is None else f"{prompt}, {w} view" for w in words}
     check_prompt_length(pipe, [*texts.values(), negative])
-    return {w: pipe._encode([t] * n, negative or None) for w, t in texts.items()}
+    return {w: pipe._encode([t], negative or None) for w, t in texts.items()}
 
 
 def dreamfusion(
@@ -219,6 +233,7 @@ def dreamfusion(
     lambda_orientation: float = 1e-2,
     lambda_entropy: float = 0.0,
     n_samples: int = 48,
+    render_size: int | None = None,
     encoding: str = "frequency",
     n_frequencies: int = 3,
     background: str = "fixed",
@@ -235,40 +250,30 @@ def dreamfusion(
     ``perp_neg`` uses the other views' prompts as Perp-Neg negatives (weight ``perp_neg_weight``)
     against multi-faced objects. ``decoded_target`` (latent models): the SDS target decoded to pixels
     (:func:`kuosan.distill.sds.decoded_sds_gradient`) instead of the gradient pulled back through the
-    encoder. ``init``: start from an earlier run's nerf.safetensors. ``mesh``:
+    encoder. ``render_size``: render H pixels high (default the model's own size) and resize
+    bilinearly to the model's size (stable-dreamfusion renders 64 for Stable Diffusion's 512).
+    ``init``: start from an earlier run's nerf.safetensors (its architecture; ``steps=0`` renders and
+    exports it only). ``mesh``:
     also write the density's level set tau = ``mesh_level`` (:func:`save_mesh`), "ply" or "obj".
     Returns the report (also the last line of log.jsonl)."""
     out = Path(out)
-    for name, value in (("steps", steps), ("batch size", batch_size), ("samples per ray", n_samples - 1)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least {2 if name == 'samples per ray' else 1}, got {value}")
-    for name, value in (("--lr", lr), ("--guidance", guidance), ("--grad-clip", grad_clip)):
-        if not math.isfinite(value) or value < 0 or (name == "--lr" and value == 0):
-            kind = "positive" if name == "--lr" else "non-negative"
-            raise ConfigError(f"{name} must be a {kind} number, got {value}")
-    for name, value in (("albedo warm-up", albedo_warmup), ("textureless", textureless), ("min ambient", min_ambient)):
-        if not 0 <= value <= 1:
-            raise ConfigError(f"the {name} fraction must lie in [0, 1], got {value}")
-    if weighting not in WEIGHTINGS or t_schedule not in T_SCHEDULES:
-        raise ConfigError(f"weighting is one of {', '.join(WEIGHTINGS)}, t schedule one of {', '.join(T_SCHEDULES)}")
-    if mesh not in (None, "ply", "obj"):
-        raise ConfigError(f"the mesh format is ply or obj, got {mesh!r}")
-    try:
-        for name, rng, lo, hi in (
-            ("azimuth", azimuth, -360, 360), ("elevation", elevation, -90, 90), ("radius", radius, 1e-3, math.inf),
-            ("fov", fov, 1e-3, 179),
-        ):  # fmt: skip
-            check_range(name, *rng, lo, hi)
-        sds = ScoreDistillation(None, None, t_min=t_min, t_max=t_max, weighting=weighting, t_schedule=t_schedule,
-                                t_max_end=t_max_end)  # fmt: skip
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    _check_options(**{k: v for k, v in locals().items() if k in _CHECKED})
+    if mesh is not None:
+        try:
+            import skimage.measure  # noqa: F401
+        except ImportError:
+            raise ConfigError("--save-mesh needs scikit-image (pip install 'kuosan[mesh]')") from None
+    sds = ScoreDistillation(None, None, t_min=t_min, t_max=t_max, weighting=weighting, t_schedule=t_schedule,
+                            t_max_end=t_max_end)  # fmt: skip
     nerf, _ = load_nerf(init) if init is not None else (None, None)
     _writable_folder(out)
 
     pipe = load_text_pipeline(run_dir, device)
+    if pipe.image_shape()[0] != 3:
+        raise ConfigError(f"{run_dir} makes {pipe.image_shape()[0]}-channel images; a NeRF renders RGB")
+    view_prompts = view_prompts or perp_neg
     try:
-        conds = _view_conditioning(pipe, prompt, negative, view_prompts, perp_neg, batch_size)
+        conds = _view_conditioning(pipe, prompt, negative, view_prompts)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     sds.schedule = pipe.schedule
@@ -279,6 +284,7 @@ def dreamfusion(
             nerf = NeRF(encoding=encoding, n_frequencies=n_frequencies, background=background)
     nerf.to(where)
     size = tuple(pipe.image_shape()[1:])
+    rsize = size if render_size is None else (render_size, render_size * size[1] // size[0])
     guided = {}
     for word, (_, uncond) in conds.items():
         negatives = []
@@ -289,93 +295,189 @@ def dreamfusion(
         )
     opt = torch.optim.Adam(nerf.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
     g = torch.Generator().manual_seed(seed)
-    settings = {
-        "prompt": prompt, "negative": negative, "run": str(run_dir), "steps": steps, "seed": seed,
-        "guidance": guidance, "lr": lr, "batch_size": batch_size, "t_min": t_min, "t_max": t_max,
-        "weighting": weighting, "t_schedule": t_schedule, "t_max_end": t_max_end, "azimuth": list(azimuth),
-        "elevation": list(elevation), "radius": list(radius), "fov": list(fov), "view_prompts": view_prompts,
-        "perp_neg": perp_neg, "perp_neg_weight": perp_neg_weight, "grad_clip": grad_clip,
-        "albedo_warmup": albedo_warmup, "textureless": textureless, "min_ambient": min_ambient,
-        "lambda_orientation": lambda_orientation, "lambda_entropy": lambda_entropy, "n_samples": n_samples,
-        "decoded_target": decoded_target,
-    }  # fmt: skip
-    seconds = {"render": 0.0, "encode": 0.0, "denoiser": 0.0, "decode": 0.0, "backward": 0.0}
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items() if k in _RECORDED}
+    settings.update(run=str(run_dir), init=None if init is None else str(init), render_size=list(rsize))
+    seconds = dict.fromkeys(("render", "encode", "denoiser", "decode", "backward"), 0.0)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create --out {out}: {e.strerror or e}") from None
-    log = open(out / "log.jsonl", "w")
     from tqdm import tqdm
 
-    start = time.perf_counter()
-    try:
-        bar = tqdm(range(steps), desc="dreamfusion", disable=None if progress else True, leave=False)
-        for i in bar:
-            opt.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            cams = random_cameras(batch_size, azimuth=azimuth, elevation=elevation, radius=radius, fov=fov, generator=g)
-            u = torch.rand(2, generator=g)
-            shading = "albedo" if i < albedo_warmup * steps else ("textureless" if u[0] < textureless else "lambertian")
-            ambient = min_ambient + (1 - min_ambient) * u[1]
-            light = cams.origin + torch.randn(batch_size, 3, generator=g)
-            with devices.autocast(where, pipe.precision):
-                r = render(nerf, cams, *size, n_samples=n_samples, shading=shading, light=light, ambient=ambient,
-                           generator=g)  # fmt: skip
-                t1 = time.perf_counter()
-                x = r["image"] * 2 - 1
-                in_image = decoded_target and pipe.autoencoder is not None
-                with torch.set_grad_enabled(not in_image):  # the image-space target: no encoder backward
-                    z = model_input(pipe, x)
-                t2 = time.perf_counter()
-                word = None
-                if len(guided) > 1:
-                    word = view_direction(float(cams.azimuth[0]), float(cams.elevation[0]))
-                sds.denoiser = guided[word]
-                loss, info = sds.step(z, i, steps, g, **conds[word][0])
-                t3 = time.perf_counter()
-                if in_image:
-                    x_hat = pipe.decode(info["x0_hat"]).clone().to(where)
-                    loss = sds_surrogate(x, decoded_sds_gradient(x, x_hat, info["sigma"], info["weight"]))
-                t4 = time.perf_counter()
-                reg = lambda_orientation * r["orientation"].mean() + lambda_entropy * r["entropy"].mean()
-            (loss / batch_size + reg).backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(nerf.parameters(), grad_clip)
-            opt.step()
-            t5 = time.perf_counter()
-            for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                seconds[key] += dt
-            residual = float(info["residual_sq"].mean())
-            if not math.isfinite(residual) or not math.isfinite(float(reg.detach())):
-                raise ConfigError(f"the SDS residual became {residual} at step {i}; try a smaller --lr or --grad-clip")
-            if i % 10 == 0 or i == steps - 1:
-                check_finite(nerf, f"after step {i}")
-                entry = {
-                    "step": i, "t": int(info["t"][0]), "shading": shading, "residual_sq": round(residual, 5),
-                    "orientation": float(r["orientation"].detach().mean()),
-                    "opacity": float(r["opacity"].detach().mean()),
-                    "seconds": round(time.perf_counter() - start, 3),
+    start, i = time.perf_counter(), -1
+    with open(out / "log.jsonl", "w") as log:
+        try:
+            for i in tqdm(range(steps), desc="dreamfusion", disable=None if progress else True, leave=False):
+                cams = random_cameras(batch_size, azimuth=azimuth, elevation=elevation, radius=radius, fov=fov,
+                                      generator=g)  # fmt: skip
+                u = torch.rand(2, generator=g)
+                look = {
+                    "shading": "albedo" if i < albedo_warmup * steps else
+                               ("textureless" if u[0] < textureless else "lambertian"),
+                    "ambient": min_ambient + (1 - min_ambient) * u[1],
+                    "light": cams.origin + torch.randn(batch_size, 3, generator=g),
                 }  # fmt: skip
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
+                words = [None] * batch_size
+                if view_prompts:
+                    words = [view_direction(float(a), float(e)) for a, e in zip(cams.azimuth, cams.elevation)]
+                r, info = _step(
+                    nerf, opt, pipe, sds, guided, conds, cams, words, look, i, steps, g, seconds, rsize, size,
+                    n_samples=n_samples, decoded_target=decoded_target, grad_clip=grad_clip,
+                    lambdas=(lambda_orientation, lambda_entropy),
+                )  # fmt: skip
+                if i % 10 == 0 or i == steps - 1:
+                    check_finite(nerf, f"after step {i}")
+                    entry = {
+                        "step": i, "t": int(info["t"][0]), "shading": look["shading"],
+                        "residual_sq": round(info["residual"], 5),
+                        "orientation": float(r["orientation"].detach().mean()),
+                        "opacity": float(r["opacity"].detach().mean()),
+                        "seconds": round(time.perf_counter() - start, 3),
+                    }  # fmt: skip
+                    log.write(json.dumps(entry) + "\n")
+                    log.flush()
+        except BaseException:  # an error or an interrupt: keep what was made, if it is sound
+            if i > 0 and all(torch.isfinite(p).all() for p in nerf.parameters()):
+                save_nerf(nerf, out, {**settings, "stopped_at_step": i})
+            raise
         check_finite(nerf, "at the end")
         elapsed = time.perf_counter() - start
-        mid_r, mid_fov = sum(radius) / 2, sum(fov) / 2
-        images, rendered = views(nerf, size, radius=mid_r, fov=mid_fov, n_samples=n_samples)
-        with replaced_whole(out / "views.npy") as tmp:
-            np.save(tmp, images.numpy().astype(np.float32))
-        write_turntable(nerf, out / "turntable.gif", size, radius=mid_r, fov=mid_fov, n_samples=n_samples)
-        save_nerf(nerf, out, settings)
-        report = {
-            "out": str(out), "prompt": prompt, "steps": steps, "seconds": round(elapsed, 1),
-            "seconds_per_step": {k: round(v / steps, 4) for k, v in seconds.items()},
-            "views": list(images.shape), "view_opacity": round(float(rendered["opacity"].mean()), 4),
-        }  # fmt: skip
-        if mesh is not None:
-            report["mesh"] = {"file": f"mesh.{mesh}", **save_mesh(nerf, out / f"mesh.{mesh}", level=mesh_level)}
+        report = _write_results(nerf, out, settings, size, radius, fov, n_samples, mesh, mesh_level)
+        report.update(prompt=prompt, steps=steps, seconds=round(elapsed, 1))
+        report["seconds_per_step"] = {k: round(v / max(steps, 1), 4) for k, v in seconds.items()}
         log.write(json.dumps({"report": report}) + "\n")
-    finally:
-        log.close()
+    return report
+
+
+_CHECKED = (
+    "steps", "batch_size", "n_samples", "lr", "guidance", "grad_clip", "perp_neg_weight", "lambda_orientation",
+    "lambda_entropy", "albedo_warmup", "textureless", "min_ambient", "weighting", "t_schedule", "t_min", "t_max",
+    "t_max_end", "mesh", "mesh_level", "azimuth", "elevation", "radius", "fov", "init", "render_size",
+)  # fmt: skip
+_RECORDED = (
+    "prompt", "negative", "steps", "seed", "guidance", "lr", "batch_size", "t_min", "t_max", "weighting",
+    "t_schedule", "t_max_end", "azimuth", "elevation", "radius", "fov", "view_prompts", "perp_neg",
+    "perp_neg_weight", "grad_clip", "albedo_warmup", "textureless", "min_ambient", "lambda_orientation",
+    "lambda_entropy", "n_samples", "decoded_target",
+)  # fmt: skip
+
+
+def _check_options(**o) -> None:
+    """ConfigError (one line) for an option no run can use; before any work."""
+    if o["steps"] < (0 if o["init"] is not None else 1):
+        raise ConfigError(f"steps must be at least 1 (0 with --init: render and export only), got {o['steps']}")
+    if o["batch_size"] < 1 or o["n_samples"] < 2:
+        raise ConfigError(f"need a batch size >= 1 and >= 2 samples per ray, got {o['batch_size']}, {o['n_samples']}")
+    if o["render_size"] is not None and o["render_size"] < 4:
+        raise ConfigError(f"the render size must be at least 4 pixels, got {o['render_size']}")
+    for name in ("lr", "guidance", "grad_clip", "perp_neg_weight", "lambda_orientation", "lambda_entropy"):
+        value = o[name]
+        if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+            kind = "positive" if name == "lr" else "non-negative"
+            raise ConfigError(f"--{name.replace('_', '-')} must be a {kind} number, got {value}")
+    for name in ("albedo_warmup", "textureless", "min_ambient"):
+        if not 0 <= o[name] <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {o[name]}")
+    if o["weighting"] not in WEIGHTINGS or o["t_schedule"] not in T_SCHEDULES:
+        raise ConfigError(f"weighting is one of {', '.join(WEIGHTINGS)}, t schedule one of {', '.join(T_SCHEDULES)}")
+    if o["mesh"] not in (None, "ply", "obj"):
+        raise ConfigError(f"the mesh format is ply or obj, got {o['mesh']!r}")
+    if o["mesh_level"] is not None and not (math.isfinite(o["mesh_level"]) and o["mesh_level"] > 0):
+        raise ConfigError(f"--mesh-level must be a positive density, got {o['mesh_level']}")
+    try:
+        for name, lo, hi in (
+            ("azimuth", -360, 360),
+            ("elevation", -90, 90),
+            ("radius", 1e-3, math.inf),
+            ("fov", 1e-3, 179),
+        ):
+            check_range(name, *o[name], lo, hi)
+        ScoreDistillation(None, None, t_min=o["t_min"], t_max=o["t_max"], t_schedule=o["t_schedule"],
+                          t_max_end=o["t_max_end"])  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _decode(pipe, z: torch.Tensor) -> torch.Tensor:
+    """Dec(z / s + shift) on the pipeline's device, no graph, not clamped."""
+    with torch.no_grad():
+        z = z / pipe.scale_factor
+        if pipe.shift_factor is not None:
+            z = z + pipe.shift_factor
+        return pipe.autoencoder.decode(z).float()
+
+
+def _step(nerf, opt, pipe, sds, guided, conds, cams, words, look, i, steps, g, seconds, rsize, size, *, n_samples,
+          decoded_target, grad_clip, lambdas):  # fmt: skip
+    """One optimisation step: render the cameras (at ``rsize``, resized to the model's ``size``), map
+    the renders to the denoiser's input, SDS on each group of cameras that shares a view word,
+    regularisers, backward, Adam. Adds the time of each part to ``seconds``; returns (render maps,
+    info with t, the mean squared residual)."""
+    where = pipe.device
+
+    def tick(key: str, t0: float) -> float:
+        devices.synchronize(where)
+        now = time.perf_counter()
+        seconds[key] += now - t0
+        return now
+
+    opt.zero_grad(set_to_none=True)
+    t = time.perf_counter()
+    r = render(nerf, cams, *rsize, n_samples=n_samples, generator=g, **look)  # full precision: the NeRF trains
+    x = r["image"] * 2 - 1
+    if tuple(rsize) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    t = tick("render", t)
+    in_image = decoded_target and pipe.autoencoder is not None
+    with devices.autocast(where, pipe.precision):
+        with torch.set_grad_enabled(not in_image):  # the image-space target asks no encoder backward
+            z = model_input(pipe, x)
+        t = tick("encode", t)
+        loss, residuals, ts, targets = 0.0, [], [], []
+        for word in dict.fromkeys(words):  # the cameras of one view word share a prompt
+            idx = [k for k, w in enumerate(words) if w == word]
+            cond = {key: v.expand(len(idx), *v.shape[1:]) for key, v in conds[word][0].items()}
+            sds.denoiser = guided[word]
+            part, info = sds.step(z[idx], i, steps, g, **cond)
+            loss = loss + part
+            residuals.append(info["residual_sq"])
+            ts.append(info["t"])
+            targets.append((idx, info))
+        t = tick("denoiser", t)
+        if in_image:  # w (Dec(z) - Dec(x0_hat)) / s: the decoder's own reconstruction error cancels
+            loss = 0.0
+            for idx, info in targets:
+                grad = decoded_sds_gradient(_decode(pipe, z[idx]), _decode(pipe, info["x0_hat"]), info["sigma"],
+                                            info["weight"])  # fmt: skip
+                loss = loss + sds_surrogate(x[idx], grad)
+        t = tick("decode", t)
+    reg = lambdas[0] * r["orientation"].mean() + lambdas[1] * r["entropy"].mean()
+    (loss / len(words) + reg).backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(nerf.parameters(), grad_clip)
+    opt.step()
+    tick("backward", t)
+    residual = float(torch.cat(residuals).mean())
+    if not math.isfinite(residual):
+        raise ConfigError(f"the SDS residual became {residual} at step {i}; try a smaller --lr or --grad-clip")
+    return r, {"t": torch.cat(ts), "residual": residual}
+
+
+def _write_results(nerf, out, settings, size, radius, fov, n_samples, mesh, mesh_level) -> dict:
+    """views.npy, turntable.gif, nerf.safetensors + config.json and the mesh; the report's part on them."""
+    mid_r, mid_fov = sum(radius) / 2, sum(fov) / 2
+    images, maps = views(nerf, size, radius=mid_r, fov=mid_fov, n_samples=n_samples)
+    with replaced_whole(out / "views.npy") as tmp:
+        np.save(tmp, images.numpy().astype(np.float32))
+    write_turntable(nerf, out / "turntable.gif", size, radius=mid_r, fov=mid_fov, n_samples=n_samples)
+    save_nerf(nerf, out, settings)
+    report = {"out": str(out), "views": list(images.shape), "view_opacity": round(float(maps["opacity"].mean()), 4)}
+    if mesh is not None:
+        try:
+            report["mesh"] = {"file": f"mesh.{mesh}", **save_mesh(nerf, out / f"mesh.{mesh}", level=mesh_level)}
+        except EmptyMesh as e:  # not bad input: what the optimisation made has no such surface
+            logger.warning("no mesh written: %s", e)
+            report["mesh"] = {"skipped": str(e)}
     return report
 
 

@@ -285,6 +285,7 @@ def dreamfusion(args) -> int:
         lambda_orientation=args.lambda_orientation,
         lambda_entropy=args.lambda_entropy,
         n_samples=args.samples,
+        render_size=args.render_size,
         encoding=args.encoding,
         n_frequencies=args.frequencies,
         background=args.background,

@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-orientation", type=float, default=1e-2, help="weight of the orientation regulariser")
     p.add_argument("--lambda-entropy", type=float, default=0.0, help="weight of the opacity entropy regulariser")
     p.add_argument("--samples", type=int, default=48, help="samples per ray")
+    p.add_argument("--render-size", type=int, help="render this many pixels high, resized to the model's size")
     p.add_argument(
         "--encoding", default="frequency", choices=["frequency", "hashgrid"], help="the NeRF's input encoding"
     )
@@ -322,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="latent model: the SDS target decoded to pixels instead of the gradient through the encoder",
     )
-    p.add_argument("--init", help="start from an earlier run's nerf.safetensors (its config.json beside it)")
+    p.add_argument(
+        "--init",
+        help="start from an earlier run's nerf.safetensors (its config.json beside it); --steps 0: export only",
+    )
     p.add_argument("--save-mesh", nargs="?", const="ply", choices=["ply", "obj"], help="also write mesh.ply/.obj")
     p.add_argument("--mesh-level", type=float, help="the density of the mesh's surface (default ln 2 / 0.1)")
     add_device_options(p, precision=False)

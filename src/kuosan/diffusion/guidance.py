@@ -93,7 +93,8 @@ class PerpNegDenoiser(nn.Module):
     The paper writes it on eps_hat; eps = (x - D) / sigma is affine in D with one factor per sample and
     the perpendicular part is homogeneous, so the x0 form is the same combination. One evaluation on
     the batch [x, x, x, ...] (uncond, cond, each negative); ``negatives`` are conditioning dicts
-    (batch 1 or B), ``weights`` their w_i (>= 0). With no negatives it is :class:`CFGDenoiser`.
+    (batch 1 or B), ``weights`` their w_i (>= 0), fixed (stable-dreamfusion interpolates them by the
+    camera's azimuth). With no negatives it is :class:`CFGDenoiser`.
     """
 
     def __init__(self, denoiser, uncond: dict, negatives: list[dict], weights: list[float], scale: float):
@@ -106,6 +107,9 @@ class PerpNegDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
         b, k = x.shape[0], 2 + len(self.negatives)
         parts = [self.uncond, cond, *self.negatives]
+        missing = sorted(set().union(self.uncond, *self.negatives) - set(cond))
+        if missing:
+            raise ValueError(f"PerpNegDenoiser: the conditional call lacks {missing[0]}= (given for another part)")
         both = {}
         for key, value in cond.items():
             c = broadcast_batch(value, b, key)

@@ -159,7 +159,8 @@ class NeRF(nn.Module):
         if encoding == "frequency":
             self.encoder = FrequencyEncoding(n_frequencies)
         else:
-            self.encoder = HashGridEncoding(levels=hash_levels, max_resolution=hash_max_resolution, bound=bound)
+            # forward hands the encoder mu / bound, in [-1, 1]^3
+            self.encoder = HashGridEncoding(levels=hash_levels, max_resolution=hash_max_resolution, bound=1.0)
         self.mlp = _mlp(self.encoder.out_dim, hidden, layers, 4)
         self.background_kind = background
         self.register_buffer("background_rgb", torch.tensor(background_colour, dtype=torch.float32))
@@ -203,8 +204,15 @@ class Cameras:
     def __len__(self) -> int:
         return self.origin.shape[0]
 
-    def to(self, device) -> Cameras:
-        return Cameras(*(getattr(self, k).to(device) for k in ("origin", "rotation", "fov", "azimuth", "elevation")))
+    def __getitem__(self, index) -> Cameras:
+        """The cameras at ``index`` (a slice, an index tensor or list), as Cameras."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return Cameras(*(getattr(self, k)[index] for k in ("origin", "rotation", "fov", "azimuth", "elevation")))
+
+    def to(self, device, dtype: torch.dtype | None = None) -> Cameras:
+        fields = ("origin", "rotation", "fov", "azimuth", "elevation")
+        return Cameras(*(getattr(self, k).to(device, dtype) for k in fields))
 
 
 def orbit_cameras(azimuth, elevation, radius, fov) -> Cameras:
@@ -320,8 +328,13 @@ def render(
         raise ValueError(f"unknown shading {shading!r}; choose from {', '.join(SHADINGS)}")
     if n_samples < 2:
         raise ValueError(f"need at least 2 samples per ray, got {n_samples}")
-    n, device = len(cams), next(nerf.parameters()).device
-    cams = cams.to(device)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "render needs autograd for the density normals: call it under torch.no_grad, not inference_mode"
+        )
+    first = next(nerf.parameters())
+    n, device = len(cams), first.device
+    cams = cams.to(device, first.dtype)  # rays in the field's precision
     o, d = camera_rays(cams, height, width)
     o, d = o.reshape(-1, 3), d.reshape(-1, 3)  # (R, 3)
     near, far, hit = sphere_interval(o, d, nerf.bound)
