@@ -5,6 +5,7 @@ fails here with a ConfigError before anything is written."""
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import replace
 
 import torch
@@ -105,7 +106,7 @@ def validate(cfg: Config) -> Config:
         )
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
-    if cfg.text.encoder or cfg.latent.autoencoder:
+    if cfg.text.encoder or cfg.latent.autoencoder or cfg.label.classes:
         _validate_conditional(cfg)
     if cfg.model.network in AUTOENCODERS:
         _validate_autoencoder(cfg)
@@ -276,10 +277,23 @@ def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
 
 
 def _validate_conditional(cfg: Config) -> None:
-    """Checks of the ``text`` and ``latent`` sections (text and/or latent diffusion)."""
-    t, d = cfg.text, cfg.diffusion
+    """Checks of the ``text``, ``latent`` and ``label`` sections (text, latent, class-conditional diffusion)."""
+    t, d, lab = cfg.text, cfg.diffusion, cfg.label
     if cfg.model.network != "unet":
-        raise ConfigError("text.encoder / latent.autoencoder need model.network=unet")
+        raise ConfigError("text.encoder / latent.autoencoder / label.classes need model.network=unet")
+    if lab.classes:
+        if lab.classes < 1:
+            raise ConfigError(f"label.classes must be the number of classes (or 0: no labels), got {lab.classes}")
+        if dataset_spec(cfg.data.name)[0].load_labelled is None:
+            raise ConfigError(
+                f"label.classes needs a data set with class labels (digits), got data.name={cfg.data.name!r}"
+            )
+        if t.encoder:
+            raise ConfigError("label.classes and text.encoder are two kinds of conditioning; choose one")
+        if not 0 <= lab.cond_drop <= 1 or not math.isfinite(lab.guidance):
+            raise ConfigError(
+                f"label.cond_drop must be in [0, 1] and label.guidance finite, got {lab.cond_drop}, {lab.guidance}"
+            )
     if d.kind != "vp" or d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.dequantize:
         raise ConfigError(
             "text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "

@@ -103,6 +103,13 @@ class TextConfig:
 
 
 @dataclass
+class LabelConfig:
+    classes: int = 0  # class-conditional on the data set's labels (their number); 0 = no labels
+    cond_drop: float = 0.1  # share of training labels replaced by the null label (for CFG)
+    guidance: float = 2.0  # classifier-free guidance scale of the samples (1 = the conditional model)
+
+
+@dataclass
 class AutoencoderConfig:
     recon: str = "l2"  # reconstruction term, summed over pixels: l2 or l1 (losses/autoencoder.py)
     kl_weight: float = 1e-6  # vae: weight of KL(q(z|x) || N(0, I)) in nats (LDM's 1e-6); ae: must be 0
@@ -118,6 +125,7 @@ class Config:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,6 +186,7 @@ _SECTIONS = {
     "sample": SampleConfig,
     "latent": LatentConfig,
     "text": TextConfig,
+    "label": LabelConfig,
     "autoencoder": AutoencoderConfig,
 }
 

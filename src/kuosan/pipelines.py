@@ -516,8 +516,9 @@ class TextToImagePipeline:
 
 
 def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond=None, autoencoder=None):
-    """The Trainer's picture callback for a text/latent run: the first n cached prompts (cycled), the
-    config's sampler with guidance DEFAULT_GUIDANCE, decoded to images."""
+    """The Trainer's picture callback for a text/latent/class run: the first n cached prompts (or the
+    classes, ``prompts={"class_labels": ...}``), cycled, the config's sampler with guidance
+    DEFAULT_GUIDANCE (a class run: its ``label.guidance``), decoded to images."""
 
     def sample_fn(net, n, generator):
         net.data_shape = x_shape
@@ -525,14 +526,14 @@ def conditional_sample_fn(cfg, x_shape: tuple[int, ...], *, prompts=None, uncond
         pipe = TextToImagePipeline.from_config(cfg, net, autoencoder=autoencoder, device=where, precision="fp32")
         cond = unc = {}
         if prompts is not None:
-            rows = torch.arange(n) % prompts["context"].shape[0]
+            rows = torch.arange(n) % next(iter(prompts.values())).shape[0]
             cond = {k: v[rows].to(where) for k, v in prompts.items()}
             unc = {k: v.expand(n, *v.shape[1:]).to(where) for k, v in uncond.items()}
         z = pipe._run(
             n,
             cond,
             unc,
-            guidance=DEFAULT_GUIDANCE,
+            guidance=cfg.label.guidance if cfg.label.classes else DEFAULT_GUIDANCE,
             steps=None,
             sampler=None,
             grid=None,

@@ -12,6 +12,7 @@ import torch
 from kuosan import devices
 from kuosan.build import prior_for, validate_sampling
 from kuosan.config import ConfigError
+from kuosan.diffusion.guidance import CFGDenoiser
 from kuosan.diffusion.schedules import GRIDS
 from kuosan.interop import diffusers as hf
 from kuosan.runs import Run
@@ -53,19 +54,25 @@ def sample(
     batch_size: int = 1000,
     device: str | None = None,
     precision: str | None = None,
+    class_label: int | str | None = None,
+    guidance: float | None = None,
     **sampler_options_,
 ) -> torch.Tensor:
-    """n samples (n, ...) from the unconditional run in ``run_dir``, images clamped to [-1, 1], as a
-    CPU tensor. Unset ``sampler``, ``steps``, ``grid``, ``clip``, ``device`` (auto: a GPU if there is
-    one) and ``precision`` (the network's autocast: fp32, bf16, fp16) take the run's ``sample`` config;
-    the remaining keywords are the sampler's own options (``sampler_options``). ConfigError or
-    DeviceError naming the impossible choice. A seed gives the same samples on every device up to
-    floating-point error: the noise is drawn on the CPU.
+    """n samples (n, ...) from the unconditional or class-conditional run in ``run_dir``, images
+    clamped to [-1, 1], as a CPU tensor. Unset ``sampler``, ``steps``, ``grid``, ``clip``,
+    ``device`` (auto: a GPU if there is one) and ``precision`` (the network's autocast: fp32, bf16,
+    fp16) take the run's ``sample`` config; the remaining keywords are the sampler's own options
+    (``sampler_options``). ConfigError or DeviceError naming the impossible choice. A seed gives
+    the same samples on every device up to floating-point error: the noise is drawn on the CPU.
 
     ``run_dir`` may name a diffusers model folder, ``diffusers:DIR`` (an unconditional UNet2DModel
     with its scheduler): then the defaults are diffusers' DDIMPipeline's (DDIM, 50 steps on the
     scheduler's own timesteps, grid "scheduler"; x0 clipped as its ``clip_sample`` says), and every
-    kuosan sampler and grid works on it."""
+    kuosan sampler and grid works on it.
+
+    A class-conditional run (``label.classes`` K) samples ``class_label`` (an index in [0, K), or
+    "all": classes 0, 1, ..., K-1 in turn, the default) with classifier-free guidance ``guidance``
+    against the null label (default the run's ``label.guidance``)."""
     if n < 1:
         raise ConfigError(f"the number of samples must be at least 1, got {n}")
     if batch_size < 1:
@@ -110,11 +117,12 @@ def sample(
         takes = ", ".join(sampler_options(cfg.sample.sampler)) or "no options"
         raise ConfigError(f"sampler {cfg.sample.sampler} does not take {', '.join(unknown)} (it takes: {takes})")
     check_output_memory(n, run.network.data_shape)
+    den, extra = _class_guidance(run, n, class_label, guidance, where, run_dir)
     g = torch.Generator().manual_seed(seed)
     run.network.to(where)
     with devices.autocast(where, precision):
         x = generate(
-            run.denoiser(),
+            den,
             run.schedule,
             run.network.data_shape,
             n,
@@ -125,10 +133,41 @@ def sample(
             batch_size=batch_size,
             prior=prior_for(cfg),
             device=where,
+            extra_args=extra,
             **sampler_options_,
         )
     require_finite(x, f"the samples of {run_dir}")
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
+
+
+def class_labels(class_label: int | str | None, n: int, classes: int) -> torch.Tensor:
+    """(n,) labels of a request: one class index for all, or "all" / None: 0, 1, ..., K-1 in turn."""
+    if class_label is None or str(class_label) == "all":
+        return torch.arange(n) % classes
+    try:
+        k = int(class_label)
+    except ValueError:
+        raise ConfigError(f"--class must be a class index or all, got {class_label!r}") from None
+    if not 0 <= k < classes:
+        raise ConfigError(f"--class {k} is not a class of this run (it has classes 0..{classes - 1})")
+    return torch.full((n,), k)
+
+
+def _class_guidance(run, n, class_label, guidance, where, run_dir):
+    """(denoiser, extra_args) of a sampling request: the run's own Denoiser, or for a class run the
+    classifier-free guided one with the requested labels."""
+    classes = run.config.label.classes
+    if not classes:
+        if class_label is not None or guidance is not None:
+            raise ConfigError(
+                f"{run_dir} is not class-conditional: --class and --guidance need a run with label.classes"
+            )
+        return run.denoiser(), None
+    scale = run.config.label.guidance if guidance is None else float(guidance)
+    if not math.isfinite(scale):
+        raise ConfigError(f"guidance must be a finite number, got {scale}")
+    den = CFGDenoiser(run.denoiser(), {"class_labels": torch.tensor([classes], device=where)}, scale)
+    return den, {"class_labels": class_labels(class_label, n, classes).to(where)}
 
 
 def _sample_diffusers(

@@ -26,7 +26,7 @@ from kuosan.build import (
     validate,
 )
 from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
-from kuosan.data.registry import dataset_spec, load_captioned_split
+from kuosan.data.registry import dataset_spec, load_captioned_split, load_labelled_split
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
 from kuosan.metrics.reconstruction import reconstruction_pairs
 from kuosan.networks import AUTOENCODERS
@@ -49,7 +49,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
             f"train.batch_size={cfg.train.batch_size} must be divisible by {world} process(es) x "
             f"train.grad_accum={cfg.train.grad_accum}"
         )
-    if cfg.text.encoder or cfg.latent.autoencoder:  # text and/or latent diffusion: dict data, wrapped objective
+    if cfg.text.encoder or cfg.latent.autoencoder or cfg.label.classes:  # dict data, wrapped objective
         data, objective, extras = build_conditional_training(cfg, data)
         x_shape = tuple(data["x"].shape[1:])
         sample_fn = conditional_sample_fn(cfg, x_shape, **extras)
@@ -106,8 +106,15 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     with the autoencoder (posterior mean and std, so each step draws a fresh latent). Fills in the
     config what the checkpoint must remember: ``latent.scale_factor`` (when 0) and the U-Net's
     conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
-    captions = None
-    if images is None:
+    captions = labels = None
+    if cfg.label.classes:
+        images, labels, names = load_labelled_split(cfg.data.name, "train", data_options(cfg))
+        if int(labels.max()) >= cfg.label.classes or int(labels.min()) < 0:
+            raise ConfigError(
+                f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes (labels "
+                f"{int(labels.min())}..{int(labels.max())})"
+            )
+    elif images is None:
         if dataset_spec(cfg.data.name)[0].load_captioned is not None:
             images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg))
         else:
@@ -135,20 +142,27 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
         prompts, uncond = encoder.encode(distinct), encoder.encode([""])
         params.setdefault("context_dim", encoder.dim)
         params.setdefault("pooled_dim", encoder.dim)
+    if labels is not None:
+        data["label"] = labels
+        params.setdefault("num_classes", cfg.label.classes)
     if cfg.text.inpaint_fraction > 0:
         params.setdefault("cond_channels", 1 + data["x"].shape[1])
     objective = ConditionalObjective(
         build_objective(cfg),
         prompts=prompts,
         uncond=uncond,
-        cond_drop=cfg.text.cond_drop,
+        cond_drop=cfg.label.cond_drop if labels is not None else cfg.text.cond_drop,
         inpaint_fraction=cfg.text.inpaint_fraction,
+        num_classes=cfg.label.classes or None,
     )
     extras = {
         "prompts": None if prompts is None else {k: v[:64] for k, v in prompts.items()},
         "uncond": uncond,
         "autoencoder": autoencoder,
     }
+    if labels is not None:  # the pictures: every class in turn, at the run's guidance
+        extras["prompts"] = {"class_labels": torch.arange(cfg.label.classes)}
+        extras["uncond"] = {"class_labels": torch.tensor([cfg.label.classes])}
     return data, objective, extras
 
 

@@ -106,6 +106,8 @@ def sample(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        class_label=args.class_label,
+        guidance=args.guidance,
         **options,
     )
     _save_images(x, out)

@@ -84,6 +84,12 @@ def add_sample(sub):
         "--form", choices=["usual", "exact"], help="dpmpp-3m, dpmpp-3m-sde: k-diffusion's weights or the exact ones"
     )
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples")
+    p.add_argument(
+        "--class",
+        dest="class_label",
+        help="class-conditional run: the class index, or all (every class in turn; the default)",
+    )
+    p.add_argument("--guidance", type=float, help="class-conditional run: guidance scale (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-clip", action="store_true", help="do not clamp x0_hat to [-1, 1]")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kuosan.data.digits import DIGITS_BIN_WIDTH, DIGITS_SPLITS, load_digits
+from kuosan.data.digits import DIGITS_BIN_WIDTH, DIGITS_SPLITS, load_digits, load_digits_with_labels
 from kuosan.data.errors import DataError
 from kuosan.data.image_folder import load_image_folder
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS, make_shapes
@@ -39,7 +39,9 @@ class DatasetSpec:
     splits it has ("train" trains); ``bin_width``: the grid of its values in [-1, 1] (None:
     continuous); ``images``: samples are (C, H, W); ``captions``: it carries captions (text conditioning);
     ``judge``: the evaluation suite of ``kuosan.judges`` for its samples (None: none);
-    ``load_captioned(argument, split, options)`` -> (images, captions) for a data set with captions."""
+    ``load_captioned(argument, split, options)`` -> (images, captions) for a data set with captions;
+    ``load_labelled(argument, split, options)`` -> (images, labels (N,) int64, class names) for one
+    with class labels."""
 
     kind: str
     description: str
@@ -48,12 +50,18 @@ class DatasetSpec:
     bin_width: float | None
     images: bool = True
     load_captioned: Callable[[str, str, Options], tuple[torch.Tensor, list[str]]] | None = None
+    load_labelled: Callable[[str, str, Options], tuple[torch.Tensor, torch.Tensor, list[str]]] | None = None
     judge: str | None = None
     argument: str | None = None  # what follows "KIND:" in data.name, described (None: takes none)
 
 
 def _digits(argument: str, split: str, options: Options) -> torch.Tensor:
     return load_digits(split)
+
+
+def _digits_labelled(argument: str, split: str, options: Options):
+    images, labels = load_digits_with_labels(split)
+    return images, labels, [str(k) for k in range(10)]
 
 
 def _toy2d(argument: str, split: str, options: Options) -> torch.Tensor:
@@ -91,6 +99,7 @@ DATASETS: dict[str, DatasetSpec] = {
             DIGITS_SPLITS,
             DIGITS_BIN_WIDTH,
             judge="digits",
+            load_labelled=_digits_labelled,
         ),
         DatasetSpec(
             "toy2d",
@@ -152,4 +161,24 @@ def load_captioned_split(name: str, split: str = "train", options: Options = Opt
     return spec.load_captioned(argument, split, options)
 
 
-__all__ = ["DATASETS", "DatasetSpec", "Options", "dataset_names", "dataset_spec", "load_captioned_split", "load_split"]
+def load_labelled_split(name: str, split: str = "train", options: Options = Options()):
+    """(images, labels, class names) of the ``split`` of a data set with class labels; DataError for one without."""
+    spec, argument = _checked(name, split)
+    if spec.load_labelled is None:
+        raise DataError(
+            f"data.name={name!r} has no class labels; labelled data sets: "
+            f"{', '.join(k for k, s in DATASETS.items() if s.load_labelled)}"
+        )
+    return spec.load_labelled(argument, split, options)
+
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "Options",
+    "dataset_names",
+    "dataset_spec",
+    "load_captioned_split",
+    "load_labelled_split",
+    "load_split",
+]

@@ -1,5 +1,5 @@
-"""Conditional training: text prompts (with prompt dropout for classifier-free guidance), latents drawn
-from a cached VAE posterior, and inpainting masks, around any unconditional objective.
+"""Conditional training: text prompts or class labels (with dropout for classifier-free guidance),
+latents drawn from a cached VAE posterior, and inpainting masks, around any unconditional objective.
 
 Notation: x0 is what is diffused (pixels, or latents z = s * E(x) with the scale factor s); the
 conditioning is the keyword set ``cond`` the network takes: ``context`` (B, L, D) text tokens with
@@ -11,7 +11,9 @@ The training data (a dict the Trainer indexes, see ``train/trainer.py``) hold pe
 - ``x_std``: the posterior std s * sigma(x) (VAE only): x0 = x + x_std * n, n ~ N(0, I), is a fresh
   posterior draw each step, as Stable Diffusion's training samples ``latent_dist.sample()``;
 - ``caption``: the index of the example's prompt in the table of cached text encodings (the text
-  encoder is frozen, so each distinct prompt is encoded once).
+  encoder is frozen, so each distinct prompt is encoded once);
+- ``label``: the example's class in [0, K) (class-conditional models: the network's ``class_labels``,
+  K the null label that label dropout puts in, as guided-diffusion's classifier-free variant does).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kuosan.diffusion.guidance import inpaint_cond_image
 from kuosan.losses.objective import Objective
 
 TEXT_KEYS = ("context", "context_mask", "pooled")
+COND_KEYS = (*TEXT_KEYS, "class_labels")
 
 
 def prompt_dropout(cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict:
@@ -70,7 +73,8 @@ class ConditionalObjective(Objective):
         prompts: cached encodings of the distinct prompts, {"context": (P, L, D), "context_mask": (P, L),
             "pooled": (P, D)}; None for a model without text.
         uncond: the empty prompt's encoding (batch 1), used for prompt dropout.
-        cond_drop: probability of replacing a prompt by the empty one.
+        cond_drop: probability of replacing a prompt by the empty one (a label by the null label).
+        num_classes: K of a class-conditional model (labels in [0, K), K the null label); None: no labels.
         inpaint_fraction: share of examples given a random box mask and the masked x0 (the others get
             mask = 1 everywhere and nothing known: plain text-to-image); 0 = no ``cond_image`` at all.
     """
@@ -83,6 +87,7 @@ class ConditionalObjective(Objective):
         uncond: dict[str, torch.Tensor] | None = None,
         cond_drop: float = 0.1,
         inpaint_fraction: float = 0.0,
+        num_classes: int | None = None,
     ):
         if not 0 <= cond_drop <= 1 or not 0 <= inpaint_fraction <= 1:
             raise ValueError(f"cond_drop and inpaint_fraction must be in [0, 1], got {cond_drop}, {inpaint_fraction}")
@@ -90,6 +95,7 @@ class ConditionalObjective(Objective):
             raise ValueError("text conditioning needs the unconditional encoding of every key of the prompts")
         self.inner, self.prompts, self.uncond = inner, prompts, uncond
         self.cond_drop, self.inpaint_fraction = float(cond_drop), float(inpaint_fraction)
+        self.num_classes = num_classes
 
     def draw(
         self,
@@ -98,6 +104,7 @@ class ConditionalObjective(Objective):
         *,
         caption: torch.Tensor | None = None,
         x_std: torch.Tensor | None = None,
+        label: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         drawn = dict(self.inner.draw(x0, generator))
         b = x0.shape[0]
@@ -109,6 +116,11 @@ class ConditionalObjective(Objective):
                 raise ValueError("a text-conditional objective needs the data key 'caption'")
             drop = torch.rand(b, generator=generator) < self.cond_drop
             drawn |= prompt_dropout({k: v[caption] for k, v in self.prompts.items()}, self.uncond, drop)
+        if self.num_classes is not None:
+            if label is None:
+                raise ValueError("a class-conditional objective needs the data key 'label'")
+            drop = torch.rand(b, generator=generator) < self.cond_drop
+            drawn["class_labels"] = torch.where(drop, torch.full_like(label, self.num_classes), label)
         if self.inpaint_fraction > 0:
             boxes = random_box_masks(b, x0.shape[-2], x0.shape[-1], generator)
             chosen = torch.rand(b, generator=generator) < self.inpaint_fraction
@@ -133,7 +145,7 @@ class ConditionalObjective(Objective):
     ) -> torch.Tensor:
         if posterior_noise is not None:
             x0 = x0 + x_std * posterior_noise
-        cond = {k: drawn.pop(k) for k in TEXT_KEYS if k in drawn}
+        cond = {k: drawn.pop(k) for k in COND_KEYS if k in drawn}
         if inpaint_mask is not None:
             cond["cond_image"] = inpaint_cond_image(inpaint_mask, x0)
         return self.inner.loss(partial(net, **cond) if cond else net, x0, **drawn)

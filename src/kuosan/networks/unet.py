@@ -91,6 +91,9 @@ class UNet(nn.Module):
         context_dim: width of the text tokens for cross-attention (None: no cross-attention).
         pooled_dim: width of a pooled conditioning vector added to the time embedding (None: none).
         cond_channels: extra input channels concatenated to x_t (0: none).
+        num_classes: class-conditional (improved/guided-diffusion's ``class_cond``): an embedding of
+            ``class_labels`` in [0, num_classes] added to the time embedding, index ``num_classes``
+            the null label that classifier-free guidance trains with (None: no labels).
 
     ``self.config`` holds these arguments as a plain dict, so ``UNet(**net.config)`` rebuilds the
     same architecture (also after a JSON round trip).
@@ -112,6 +115,7 @@ class UNet(nn.Module):
         context_dim: int | None = None,
         pooled_dim: int | None = None,
         cond_channels: int = 0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.gradient_checkpointing = False  # a training option (enable_gradient_checkpointing), not architecture
@@ -138,10 +142,16 @@ class UNet(nn.Module):
         if cond_channels < 0:
             raise ValueError(f"cond_channels must be >= 0, got {cond_channels}")
         # conditioning keys only when used, so an unconditional net's config is what it always was
-        for key, value in (("context_dim", context_dim), ("pooled_dim", pooled_dim), ("cond_channels", cond_channels)):
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (or None), got {num_classes}")
+        for key, value in (
+            ("context_dim", context_dim), ("pooled_dim", pooled_dim), ("cond_channels", cond_channels),
+            ("num_classes", num_classes),
+        ):  # fmt: skip
             if value:
                 self._config[key] = int(value)
         self.context_dim, self.pooled_dim, self.cond_channels = context_dim, pooled_dim, int(cond_channels)
+        self.num_classes = int(num_classes) if num_classes else None
         emb_channels = 4 * base_channels
         self.num_levels = len(channel_mult)
         self.time_embed = TimestepEmbedding(freq_dim=base_channels, embed_dim=emb_channels)
@@ -149,6 +159,8 @@ class UNet(nn.Module):
             self.pooled_embed = nn.Sequential(
                 nn.Linear(pooled_dim, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
             )
+        if self.num_classes:
+            self.label_embed = nn.Embedding(self.num_classes + 1, emb_channels)  # + the null label
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(
@@ -216,13 +228,15 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
         cond_image: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x_t (B, C, H, W), timesteps t (B,) or scalar -> (B, out_channels, H, W); the conditioning
         inputs the net was built for: ``context`` (B, L, context_dim) with ``context_mask`` (B, L),
-        ``pooled`` (B, pooled_dim), ``cond_image`` (B, cond_channels, H, W)."""
+        ``pooled`` (B, pooled_dim), ``cond_image`` (B, cond_channels, H, W), ``class_labels`` (B,)
+        integers in [0, num_classes] (num_classes: the null label)."""
         if x.ndim != 4:
             raise ValueError(f"UNet expects x of shape (B, C, H, W), got {tuple(x.shape)}")
-        self._check_conditioning(x, context, pooled, cond_image)
+        self._check_conditioning(x, context, pooled, cond_image, class_labels)
         factor = 2 ** (self.num_levels - 1)
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
@@ -231,6 +245,8 @@ class UNet(nn.Module):
         emb = self.time_embed(broadcast_timesteps(t, x))
         if self.pooled_dim:
             emb = emb + self.pooled_embed(pooled.to(emb.dtype))
+        if self.num_classes:
+            emb = emb + self.label_embed(class_labels.long()).to(emb.dtype)
         h = ops.conv2d(torch.cat([x, cond_image.to(x.dtype)], dim=1) if self.cond_channels else x, self.input_conv)
         skips = [h]
         run = self._recomputed if self.gradient_checkpointing and torch.is_grad_enabled() else _call
@@ -252,13 +268,14 @@ class UNet(nn.Module):
     def _recomputed(block, *args):
         return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
 
-    def _check_conditioning(self, x, context, pooled, cond_image) -> None:
+    def _check_conditioning(self, x, context, pooled, cond_image, class_labels=None) -> None:
         """ValueError naming a missing, unexpected or misshapen conditioning input."""
         b = x.shape[0]
         wanted = (
             ("context", context, self.context_dim, (b, None, self.context_dim)),
             ("pooled", pooled, self.pooled_dim, (b, self.pooled_dim)),
             ("cond_image", cond_image, self.cond_channels, (b, self.cond_channels, *x.shape[2:])),
+            ("class_labels", class_labels, self.num_classes, (b,)),
         )
         for name, value, used, shape in wanted:
             if not used and value is not None:
