@@ -3,6 +3,8 @@ the label embedding, label dropout, exact resume, and `kuosan sample --class` wi
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,9 @@ def test_cli_class_conditional_train_sample_and_bad_input(tmp_path):
     out = tmp_path / "x.npy"
     fails_cleanly(kuosan("sample", run, "--class", 10, "--out", out, check=False), "--class 10", "0..9")
     fails_cleanly(kuosan("sample", run, "--class", "seven", "--out", out, check=False), "--class")
+    if importlib.util.find_spec("diffusers"):
+        exported = kuosan("export", run, "--out", tmp_path / "hf", check=False)
+        fails_cleanly(exported, "class-conditional")
     plain = tmp_path / "plain"
     kuosan("train", "--preset", "digits", "--steps", 1, "--out", plain, "--no-progress", *TINY)
     fails_cleanly(kuosan("sample", plain, "--class", 3, "--out", out, check=False), "not class-conditional")

@@ -135,6 +135,8 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
     embedding (``class_embed_type="projection"``: diffusers' ``class_labels`` input) or concatenated
     inputs (``in_channels`` counts them); or a DiffusersError saying why it does not map (module doc)."""
     c = net.config
+    if c.get("num_classes"):
+        raise DiffusersError("kuosan export does not map a class-conditional U-Net (label embedding) to diffusers")
     text = bool(c.get("context_dim"))
     if (c.get("pooled_dim") or c.get("cond_channels")) and not text:
         raise DiffusersError(
