@@ -286,7 +286,8 @@ def _validate_conditional(cfg: Config) -> None:
             raise ConfigError(f"label.classes must be the number of classes (or 0: no labels), got {lab.classes}")
         if dataset_spec(cfg.data.name)[0].load_labelled is None:
             raise ConfigError(
-                f"label.classes needs a data set with class labels (digits), got data.name={cfg.data.name!r}"
+                "label.classes needs a data set with class labels (digits, folder:PATH), got "
+                f"data.name={cfg.data.name!r}"
             )
         if t.encoder:
             raise ConfigError("label.classes and text.encoder are two kinds of conditioning; choose one")
@@ -300,7 +301,9 @@ def _validate_conditional(cfg: Config) -> None:
             "learn_sigma, timestep_sampler or dequantize)"
         )
     if t.encoder and dataset_spec(cfg.data.name)[0].load_captioned is None:
-        raise ConfigError(f"text.encoder needs captioned data (data.name=shapes), got data.name={cfg.data.name!r}")
+        raise ConfigError(
+            f"text.encoder needs captioned data (data.name=shapes or folder:PATH), got data.name={cfg.data.name!r}"
+        )
     for key, value in (("text.cond_drop", t.cond_drop), ("text.inpaint_fraction", t.inpaint_fraction)):
         if not 0 <= value <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {value}")

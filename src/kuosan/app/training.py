@@ -109,13 +109,10 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     captions = labels = None
     if cfg.label.classes:
         images, labels, names = load_labelled_split(cfg.data.name, "train", data_options(cfg))
-        if int(labels.max()) >= cfg.label.classes or int(labels.min()) < 0:
-            raise ConfigError(
-                f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes (labels "
-                f"{int(labels.min())}..{int(labels.max())})"
-            )
+        if len(names) != cfg.label.classes:
+            raise ConfigError(f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes")
     elif images is None:
-        if dataset_spec(cfg.data.name)[0].load_captioned is not None:
+        if cfg.text.encoder and dataset_spec(cfg.data.name)[0].load_captioned is not None:
             images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg))
         else:
             images = build_data(cfg)
@@ -134,7 +131,7 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     params = cfg.model.params
     if cfg.text.encoder:
         if captions is None:
-            raise ConfigError("text.encoder needs captions: data.name=shapes")
+            raise ConfigError("text.encoder needs captions: data.name=shapes or folder:PATH")
         encoder = build_text_encoder(cfg)
         distinct = sorted(set(captions))
         where = {c: i for i, c in enumerate(distinct)}

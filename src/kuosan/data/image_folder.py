@@ -96,13 +96,24 @@ def load_image_folder(
     share one size. Raises ``DataError`` naming the folder or file if the folder is missing or has no
     images, a file cannot be decoded, or (``size=None``) two images differ in size.
     """
+    images = decode_images(find_images(path), size=size, channels=channels, crop=crop)
+    logger.info("loaded %d images of %dx%dx%d from %s", len(images), channels, images.shape[2], images.shape[3], path)
+    return images
+
+
+def decode_images(
+    files: list[Path], *, size: int | None = None, channels: int = 3, crop: str = "center"
+) -> torch.Tensor:
+    """The image ``files``, in their order, as one tensor (N, channels, H, W) in [-1, 1]
+    (:func:`load_image_folder` says how)."""
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
     if crop not in CROP_MODES:
         raise DataError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise DataError(f"size must be a positive integer or None, got {size!r}")
-    files = find_images(path)
+    if not files:
+        raise DataError("no images to decode")
     mode = "L" if channels == 1 else "RGB"
     images: torch.Tensor | None = None
     for index, file in enumerate(files):
@@ -115,7 +126,5 @@ def load_image_folder(
                 f"{images.shape[3]}x{images.shape[2]} (pass size= to resize them to one size)"
             )
         images[index] = torch.from_numpy(pixels).permute(2, 0, 1)
-    assert images is not None  # find_images never returns an empty list
-    images.div_(127.5).sub_(1.0)
-    logger.info("loaded %d images of %dx%dx%d from %s", len(files), channels, images.shape[2], images.shape[3], path)
-    return images
+    assert images is not None  # files is not empty
+    return images.div_(127.5).sub_(1.0)

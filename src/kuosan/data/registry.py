@@ -15,6 +15,7 @@ import torch
 
 from kuosan.data.digits import DIGITS_BIN_WIDTH, DIGITS_SPLITS, load_digits, load_digits_with_labels
 from kuosan.data.errors import DataError
+from kuosan.data.folder_layouts import load_captioned_folder, load_class_folders
 from kuosan.data.image_folder import load_image_folder
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS, make_shapes
 from kuosan.data.toy2d import TOY2D_NAMES, sample_toy2d
@@ -77,6 +78,14 @@ def _folder(argument: str, split: str, options: Options) -> torch.Tensor:
     return load_image_folder(argument, size=options.size, channels=options.channels)
 
 
+def _folder_captioned(argument: str, split: str, options: Options) -> tuple[torch.Tensor, list[str]]:
+    return load_captioned_folder(argument, size=options.size, channels=options.channels)
+
+
+def _folder_labelled(argument: str, split: str, options: Options):
+    return load_class_folders(argument, size=options.size, channels=options.channels)
+
+
 def _shapes_captioned(argument: str, split: str, options: Options) -> tuple[torch.Tensor, list[str]]:
     """Training images from the run's seed; "val" and "test" the fixed evaluation sets."""
     if options.n is None:
@@ -110,7 +119,16 @@ DATASETS: dict[str, DatasetSpec] = {
             images=False,
             argument="|".join(TOY2D_NAMES),
         ),
-        DatasetSpec("folder", "a folder of 8-bit image files", _folder, ("train", "all"), 2.0 / 255, argument="<path>"),
+        DatasetSpec(
+            "folder",
+            "a folder of 8-bit image files (with captions or class sub-folders: data/folder_layouts.py)",
+            _folder,
+            ("train", "all"),
+            2.0 / 255,
+            argument="<path>",
+            load_captioned=_folder_captioned,
+            load_labelled=_folder_labelled,
+        ),
         DatasetSpec(
             "shapes",
             "captioned synthetic shapes, 32x32x3",
