@@ -39,6 +39,8 @@ def _randomised(net: torch.nn.Module) -> torch.nn.Module:
              attention_levels=(1,), num_heads=4, scale_shift=True, groups=32),
         dict(in_channels=3, base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attention_levels=(0, 2),
              num_heads=1, groups=8),
+        dict(in_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_heads=2, groups=8,
+             num_classes=10),
     ],
 )  # fmt: skip
 def test_the_unet_maps_onto_unet2dmodel_exactly(kw):
@@ -48,8 +50,9 @@ def test_the_unet_maps_onto_unet2dmodel_exactly(kw):
     ref.load_state_dict(state, strict=True)
     x = torch.randn(2, kw["in_channels"], 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([3.0, 700.0])
+    cond = {"class_labels": torch.tensor([3, 10])} if kw.get("num_classes") else {}  # a class and the null label
     with torch.no_grad():
-        assert (net(x, t) - ref(x, t).sample).abs().max() < 1e-5
+        assert (net(x, t, **cond) - ref(x, t, **cond).sample).abs().max() < 1e-5
 
 
 def test_unets_that_do_not_map_say_why():

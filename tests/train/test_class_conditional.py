@@ -81,9 +81,12 @@ def test_cli_class_conditional_train_sample_and_bad_input(tmp_path):
     out = tmp_path / "x.npy"
     fails_cleanly(kuosan("sample", run, "--class", 10, "--out", out, check=False), "--class 10", "0..9")
     fails_cleanly(kuosan("sample", run, "--class", "seven", "--out", out, check=False), "--class")
-    if importlib.util.find_spec("diffusers"):
-        exported = kuosan("export", run, "--out", tmp_path / "hf", check=False)
-        fails_cleanly(exported, "class-conditional")
+    if importlib.util.find_spec("diffusers"):  # UNet2DModel with num_class_embeds = 11
+        import diffusers
+
+        kuosan("export", run, "--out", tmp_path / "hf")
+        unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "hf" / "unet")
+        assert unet.config.num_class_embeds == 11
     plain = tmp_path / "plain"
     kuosan("train", "--preset", "digits", "--steps", 1, "--out", plain, "--no-progress", *TINY)
     fails_cleanly(kuosan("sample", plain, "--class", 3, "--out", out, check=False), "not class-conditional")

@@ -135,9 +135,9 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
     embedding (``class_embed_type="projection"``: diffusers' ``class_labels`` input) or concatenated
     inputs (``in_channels`` counts them); or a DiffusersError saying why it does not map (module doc)."""
     c = net.config
-    if c.get("num_classes"):
-        raise DiffusersError("kuosan export does not map a class-conditional U-Net (label embedding) to diffusers")
     text = bool(c.get("context_dim"))
+    if c.get("num_classes") and text:
+        raise DiffusersError("a U-Net with both text and class labels has no diffusers U-Net")
     if (c.get("pooled_dim") or c.get("cond_channels")) and not text:
         raise DiffusersError(
             "a pooled embedding or concatenated inputs without text cross-attention has no diffusers U-Net"
@@ -177,6 +177,8 @@ def unet_to_diffusers(net: nn.Module, sample_size: int) -> tuple[dict, dict[str,
         downsample_padding=1,
         add_attention=True,
     )
+    if c.get("num_classes"):  # the label embedding, the null label included: UNet2DModel's class_labels
+        config["num_class_embeds"] = c["num_classes"] + 1
     return config, _mapped_state(net, transformer=False)
 
 
@@ -222,6 +224,7 @@ def _mapped_state(net: nn.Module, *, transformer: bool) -> dict[str, torch.Tenso
         "time_embed.linear2": "time_embedding.linear_2",
         "pooled_embed.0": "class_embedding.linear_1",
         "pooled_embed.2": "class_embedding.linear_2",
+        "label_embed": "class_embedding",
         "input_conv": "conv_in",
         "out.0": "conv_norm_out",
         "out.2": "conv_out",
@@ -329,7 +332,9 @@ def export_vae(vae: nn.Module, out: Path, *, scaling_factor: float | None = None
 
 
 def export_ddpm(net: nn.Module, cfg, sample_size: int, out: Path) -> Path:
-    """A diffusers ``DDPMPipeline`` folder (unet/ + scheduler/ + model_index.json)."""
+    """A diffusers ``DDPMPipeline`` folder (unet/ + scheduler/ + model_index.json). A class-conditional
+    U-Net's labels are ``unet(x, t, class_labels=k)``, the null label K (``unet.config.num_class_embeds``
+    - 1) the unconditional model; DDPMPipeline itself passes no labels."""
     diffusers = require_diffusers()
     scheduler = diffusers.DDPMScheduler(**scheduler_config(cfg))
     config, state = unet_to_diffusers(net, sample_size)
