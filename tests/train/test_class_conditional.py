@@ -19,6 +19,7 @@ TINY = [
     "model.params.base_channels=16",
     "model.params.num_res_blocks=1",
     "model.params.num_heads=2",
+    "model.params.groups=8",
     "train.batch_size=16",
     "train.warmup_steps=1",
     "train.checkpoint_every=1000",
