@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 128  # the global batch (split over processes under torchrun)
     grad_accum: int = 1  # micro-batches per process and step
     grad_checkpointing: bool = False  # recompute block activations in the backward pass (memory for compute)
+    init_from: str = ""  # start from pretrained weights: a kuosan run or diffusers:DIR (app/init_from.py)
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from kuosan import devices
+from kuosan.app.init_from import load_into, source_weights
 from kuosan.build import (
     build_autoencoder_objective,
     build_data,
@@ -59,6 +60,8 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, x_shape)
+    if cfg.train.init_from and ckpt.find_checkpoint(out_dir) is None:  # a resume has its own weights
+        load_into(net, *source_weights(cfg.train.init_from, net))
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train

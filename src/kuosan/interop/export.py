@@ -216,7 +216,24 @@ def _conditional_unet(
 
 def _mapped_state(net: nn.Module, *, transformer: bool) -> dict[str, torch.Tensor]:
     """kuosan UNet tensors under diffusers' names (down_blocks / mid_block / up_blocks)."""
+    state = {}
+    for key, target in diffusers_key_map(net, transformer=transformer).items():
+        value = net.state_dict()[key].detach().cpu()
+        if isinstance(target, tuple):  # q | k | v, each (heads, d): diffusers' three projections
+            for name, part in zip(target, value.chunk(3, dim=0)):
+                state[name] = part.clone()
+        else:
+            state[target] = value
+    return state
+
+
+def diffusers_key_map(net: nn.Module, *, transformer: bool | None = None) -> dict[str, str | tuple[str, str, str]]:
+    """kuosan UNet state key -> diffusers' key, or for a fused qkv projection the keys of its q, k
+    and v thirds (``UNet2DModel``'s names; ``transformer``: ``UNet2DConditionModel``'s, default for a
+    net with text cross-attention). DiffusersError for a tensor with no place there."""
     c = net.config
+    if transformer is None:
+        transformer = bool(c.get("context_dim"))
     mult, blocks, attn_levels = c["channel_mult"], c["num_res_blocks"], set(c["attention_levels"])
     levels = range(len(mult))
     names = {
@@ -257,19 +274,17 @@ def _mapped_state(net: nn.Module, *, transformer: bool) -> dict[str, torch.Tenso
             if level != 0 and i == blocks:
                 names[f"up.{k}.{nxt}.conv"] = f"up_blocks.{u}.upsamplers.0.conv"
             k += 1
-    state = {}
-    for key, value in net.state_dict().items():
+    out: dict[str, str | tuple[str, str, str]] = {}
+    for key in net.state_dict():
         module, _, leaf = key.rpartition(".")
-        value = value.detach().cpu()
-        if module.endswith(".qkv"):  # q | k | v, each (heads, d): diffusers' three projections
+        if module.endswith(".qkv"):
             target = names[f"{module[: -len('.qkv')]}.norm"].rsplit(".", 1)[0]
-            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0)):
-                state[f"{target}.{name}.{leaf}"] = part.clone()
+            out[key] = tuple(f"{target}.{name}.{leaf}" for name in ("to_q", "to_k", "to_v"))
             continue
         if module not in names:
             raise DiffusersError(f"U-Net tensor {key} has no place in diffusers' UNet2DModel")
-        state[f"{names[module]}.{leaf}"] = value
-    return state
+        out[key] = f"{names[module]}.{leaf}"
+    return out
 
 
 def scheduler_config(cfg) -> dict:
