@@ -106,6 +106,10 @@ def validate(cfg: Config) -> Config:
         )
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
+    if cfg.model.params.get("num_classes") and not cfg.label.classes:
+        raise ConfigError("model.params.num_classes is set by label.classes (the number of classes)")
+    if tr.init_from:
+        _validate_init_from(cfg)
     if cfg.text.encoder or cfg.latent.autoencoder or cfg.label.classes:
         _validate_conditional(cfg)
     if cfg.model.network in AUTOENCODERS:
@@ -276,6 +280,14 @@ def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
 # --- text-conditional and latent diffusion (docs/latent_diffusion.md) -------------------------------------
 
 
+def _validate_init_from(cfg: Config) -> None:
+    """train.init_from=diffusers:DIR names a folder and is for a U-Net (whether the source exists is
+    asked only when a new run starts: a resumed run has its own weights)."""
+    spec = cfg.train.init_from
+    if spec.startswith("diffusers:") and (cfg.model.network != "unet" or not spec[len("diffusers:") :]):
+        raise ConfigError("train.init_from=diffusers:DIR needs a folder and model.network=unet")
+
+
 def _validate_conditional(cfg: Config) -> None:
     """Checks of the ``text``, ``latent`` and ``label`` sections (text, latent, class-conditional diffusion)."""
     t, d, lab = cfg.text, cfg.diffusion, cfg.label
@@ -289,15 +301,17 @@ def _validate_conditional(cfg: Config) -> None:
                 "label.classes needs a data set with class labels (digits, folder:PATH), got "
                 f"data.name={cfg.data.name!r}"
             )
-        if t.encoder:
-            raise ConfigError("label.classes and text.encoder are two kinds of conditioning; choose one")
+        if t.encoder or cfg.latent.autoencoder:
+            raise ConfigError("label.classes conditions a pixel-space model; it does not combine with text or latents")
+        if cfg.model.params.get("num_classes", lab.classes) != lab.classes:
+            raise ConfigError(f"model.params.num_classes must equal label.classes={lab.classes}")
         if not 0 <= lab.cond_drop <= 1 or not math.isfinite(lab.guidance):
             raise ConfigError(
                 f"label.cond_drop must be in [0, 1] and label.guidance finite, got {lab.cond_drop}, {lab.guidance}"
             )
     if d.kind != "vp" or d.loss != "simple" or d.learn_sigma or d.timestep_sampler != "uniform" or d.dequantize:
         raise ConfigError(
-            "text-conditional / latent diffusion trains diffusion.kind=vp with loss=simple (no "
+            "text-conditional, latent and class-conditional diffusion train diffusion.kind=vp with loss=simple (no "
             "learn_sigma, timestep_sampler or dequantize)"
         )
     if t.encoder and dataset_spec(cfg.data.name)[0].load_captioned is None:

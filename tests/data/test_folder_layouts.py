@@ -83,10 +83,41 @@ def test_folder_layout_errors_name_the_file(tmp_path):
     (csv_root / "metadata.csv").write_text("name,caption\nimg0.png,a\n")
     with pytest.raises(DataError, match="file_name and text"):
         captioned_files(csv_root)
+    (csv_root / "metadata.csv").write_text("file_name,text\nimg0.png\n")
+    with pytest.raises(DataError, match="metadata.csv:2"):
+        captioned_files(csv_root)
+    (csv_root / "metadata.csv").write_text("file_name,text\n../outside.png,a\n")
+    with pytest.raises(DataError, match="outside the folder"):
+        captioned_files(csv_root)
+    (csv_root / "metadata.csv").write_bytes("file_name,text\nimg0.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        captioned_files(csv_root)
+    (bad / "metadata.jsonl").write_text('{"file_name": "img0.png", "text": null}\n')
+    with pytest.raises(DataError, match="must be strings"):
+        captioned_files(bad)
     pets = _classes(tmp_path / "pets")
+    (pets / "birds").mkdir()
+    with pytest.raises(DataError, match="birds holds no images"):
+        class_folders(pets)
+    (pets / "birds").rmdir()
     _png(pets / "loose.png", 9)
     with pytest.raises(DataError, match="loose.png is not in a class sub-folder"):
         class_folders(pets)
+
+
+def test_byte_order_marks_and_hidden_folders(tmp_path):
+    """Excel's and Notepad's UTF-8 byte-order mark is dropped; .ipynb_checkpoints is no class."""
+    root = _captioned(tmp_path / "c", "csv")
+    text = (root / "metadata.csv").read_text()
+    (root / "metadata.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert captioned_files(root)[1] == WORDS
+    (root / "metadata.csv").unlink()
+    for k, t in enumerate(WORDS):
+        (root / f"img{k}.txt").write_bytes(b"\xef\xbb\xbf" + t.encode())
+    assert captioned_files(root)[1] == WORDS
+    pets = _classes(tmp_path / "pets")
+    _png(pets / ".ipynb_checkpoints" / "x.png", 1)
+    assert class_folders(pets)[2] == ["cats", "dogs"]
 
 
 TINY = [

@@ -62,6 +62,32 @@ def test_label_dropout_puts_the_null_label_in_at_the_given_rate():
         obj.draw(torch.zeros(2, 1))
 
 
+def test_class_guidance_is_combined_before_the_clamp(tmp_path):
+    """kuosan sample --class: D = clamp(D_null + w (D_k - D_null)), as the pipelines and guided-diffusion
+    clip the guided prediction (clamping each half first would extrapolate out of [-1, 1])."""
+    from kuosan.app.sampling import _class_guidance
+
+    class FakeRun:
+        class config:
+            class label:
+                classes, guidance = 10, 2.0
+
+            class sample:
+                clip = True
+
+        @staticmethod
+        def denoiser(clip=None):
+            assert clip is False
+            return lambda x, sigma, class_labels: (
+                torch.where(class_labels[:, None] == 10, 0.2, 0.9) * torch.ones_like(x)
+            )
+
+    den, extra = _class_guidance(FakeRun, 4, "all", None, "cpu", "run")
+    assert extra["class_labels"].tolist() == [0, 1, 2, 3]
+    out = den(torch.zeros(4, 3), torch.ones(4), **extra)
+    assert torch.allclose(out, torch.ones(4, 3))  # 0.2 + 2 (0.9 - 0.2) = 1.6, clamped to 1
+
+
 def test_class_conditional_training_resumes_bitwise(tmp_path):
     straight, tensors = assert_resume_equals_uninterrupted(
         lambda: resolve_config("digits-class", None, list(TINY)), tmp_path, steps=4, stop=2

@@ -4,6 +4,7 @@ the partial loading rules (new layers initialised, extra ones ignored, a shape m
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import pytest
@@ -64,14 +65,19 @@ def test_partial_loading_rules(source, tmp_path):
     fresh = build_trainer(resolve_config("digits-class", None, TINY), tmp_path / "d", progress=False)
     assert torch.equal(state["label_embed.weight"], fresh.net.state_dict()["label_embed.weight"])  # the new layer
     tr.fit(steps=1)
-    # a class run into an unconditional one: the label embedding is ignored
-    build_trainer(resolve_config("digits", None, TINY + [f"train.init_from={tmp_path / 'c'}"]), tmp_path / "e",
-                  progress=False)  # fmt: skip
+    # a class run into an unconditional one: the label embedding is ignored, the rest loaded
+    from kuosan.app.init_from import load_into, source_weights
+
+    plain = build_trainer(resolve_config("digits", None, TINY), tmp_path / "e", progress=False).net
+    report = load_into(plain, *source_weights(str(tmp_path / "c"), plain))
+    assert report["ignored"] == ["label_embed.weight"] and report["new"] == [] and len(report["loaded"]) == len(ema)
     wider = resolve_config("digits", None, TINY + ["model.params.base_channels=32", f"train.init_from={source}"])
     with pytest.raises(ConfigError, match=r"init_from: \S+ has shape \(\d+,.*\) in the run .* here"):
         build_trainer(wider, tmp_path / "f", progress=False)
     with pytest.raises(ConfigError, match="no kuosan run"):
         build_trainer(resolve_config("digits", None, TINY + [f"train.init_from={tmp_path}"]), tmp_path / "g")
+    with pytest.raises(ConfigError, match="no kuosan run"):
+        build_trainer(resolve_config("digits", None, TINY + [f"train.init_from={tmp_path / 'none'}"]), tmp_path / "h")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
@@ -83,5 +89,10 @@ def test_a_run_starts_from_a_diffusers_unet_folder(source, tmp_path):
     cfg = resolve_config("digits", None, TINY + [f"train.init_from=diffusers:{tmp_path / 'hf'}"])
     tr = build_trainer(cfg, tmp_path / "a", progress=False)
     assert all(torch.equal(v, ema[k]) for k, v in tr.net.state_dict().items())  # q, k, v fused back exactly
-    with pytest.raises(ConfigError, match="no U-Net config.json"):
+    with pytest.raises(ConfigError, match="no config.json"):
         build_trainer(resolve_config("digits", None, TINY + [f"train.init_from=diffusers:{tmp_path}"]), tmp_path / "b")
+    # the same shapes, another function (google's DDPM folders: flip_sin_to_cos false): refused by name
+    config = json.loads((tmp_path / "hf" / "unet" / "config.json").read_text())
+    (tmp_path / "hf" / "unet" / "config.json").write_text(json.dumps({**config, "flip_sin_to_cos": False}))
+    with pytest.raises(ConfigError, match="flip_sin_to_cos=False"):
+        build_trainer(cfg, tmp_path / "c", progress=False)

@@ -250,6 +250,8 @@ def likelihood(
     run = Run.open(run_dir, weights=weights)
     refuse_autoencoder(run)
     cfg = run.config
+    if cfg.label.classes:
+        raise ConfigError(f"{run_dir} is class-conditional: kuosan nll measures unconditional runs")
     where = devices.resolve_device(cfg.sample.device if device is None else device)
     run.network.to(where)
     x = build_data(cfg, split=split)  # digits: train, test, all; toy 2-D: train, test (a fresh draw); ...

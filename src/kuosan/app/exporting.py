@@ -62,6 +62,9 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", w
                 raise DiffusersError(f"a network on data of shape {shape} is not a square-image UNet2DModel")
             path = hf_export.export_ddpm(run.network, run.config, shape[-1], Path(out))
             kind, loads_with = "DDPMPipeline", "diffusers.DDPMPipeline.from_pretrained"
+            if run.config.label.classes:  # DDPMPipeline passes no labels: the U-Net itself takes them
+                kind, loads_with = "UNet2DModel", "diffusers.UNet2DModel.from_pretrained(OUT/unet)"
+                extra["class_labels"] = {"classes": run.config.label.classes, "null_label": run.config.label.classes}
     except DiffusersError as e:
         raise ConfigError(str(e)) from None
     return {"run": str(run_dir), "out": str(path), "format": format, "class": kind, "loads_with": loads_with, **extra}

@@ -60,33 +60,54 @@ def source_weights(spec: str, net: nn.Module) -> tuple[dict[str, torch.Tensor], 
     return ckpt.load_tensors(path, "ema"), f"the run {spec}"
 
 
+ARCHITECTURE_KEYS = (
+    "in_channels", "out_channels", "layers_per_block", "block_out_channels", "down_block_types", "up_block_types",
+    "mid_block_type", "norm_num_groups", "norm_eps", "attention_head_dim", "attn_norm_num_groups",
+    "resnet_time_scale_shift", "act_fn", "time_embedding_type", "flip_sin_to_cos", "freq_shift",
+    "center_input_sample", "add_attention", "cross_attention_dim", "use_linear_projection", "class_embed_type",
+)  # fmt: skip
+DEFAULTS = {"center_input_sample": False, "class_embed_type": None}
+
+
 def _diffusers_weights(folder: Path, net: nn.Module) -> dict[str, torch.Tensor]:
-    """A diffusers U-Net folder's tensors under kuosan's names (the inverse of ``kuosan export``'s
-    map for this network; q, k and v fused back into one projection)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """A diffusers U-Net folder's tensors under kuosan's names: loaded by diffusers itself (legacy
+    attention names, variants and shards as ``from_pretrained`` handles them; safetensors only),
+    its architecture compared with the one this network exports to (a different function with the
+    same shapes is refused, naming the first differing setting), then the inverse of ``kuosan
+    export``'s key map (q, k and v fused back into one projection). Tensors the map does not know
+    stay under diffusers' names, so :func:`load_into` reports them as ignored."""
+    from kuosan.interop.diffusers import DiffusersError, require_diffusers, require_safetensors
+    from kuosan.interop.export import diffusers_key_map, unet_to_diffusers
 
-    from kuosan.interop.diffusers import DiffusersError
-    from kuosan.interop.export import diffusers_key_map
-
-    unet = folder / "unet" if (folder / "unet").is_dir() else folder
-    files = sorted(unet.glob("*.safetensors"))
-    if not (unet / "config.json").is_file() or not files:
-        raise ConfigError(f"train.init_from=diffusers:{folder}: no U-Net config.json with safetensors weights there")
+    unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+    what = f"train.init_from=diffusers:{folder}"
     try:
-        theirs: dict[str, torch.Tensor] = {}
-        for f in files:
-            theirs.update(load_file(str(f)))
+        require_safetensors(unet_dir)
+        diffusers = require_diffusers()
+        want, _ = unet_to_diffusers(net, 8)
+        cls = diffusers.UNet2DConditionModel if want.pop("_class_name", None) else diffusers.UNet2DModel
+        model = cls.from_pretrained(str(unet_dir), use_safetensors=True)
         key_map = diffusers_key_map(net)
-    except (SafetensorError, OSError, ValueError, DiffusersError) as e:
-        raise ConfigError(f"train.init_from=diffusers:{folder}: {str(e).splitlines()[0]}") from None
-    out = {}
+    except (DiffusersError, OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"{what}: {str(e).strip().splitlines()[0]}") from None
+    for key in ARCHITECTURE_KEYS:
+        ours, theirs = want.get(key, DEFAULTS.get(key)), model.config.get(key, DEFAULTS.get(key))
+        if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)):
+            ours, theirs = list(ours), list(theirs)
+        if key in want and ours != theirs:
+            raise ConfigError(f"{what}: its U-Net has {key}={theirs!r}, this network {ours!r} (another architecture)")
+    theirs = {k: v.detach() for k, v in model.state_dict().items()}
+    out, used = {}, set()
     for key, target in key_map.items():
-        if isinstance(target, tuple):
-            if all(t in theirs for t in target):
-                out[key] = torch.cat([theirs[t] for t in target], dim=0)
-        elif target in theirs:
-            out[key] = theirs[target]
+        parts = target if isinstance(target, tuple) else (target,)
+        present = [t in theirs for t in parts]
+        if not all(present):
+            if key.startswith("label_embed"):  # a class-conditional fine-tune of an unconditional U-Net
+                continue
+            raise ConfigError(f"{what}: its U-Net lacks {parts[present.index(False)]} (this network's {key})")
+        out[key] = torch.cat([theirs[t] for t in parts], dim=0) if len(parts) > 1 else theirs[parts[0]]
+        used.update(parts)
+    out.update({k: v for k, v in theirs.items() if k not in used})  # reported as ignored
     return out
 
 

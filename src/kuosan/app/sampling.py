@@ -12,7 +12,7 @@ import torch
 from kuosan import devices
 from kuosan.build import prior_for, validate_sampling
 from kuosan.config import ConfigError
-from kuosan.diffusion.guidance import CFGDenoiser
+from kuosan.diffusion.guidance import CFGDenoiser, ClampDenoiser
 from kuosan.diffusion.schedules import GRIDS
 from kuosan.interop import diffusers as hf
 from kuosan.runs import Run
@@ -78,6 +78,8 @@ def sample(
     if batch_size < 1:
         raise ConfigError(f"the batch size must be at least 1, got {batch_size}")
     if hf.is_diffusers_spec(run_dir):
+        if class_label is not None or guidance is not None:
+            raise ConfigError("--class and --guidance are for kuosan's class-conditional runs, not diffusers:DIR")
         return _sample_diffusers(
             run_dir,
             n,
@@ -166,7 +168,10 @@ def _class_guidance(run, n, class_label, guidance, where, run_dir):
     scale = run.config.label.guidance if guidance is None else float(guidance)
     if not math.isfinite(scale):
         raise ConfigError(f"guidance must be a finite number, got {scale}")
-    den = CFGDenoiser(run.denoiser(), {"class_labels": torch.tensor([classes], device=where)}, scale)
+    # guidance on the model's own predictions, the clamp (if any) on the guided one, as the pipelines do
+    den = CFGDenoiser(run.denoiser(clip=False), {"class_labels": torch.tensor([classes], device=where)}, scale)
+    if run.config.sample.clip:
+        den = ClampDenoiser(den)
     return den, {"class_labels": class_labels(class_label, n, classes).to(where)}
 
 

@@ -60,7 +60,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, x_shape)
-    if cfg.train.init_from and ckpt.find_checkpoint(out_dir) is None:  # a resume has its own weights
+    if cfg.train.init_from and ckpt.find_checkpoint(out_dir) is None:  # a resumed run has its own weights
         load_into(net, *source_weights(cfg.train.init_from, net))
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)

@@ -32,13 +32,20 @@ CROP_MODES = ("center", "none")
 
 
 def find_images(path: str | Path) -> list[Path]:
-    """All image files under ``path`` (recursive, extensions of ``IMAGE_EXTENSIONS`` in any case), sorted."""
+    """All image files under ``path`` (recursive, extensions of ``IMAGE_EXTENSIONS`` in any case), sorted;
+    hidden files and folders (a name starting with ".", such as .ipynb_checkpoints) are skipped."""
     root = Path(path)
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"image folder {root} is not a directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not files:
         raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in {root}")
     return files
