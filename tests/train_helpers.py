@@ -7,6 +7,17 @@ import torch
 from kuosan.app import build_trainer
 from kuosan.train import checkpoint as ckpt
 
+# a tiny digits U-Net for training tests (8 GroupNorm groups: it exports to diffusers)
+TINY_DIGITS = [
+    "model.params.base_channels=16",
+    "model.params.num_res_blocks=1",
+    "model.params.num_heads=2",
+    "model.params.groups=8",
+    "train.batch_size=16",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=1000",
+]
+
 
 def checkpoint_tensors(run: Path) -> dict:
     """{"model", "ema", "state"} -> that checkpoint part's tensors."""

@@ -44,21 +44,9 @@ def tiny_clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel
+    from kuosan.interop.tiny import tiny_bert
 
-    d = tmp_path_factory.mktemp("bert")
-    _, n = _word_tokenizer(d, cls_sep=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=n,
-        hidden_size=24,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-    )
-    BertModel(cfg).save_pretrained(d)
-    return d
+    return tiny_bert(tmp_path_factory.mktemp("bert"), layers=2)
 
 
 # ---------------------------------------------------------------- text encoders

@@ -13,18 +13,9 @@ from cli_helpers import fails_cleanly, kuosan
 from kuosan.config import ConfigError, resolve_config
 from kuosan.losses.conditional import ConditionalObjective
 from kuosan.networks.unet import UNet
-from train_helpers import assert_resume_equals_uninterrupted
+from train_helpers import TINY_DIGITS, assert_resume_equals_uninterrupted
 
-TINY = [
-    "model.params.base_channels=16",
-    "model.params.num_res_blocks=1",
-    "model.params.num_heads=2",
-    "model.params.groups=8",
-    "train.batch_size=16",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=1000",
-    "sample.steps=2",
-]
+TINY = [*TINY_DIGITS, "sample.steps=2"]
 
 
 def test_the_label_embedding_conditions_the_unet_and_the_null_label_is_its_own():

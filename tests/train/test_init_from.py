@@ -13,17 +13,9 @@ import torch
 from kuosan.app import build_trainer
 from kuosan.config import ConfigError, resolve_config
 from kuosan.train import checkpoint as ckpt
-from train_helpers import checkpoint_tensors
+from train_helpers import TINY_DIGITS, checkpoint_tensors
 
-TINY = [
-    "model.params.base_channels=16",
-    "model.params.num_res_blocks=1",
-    "model.params.num_heads=2",
-    "model.params.groups=8",
-    "train.batch_size=16",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=1000",
-]
+TINY = TINY_DIGITS
 
 
 @pytest.fixture(scope="module")

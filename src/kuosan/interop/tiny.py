@@ -33,8 +33,8 @@ def word_tokenizer(directory, cls_sep: bool):
     return tok, len(vocab)
 
 
-def tiny_bert(folder: Path, *, seed: int = 0) -> Path:
-    """A tiny random BERT (hidden size 24, one layer) with :func:`word_tokenizer`'s vocabulary, saved to
+def tiny_bert(folder: Path, *, seed: int = 0, layers: int = 1) -> Path:
+    """A tiny random BERT (hidden size 24, ``layers`` layers) with :func:`word_tokenizer`'s vocabulary, saved to
     ``folder``: a text encoder for kuosan's own text runs (``text.encoder=path:FOLDER``)."""
     from transformers import BertConfig, BertModel
 
@@ -47,7 +47,7 @@ def tiny_bert(folder: Path, *, seed: int = 0) -> Path:
                 vocab_size=n,
                 hidden_size=24,
                 intermediate_size=48,
-                num_hidden_layers=1,
+                num_hidden_layers=layers,
                 num_attention_heads=2,
                 max_position_embeddings=16,
             )
