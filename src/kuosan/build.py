@@ -13,7 +13,7 @@ from torch import nn
 
 from kuosan.config import Config, ConfigError
 from kuosan.data import DataError
-from kuosan.data.registry import Options, dataset_spec, load_split
+from kuosan.data.registry import Options, dataset_spec, load_labelled_split, load_split
 from kuosan.devices import PRECISIONS
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import ScoreDenoiser
@@ -106,6 +106,10 @@ def validate(cfg: Config) -> Config:
         )
     if not tr.lr > 0 or not 0 <= tr.ema_decay < 1:
         raise ConfigError("train.lr must be positive and train.ema_decay in [0, 1)")
+    if cfg.data.keep_classes and (
+        not isinstance(cfg.data.keep_classes, list) or dataset_spec(cfg.data.name)[0].load_labelled is None
+    ):
+        raise ConfigError(f"data.keep_classes is a list of classes of a labelled data set, not for {cfg.data.name!r}")
     if cfg.model.params.get("num_classes") and not cfg.label.classes:
         raise ConfigError("model.params.num_classes is set by label.classes (the number of classes)")
     if tr.init_from:
@@ -160,8 +164,25 @@ def data_options(cfg: Config, **changes) -> Options:
 
 
 def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
-    """The ``split`` (N, ...) of the config's data set (``data/registry.py`` says which it has)."""
+    """The ``split`` (N, ...) of the config's data set (``data/registry.py`` says which it has); with
+    ``data.keep_classes`` only the examples of those classes."""
+    if cfg.data.keep_classes:
+        return build_labelled_data(cfg, split=split)[0]
     return load_split(cfg.data.name, split, data_options(cfg))
+
+
+def build_labelled_data(cfg: Config, *, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images, labels, class names) of a labelled data set's ``split``, only the examples of
+    ``data.keep_classes`` when it is set (the labels keep their numbers)."""
+    images, labels, names = load_labelled_split(cfg.data.name, split, data_options(cfg))
+    keep = cfg.data.keep_classes
+    if keep:
+        bad = [k for k in keep if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(names)]
+        if bad:
+            raise ConfigError(f"data.keep_classes: {bad[0]!r} is not a class of {cfg.data.name} (0..{len(names) - 1})")
+        mask = torch.isin(labels, torch.tensor(keep))
+        images, labels = images[mask], labels[mask]
+    return images, labels, names
 
 
 def build_network(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:

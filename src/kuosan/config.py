@@ -26,6 +26,7 @@ class DataConfig:
     size: int | None = None  # image folder: resize/crop to size x size
     channels: int = 1  # image folder: 1 (grayscale) or 3 (RGB)
     n: int = 50_000  # toy2d / shapes: number of points / images drawn once (with the run's seed)
+    keep_classes: list = field(default_factory=list)  # labelled data: only these classes (e.g. [0, 1]); [] = all
 
 
 @dataclass

@@ -88,3 +88,19 @@ def test_a_run_starts_from_a_diffusers_unet_folder(source, tmp_path):
     (tmp_path / "hf" / "unet" / "config.json").write_text(json.dumps({**config, "flip_sin_to_cos": False}))
     with pytest.raises(ConfigError, match="flip_sin_to_cos=False"):
         build_trainer(cfg, tmp_path / "c", progress=False)
+
+
+def test_fine_tuning_on_a_subset_of_classes(source, tmp_path):
+    """data.keep_classes keeps the examples of those classes (digits 0 and 1 here) for a fine-tune."""
+    from kuosan.build import build_data, build_labelled_data
+
+    cfg = resolve_config("digits", None, TINY + ["data.keep_classes=[0,1]", f"train.init_from={source}"])
+    images, labels, names = build_labelled_data(cfg)
+    assert set(labels.tolist()) == {0, 1} and len(names) == 10 and torch.equal(build_data(cfg), images)
+    assert len(images) == int(((labels == 0) | (labels == 1)).sum()) > 200
+    tr = build_trainer(cfg, tmp_path / "ft", progress=False)
+    assert len(tr.data) == len(images)
+    with pytest.raises(ConfigError, match="not a class"):
+        build_labelled_data(resolve_config("digits", None, ["data.keep_classes=[12]"]))
+    with pytest.raises(ConfigError, match="keep_classes"):
+        build_trainer(resolve_config("shapes-pixel", None, ["data.keep_classes=[0]"]), tmp_path / "x")

@@ -17,6 +17,7 @@ from kuosan.build import (
     build_autoencoder_objective,
     build_data,
     build_denoiser,
+    build_labelled_data,
     build_network,
     build_objective,
     build_schedule,
@@ -27,7 +28,7 @@ from kuosan.build import (
     validate,
 )
 from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
-from kuosan.data.registry import dataset_spec, load_captioned_split, load_labelled_split
+from kuosan.data.registry import dataset_spec, load_captioned_split
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
 from kuosan.metrics.reconstruction import reconstruction_pairs
 from kuosan.networks import AUTOENCODERS
@@ -111,7 +112,7 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
     captions = labels = None
     if cfg.label.classes:
-        images, labels, names = load_labelled_split(cfg.data.name, "train", data_options(cfg))
+        images, labels, names = build_labelled_data(cfg)
         if len(names) != cfg.label.classes:
             raise ConfigError(f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes")
     elif images is None:
