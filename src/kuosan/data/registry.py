@@ -168,26 +168,25 @@ def load_split(name: str, split: str = "train", options: Options = Options()) ->
     return spec.load(argument, split, options)
 
 
+def _load_with(kind: str, what: str, name: str, split: str, options: Options):
+    """The ``split`` of data set ``name`` through its ``kind`` loader (load_captioned, load_labelled);
+    DataError naming the data sets that have one."""
+    spec, argument = _checked(name, split)
+    loader = getattr(spec, kind)
+    if loader is None:
+        having = ", ".join(k for k, s in DATASETS.items() if getattr(s, kind))
+        raise DataError(f"data.name={name!r} has no {what}; data sets with {what}: {having}")
+    return loader(argument, split, options)
+
+
 def load_captioned_split(name: str, split: str = "train", options: Options = Options()):
     """(images, captions) of the ``split`` of a data set with captions; DataError for one without."""
-    spec, argument = _checked(name, split)
-    if spec.load_captioned is None:
-        raise DataError(
-            f"data.name={name!r} has no captions; captioned data sets: "
-            f"{', '.join(k for k, s in DATASETS.items() if s.load_captioned)}"
-        )
-    return spec.load_captioned(argument, split, options)
+    return _load_with("load_captioned", "captions", name, split, options)
 
 
 def load_labelled_split(name: str, split: str = "train", options: Options = Options()):
     """(images, labels, class names) of the ``split`` of a data set with class labels; DataError for one without."""
-    spec, argument = _checked(name, split)
-    if spec.load_labelled is None:
-        raise DataError(
-            f"data.name={name!r} has no class labels; labelled data sets: "
-            f"{', '.join(k for k, s in DATASETS.items() if s.load_labelled)}"
-        )
-    return spec.load_labelled(argument, split, options)
+    return _load_with("load_labelled", "class labels", name, split, options)
 
 
 __all__ = [
