@@ -109,6 +109,7 @@ class LabelConfig:
     classes: int = 0  # class-conditional on the data set's labels (their number); 0 = no labels
     cond_drop: float = 0.1  # share of training labels replaced by the null label (for CFG)
     guidance: float = 2.0  # classifier-free guidance scale of the samples (1 = the conditional model)
+    names: list = field(default_factory=list)  # the class names, recorded from the data when training starts
 
 
 @dataclass

@@ -168,6 +168,12 @@ def test_class_conditional_trains_on_class_folders(tmp_path):
                             "model.params.in_channels=3")  # fmt: skip
     kuosan("sample", run, "-n", 4, "--class", 1, "--out", tmp_path / "dogs.npy")
     assert np.load(tmp_path / "dogs.npy").shape == (4, 3, 8, 8)
+    kuosan("sample", run, "-n", 4, "--class", "dogs", "--out", tmp_path / "dogs2.npy")  # by name, recorded in the run
+    assert np.array_equal(np.load(tmp_path / "dogs.npy"), np.load(tmp_path / "dogs2.npy"))
+    fails_cleanly(kuosan("sample", run, "--class", "birds", "--out", tmp_path / "x.npy", check=False), "cats, dogs")
+    (root / "dogs").rename(root / "wolves")  # a resume on relabelled data is refused, not silently retrained
+    resumed = kuosan("train", "--resume", "--steps", 6, "--out", run, "--no-progress", check=False)
+    fails_cleanly(resumed, "wolves", "trained on")
     folder = [f"data.name=folder:{root}", "data.channels=3", "model.params.in_channels=3"]
     wrong = kuosan("train", "--preset", "digits-class", "--steps", 1, "--out", tmp_path / "w", "--no-progress",
                    *TINY, *folder, check=False)  # fmt: skip

@@ -61,7 +61,7 @@ def test_class_guidance_is_combined_before_the_clamp(tmp_path):
     class FakeRun:
         class config:
             class label:
-                classes, guidance = 10, 2.0
+                classes, guidance, names = 10, 2.0, []
 
             class sample:
                 clip = True

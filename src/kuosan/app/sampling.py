@@ -142,14 +142,19 @@ def sample(
     return (x.clamp(-1, 1) if x.ndim == 4 else x).float()  # images live in [-1, 1]; 2-D toy data do not
 
 
-def class_labels(class_label: int | str | None, n: int, classes: int) -> torch.Tensor:
-    """(n,) labels of a request: one class index for all, or "all" / None: 0, 1, ..., K-1 in turn."""
+def class_labels(class_label: int | str | None, n: int, classes: int, names=()) -> torch.Tensor:
+    """(n,) labels of a request: one class (its index, or its name among ``names``) for all, or
+    "all" / None: 0, 1, ..., K-1 in turn."""
     if class_label is None or str(class_label) == "all":
         return torch.arange(n) % classes
+    names = [str(x) for x in names]
+    if str(class_label) in names:
+        return torch.full((n,), names.index(str(class_label)))
     try:
         k = int(class_label)
     except ValueError:
-        raise ConfigError(f"--class must be a class index or all, got {class_label!r}") from None
+        known = f"; the classes are {', '.join(names)}" if names else ""
+        raise ConfigError(f"--class must be a class index, a class name or all, got {class_label!r}{known}") from None
     if not 0 <= k < classes:
         raise ConfigError(f"--class {k} is not a class of this run (it has classes 0..{classes - 1})")
     return torch.full((n,), k)
@@ -172,7 +177,8 @@ def _class_guidance(run, n, class_label, guidance, where, run_dir):
     den = CFGDenoiser(run.denoiser(clip=False), {"class_labels": torch.tensor([classes], device=where)}, scale)
     if run.config.sample.clip:
         den = ClampDenoiser(den)
-    return den, {"class_labels": class_labels(class_label, n, classes).to(where)}
+    labels = class_labels(class_label, n, classes, run.config.label.names)
+    return den, {"class_labels": labels.to(where)}
 
 
 def _sample_diffusers(

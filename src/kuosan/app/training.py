@@ -115,6 +115,11 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
         images, labels, names = build_labelled_data(cfg)
         if len(names) != cfg.label.classes:
             raise ConfigError(f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes")
+        if cfg.label.names and list(cfg.label.names) != list(names):  # a resume sees the classes it trained on
+            raise ConfigError(
+                f"the classes of {cfg.data.name} are now {names}, the run was trained on {list(cfg.label.names)}"
+            )
+        cfg.label.names = list(names)
     elif images is None:
         if cfg.text.encoder and dataset_spec(cfg.data.name)[0].load_captioned is not None:
             images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg))
