@@ -221,19 +221,23 @@ class TextToImagePipeline:
         mean, std = encode_posterior(self.autoencoder, images.float())
         if self.posterior == "sample" and std is not None:
             mean = mean + std * devices.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        if self.shift_factor is not None:
-            mean = mean - self.shift_factor
-        return self.scale_factor * mean
+        return self.scale_latents(mean)
+
+    def scale_latents(self, e: torch.Tensor) -> torch.Tensor:
+        """z = s (E(x) - shift): the autoencoder's latent as the denoiser sees it."""
+        return self.scale_factor * (e - self.shift_factor if self.shift_factor is not None else e)
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """E(x) = z / s + shift: what the autoencoder's decoder takes (the inverse of :meth:`scale_latents`)."""
+        z = z / self.scale_factor
+        return z + self.shift_factor if self.shift_factor is not None else z
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] of z0 (the autoencoder's decoder applied to z / s + shift for a latent
         model), on the CPU."""
         if self.autoencoder is not None:
-            z = z.to(self.device) / self.scale_factor
-            if self.shift_factor is not None:
-                z = z + self.shift_factor
-            z = self.autoencoder.decode(z)
+            z = self.autoencoder.decode(self.unscale_latents(z.to(self.device)))
         return z.float().clamp(-1, 1).cpu()
 
     # --- the shared sampling loop ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from kuosan import devices
+from kuosan.build import encode_posterior
 from kuosan.config import ConfigError
 from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, kl_form_step
 from kuosan.interop import diffusers as hf
@@ -53,9 +54,7 @@ def model_input(pipe: TextToImagePipeline, x: torch.Tensor) -> torch.Tensor:
     of a latent model (E the posterior's mean; a plain autoencoder's z), x itself in pixel space."""
     if pipe.autoencoder is None:
         return x
-    posterior = pipe.autoencoder.encode(x)
-    mean = posterior if isinstance(posterior, torch.Tensor) else posterior.mean
-    return pipe.scale_factor * (mean - (pipe.shift_factor or 0.0))
+    return pipe.scale_latents(encode_posterior(pipe.autoencoder, x)[0])
 
 
 def score_distillation(

@@ -26,6 +26,7 @@ from kuosan.app.distillation import check_prompt_length, load_text_pipeline, mod
 from kuosan.config import ConfigError
 from kuosan.distill.sds import T_SCHEDULES, WEIGHTINGS, ScoreDistillation, decoded_sds_gradient, sds_surrogate
 from kuosan.networks.nerf import NeRF, check_range, orbit_cameras, random_cameras, render, view_direction
+from kuosan.train.checkpoint import first_non_finite
 from kuosan.utils import replaced_whole, unwritable_reason
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ def _writable_folder(out: Path) -> None:
 
 def check_finite(nerf: NeRF, where: str) -> None:
     """ConfigError naming the first parameter of the NeRF that holds a NaN or an infinity."""
-    for name, p in nerf.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ConfigError(f"the NeRF's parameter {name} is not finite ({where}); try a smaller --lr or --grad-clip")
+    name = first_non_finite(dict(nerf.named_parameters()))
+    if name is not None:
+        raise ConfigError(f"the NeRF's parameter {name} is not finite ({where}); try a smaller --lr or --grad-clip")
 
 
 def save_nerf(nerf: NeRF, folder: Path, settings: dict) -> None:
@@ -257,14 +258,12 @@ def dreamfusion(
     also write the density's level set tau = ``mesh_level`` (:func:`save_mesh`), "ply" or "obj".
     Returns the report (also the last line of log.jsonl)."""
     out = Path(out)
-    _check_options(**{k: v for k, v in locals().items() if k in _CHECKED})
+    sds = _check_options(**{k: v for k, v in locals().items() if k in _CHECKED})
     if mesh is not None:
         try:
             import skimage.measure  # noqa: F401
         except ImportError:
             raise ConfigError("--save-mesh needs scikit-image (pip install 'kuosan[mesh]')") from None
-    sds = ScoreDistillation(None, None, t_min=t_min, t_max=t_max, weighting=weighting, t_schedule=t_schedule,
-                            t_max_end=t_max_end)  # fmt: skip
     nerf, _ = load_nerf(init) if init is not None else (None, None)
     _writable_folder(out)
 
@@ -337,7 +336,7 @@ def dreamfusion(
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
         except BaseException:  # an error or an interrupt: keep what was made, if it is sound
-            if i > 0 and all(torch.isfinite(p).all() for p in nerf.parameters()):
+            if i > 0 and first_non_finite(dict(nerf.named_parameters())) is None:
                 save_nerf(nerf, out, {**settings, "stopped_at_step": i})
             raise
         check_finite(nerf, "at the end")
@@ -362,8 +361,9 @@ _RECORDED = (
 )  # fmt: skip
 
 
-def _check_options(**o) -> None:
-    """ConfigError (one line) for an option no run can use; before any work."""
+def _check_options(**o) -> ScoreDistillation:
+    """The run's ScoreDistillation (its denoiser and schedule set once the model is loaded), or a
+    ConfigError (one line) for an option no run can use; before any work."""
     if o["steps"] < (0 if o["init"] is not None else 1):
         raise ConfigError(f"steps must be at least 1 (0 with --init: render and export only), got {o['steps']}")
     if o["batch_size"] < 1 or o["n_samples"] < 2:
@@ -392,8 +392,8 @@ def _check_options(**o) -> None:
             ("fov", 1e-3, 179),
         ):
             check_range(name, *o[name], lo, hi)
-        ScoreDistillation(None, None, t_min=o["t_min"], t_max=o["t_max"], t_schedule=o["t_schedule"],
-                          t_max_end=o["t_max_end"])  # fmt: skip
+        return ScoreDistillation(None, None, t_min=o["t_min"], t_max=o["t_max"], weighting=o["weighting"],
+                                 t_schedule=o["t_schedule"], t_max_end=o["t_max_end"])  # fmt: skip
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -401,10 +401,7 @@ def _check_options(**o) -> None:
 def _decode(pipe, z: torch.Tensor) -> torch.Tensor:
     """Dec(z / s + shift) on the pipeline's device, no graph, not clamped."""
     with torch.no_grad():
-        z = z / pipe.scale_factor
-        if pipe.shift_factor is not None:
-            z = z + pipe.shift_factor
-        return pipe.autoencoder.decode(z).float()
+        return pipe.autoencoder.decode(pipe.unscale_latents(z)).float()
 
 
 def _step(nerf, opt, pipe, sds, guided, conds, cams, words, look, i, steps, g, seconds, rsize, size, *, n_samples,

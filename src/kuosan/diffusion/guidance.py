@@ -35,6 +35,17 @@ def broadcast_batch(value: torch.Tensor, b: int, name: str) -> torch.Tensor:
     raise ValueError(f"{name} has batch {value.shape[0]}, expected {b} or 1")
 
 
+def stack_conditionings(parts: list[dict], cond: dict, b: int) -> dict:
+    """The conditioning of one batched call on [x] * len(parts): for each key of ``cond``, every
+    part's value (batch 1 or b) or, where a part lacks the key (an inpainting ``cond_image``), the
+    conditional one, concatenated along the batch."""
+    out = {}
+    for key, value in cond.items():
+        c = broadcast_batch(value, b, key)
+        out[key] = torch.cat([broadcast_batch(p[key], b, key) if key in p else c for p in parts])
+    return out
+
+
 def cfg_combine(d_uncond: torch.Tensor, d_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022, Eq. 6, written for x0_hat):
     D = D_u + s (D_c - D_u); s = 1 is the conditional model, s = 0 the unconditional one."""
@@ -64,11 +75,7 @@ class CFGDenoiser(nn.Module):
             raise ValueError(
                 f"CFGDenoiser: the conditional call lacks {missing[0]}= (given for the unconditional half)"
             )
-        both = {}
-        for key, value in cond.items():
-            c = broadcast_batch(value, b, key)
-            u = broadcast_batch(self.uncond[key], b, f"uncond {key}") if key in self.uncond else c
-            both[key] = torch.cat([u, c])
+        both = stack_conditionings([self.uncond, cond], cond, b)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         sigma = torch.cat([sigma.expand(b)] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
         d_uncond, d_cond = self.denoiser(torch.cat([x, x]), sigma, **both).chunk(2)
@@ -110,10 +117,7 @@ class PerpNegDenoiser(nn.Module):
         missing = sorted(set().union(self.uncond, *self.negatives) - set(cond))
         if missing:
             raise ValueError(f"PerpNegDenoiser: the conditional call lacks {missing[0]}= (given for another part)")
-        both = {}
-        for key, value in cond.items():
-            c = broadcast_batch(value, b, key)
-            both[key] = torch.cat([broadcast_batch(p[key], b, key) if key in p else c for p in parts])
+        both = stack_conditionings(parts, cond, b)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(b)
         d = self.denoiser(torch.cat([x] * k), torch.cat([sigma] * k), **both).chunk(k)
         d_u, e_pos = d[0], d[1] - d[0]
