@@ -29,6 +29,7 @@ and vertical field of view), y up, azimuth 0 on +z ("front").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -204,15 +205,17 @@ class Cameras:
     def __len__(self) -> int:
         return self.origin.shape[0]
 
+    def _map(self, fn) -> Cameras:
+        return Cameras(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
     def __getitem__(self, index) -> Cameras:
         """The cameras at ``index`` (a slice, an index tensor or list), as Cameras."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return Cameras(*(getattr(self, k)[index] for k in ("origin", "rotation", "fov", "azimuth", "elevation")))
+        return self._map(lambda v: v[index])
 
     def to(self, device, dtype: torch.dtype | None = None) -> Cameras:
-        fields = ("origin", "rotation", "fov", "azimuth", "elevation")
-        return Cameras(*(getattr(self, k).to(device, dtype) for k in fields))
+        return self._map(lambda v: v.to(device, dtype))
 
 
 def orbit_cameras(azimuth, elevation, radius, fov) -> Cameras:
