@@ -42,7 +42,8 @@ LAYERS["build"] = {
     "utils",
     "train",
 }
-LAYERS["runs"] = LAYERS["build"] | {"build", "interop"}
+LAYERS["init_from"] = LAYERS["build"] | {"build", "interop"}  # a new run's weights and its LoRA adapter
+LAYERS["runs"] = LAYERS["init_from"] | {"init_from"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
 LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops", "distill"}
 LAYERS["cli"] = LAYERS["app"] | {"app"}

@@ -114,6 +114,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.params.num_classes is set by label.classes (the number of classes)")
     if tr.init_from:
         _validate_init_from(cfg)
+    if cfg.lora.rank:
+        _validate_lora(cfg)
     if cfg.text.encoder or cfg.latent.autoencoder or cfg.label.classes:
         _validate_conditional(cfg)
     if cfg.model.network in AUTOENCODERS:
@@ -307,6 +309,19 @@ def _validate_init_from(cfg: Config) -> None:
     spec = cfg.train.init_from
     if spec.startswith("diffusers:") and (cfg.model.network != "unet" or not spec[len("diffusers:") :]):
         raise ConfigError("train.init_from=diffusers:DIR needs a folder and model.network=unet")
+
+
+def _validate_lora(cfg: Config) -> None:
+    """lora.rank adapts the attention of a U-Net loaded from train.init_from (``networks/lora.py``)."""
+    lora = cfg.lora
+    if lora.rank < 0:
+        raise ConfigError(f"lora.rank must be the adapter's rank (or 0: no LoRA), got {lora.rank}")
+    if not cfg.train.init_from:
+        raise ConfigError("lora.rank adapts pretrained weights: set train.init_from=RUN or diffusers:DIR")
+    if cfg.model.network != "unet":
+        raise ConfigError(f"lora.rank adapts a U-Net's attention, not model.network={cfg.model.network}")
+    if not lora.alpha >= 0 or not 0 <= lora.dropout < 1:
+        raise ConfigError(f"lora.alpha must be >= 0 and lora.dropout in [0, 1), got {lora.alpha}, {lora.dropout}")
 
 
 def _validate_conditional(cfg: Config) -> None:

@@ -58,7 +58,7 @@ class TrainConfig:
     batch_size: int = 128  # the global batch (split over processes under torchrun)
     grad_accum: int = 1  # micro-batches per process and step
     grad_checkpointing: bool = False  # recompute block activations in the backward pass (memory for compute)
-    init_from: str = ""  # start from pretrained weights: a kuosan run or diffusers:DIR (app/init_from.py)
+    init_from: str = ""  # start from pretrained weights: a kuosan run or diffusers:DIR (init_from.py)
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
@@ -113,6 +113,13 @@ class LabelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 0  # LoRA on the attention projections of train.init_from's weights, rank r; 0 = no LoRA
+    alpha: float = 0.0  # the adapter's scale is alpha / rank; 0 = rank (scale 1)
+    dropout: float = 0.0  # dropout on the adapter's input
+
+
+@dataclass
 class AutoencoderConfig:
     recon: str = "l2"  # reconstruction term, summed over pixels: l2 or l1 (losses/autoencoder.py)
     kl_weight: float = 1e-6  # vae: weight of KL(q(z|x) || N(0, I)) in nats (LDM's 1e-6); ae: must be 0
@@ -129,6 +136,7 @@ class Config:
     latent: LatentConfig = field(default_factory=LatentConfig)
     text: TextConfig = field(default_factory=TextConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,6 +199,7 @@ _SECTIONS = {
     "text": TextConfig,
     "label": LabelConfig,
     "autoencoder": AutoencoderConfig,
+    "lora": LoRAConfig,
 }
 
 

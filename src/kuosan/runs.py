@@ -19,7 +19,9 @@ from torch import nn
 from kuosan.build import build_denoiser, build_network, build_schedule, build_text_encoder, validate
 from kuosan.config import Config, ConfigError
 from kuosan.diffusion import DiscreteSchedule
+from kuosan.init_from import prepare_network
 from kuosan.networks import AUTOENCODERS
+from kuosan.networks.lora import merge_lora as merge_lora_into
 from kuosan.train import checkpoint as ckpt
 
 WEIGHTS = ("ema", "model")
@@ -55,9 +57,11 @@ class Run:
     state: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, weights: str = "ema") -> Run:
+    def open(cls, run_dir: str | Path, *, weights: str = "ema", merge_lora: bool = True) -> Run:
         """Load the run in ``run_dir`` with its ``weights`` ("ema" or "model"); CheckpointError (one
-        line) for a missing, incomplete or corrupt checkpoint or weights that do not fit the config."""
+        line) for a missing, incomplete or corrupt checkpoint or weights that do not fit the config.
+        A LoRA run (``lora.rank``) is its base (``train.init_from``, loaded again) with its saved
+        adapter, folded into the base's weights unless ``merge_lora=False``."""
         if weights not in WEIGHTS:
             raise ConfigError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
         path = Path(run_dir)
@@ -65,11 +69,15 @@ class Run:
         state = ckpt.read_state(path)
         data_shape = tuple(state["data_shape"])
         net = build_network(cfg, data_shape)
+        adapter = prepare_network(cfg, net, new_run=False)
         tensors = ckpt.load_tensors(path, weights)
-        misfit = _misfit(net.state_dict(), tensors)
+        expected = net.state_dict() if adapter is None else {k: net.state_dict()[k] for k in adapter}
+        misfit = _misfit(expected, tensors)
         if misfit:
             raise ckpt.CheckpointError(f"weights in {path} do not fit the network its config.json describes: {misfit}")
-        net.load_state_dict(tensors)
+        net.load_state_dict(tensors, strict=adapter is None)
+        if adapter is not None and merge_lora:
+            merge_lora_into(net)
         net.eval().requires_grad_(False)
         net.data_shape = data_shape
         if cfg.train.channels_last and len(data_shape) == 3:  # as trained: NHWC convolutions, fused norms

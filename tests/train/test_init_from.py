@@ -58,7 +58,7 @@ def test_partial_loading_rules(source, tmp_path):
     assert torch.equal(state["label_embed.weight"], fresh.net.state_dict()["label_embed.weight"])  # the new layer
     tr.fit(steps=1)
     # a class run into an unconditional one: the label embedding is ignored, the rest loaded
-    from kuosan.app.init_from import load_into, source_weights
+    from kuosan.init_from import load_into, source_weights
 
     plain = build_trainer(resolve_config("digits", None, TINY), tmp_path / "e", progress=False).net
     report = load_into(plain, *source_weights(str(tmp_path / "c"), plain))

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from kuosan import devices
-from kuosan.app.init_from import load_into, source_weights
 from kuosan.build import (
     build_autoencoder_objective,
     build_data,
@@ -29,6 +28,7 @@ from kuosan.build import (
 )
 from kuosan.config import Config, ConfigError, merge_overrides, resolve_config
 from kuosan.data.registry import dataset_spec, load_captioned_split
+from kuosan.init_from import prepare_network
 from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_posterior
 from kuosan.metrics.reconstruction import reconstruction_pairs
 from kuosan.networks import AUTOENCODERS
@@ -61,8 +61,8 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
     torch.manual_seed(cfg.train.seed)
     net = build_network(cfg, x_shape)
-    if cfg.train.init_from and ckpt.find_checkpoint(out_dir) is None:  # a resumed run has its own weights
-        load_into(net, *source_weights(cfg.train.init_from, net))
+    # a resumed run has its own weights (a LoRA run: its adapter, on the base loaded again)
+    adapter = prepare_network(cfg, net, new_run=ckpt.find_checkpoint(out_dir) is None)
     if cfg.model.network in AUTOENCODERS:  # the first stage: reconstruction objective, pictures of reconstructions
         objective, sample_fn = build_autoencoder_objective(cfg, net, x_shape), reconstruction_fn(data)
     tr = cfg.train
@@ -100,6 +100,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         seed=tr.seed,
         sample_fn=sample_fn,
         progress=progress,
+        saved_keys=adapter,
     )
 
 

@@ -76,7 +76,11 @@ def channel_linear(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor | 
     a 1x1 convolution with the Linear's weight viewed as (O, C, 1, 1). Where the CPU kernels apply it
     is :func:`conv2d`'s convolution (whose weight and bias gradient is the AMX kernel's: one pass, no
     transposed copy of the output gradient; whose forward adds the residual); otherwise ``F.linear``
-    on the (B, H, W, C) view."""
+    on the (B, H, W, C) view. A projection that is not a plain Linear (one with a LoRA adapter,
+    ``networks/lora.py``, whose forward adds its low-rank update) is called as a module on that view."""
+    if type(linear) is not nn.Linear:
+        y = linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return y if residual is None else y + residual
     if not autograd.conv_backward_applies(x, linear.weight) or (
         not torch.is_autocast_enabled("cpu") and x.dtype != linear.weight.dtype
     ):

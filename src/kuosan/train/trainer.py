@@ -106,6 +106,10 @@ class Trainer:
     of it, in ``grad_accum`` micro-batches (DistributedDataParallel averages the gradients).
     ``config`` is saved verbatim with every checkpoint (it must rebuild the network);
     ``sample_fn(ema_net, n, generator) -> samples`` draws the pictures (the trainer knows no sampler).
+
+    Only parameters with ``requires_grad`` are optimised. ``saved_keys`` (None: all) are the
+    state-dict keys that checkpoints keep of the weights and their EMA: a LoRA run keeps its adapter,
+    and the caller rebuilds the frozen rest (the base of ``train.init_from``) before a resume.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class Trainer:
         seed: int = 0,
         sample_fn: Callable | None = None,
         progress: bool = True,
+        saved_keys: list[str] | None = None,
     ):
         if precision not in devices.DTYPES:
             raise ValueError(f"precision must be one of {', '.join(devices.DTYPES)}, got {precision!r}")
@@ -178,9 +183,11 @@ class Trainer:
             self.model = torch.compile(self.model)
         # the fused (one-kernel) AdamW: 3x faster than the per-parameter loop on CPU for a 6.5M U-Net;
         # with cpu_tweaks it is handed channels-last weights as dense views (train/cpu.py)
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
+        trained = [p for p in net.parameters() if p.requires_grad]
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trained)
+        self.saved_keys = None if saved_keys is None else list(saved_keys)
         self.opt = make_optimizer(
-            net.parameters(),
+            trained,
             cpu_tweaks=cpu_tweaks,
             lr=lr,
             betas=tuple(betas),
@@ -256,7 +263,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every process takes part, to gather its RNG state)."""
-        model, ema = self.net.state_dict(), self.ema.shadow.state_dict()
+        model, ema = self._kept(self.net.state_dict()), self._kept(self.ema.shadow.state_dict())
         for name, weights in (("weights", model), ("EMA weights", ema)):
             key = ckpt.first_non_finite(weights)
             if key is not None:  # every process holds the same weights, so all stop
@@ -295,6 +302,18 @@ class Trainer:
             state=state,
         )
 
+    def _kept(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state if self.saved_keys is None else {k: state[k] for k in self.saved_keys}
+
+    def _load_kept(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        if self.saved_keys is None:
+            module.load_state_dict(tensors)
+            return
+        if set(tensors) != set(self.saved_keys):
+            other = sorted(set(tensors) ^ set(self.saved_keys))[0]
+            raise ckpt.CheckpointError(f"the checkpoint in {self.out_dir} does not hold this run's weights ({other})")
+        module.load_state_dict(tensors, strict=False)
+
     def resume(self) -> None:
         """Restore weights, EMA, optimizer, step, clocks and RNG states from ``out_dir``. With another
         number of processes than the checkpoint's, the data stream continues exactly; dropout masks
@@ -307,8 +326,8 @@ class Trainer:
             )
         tensors = ckpt.load_tensors(self.out_dir, "state")
         try:
-            self.net.load_state_dict(ckpt.load_tensors(self.out_dir, "model"))
-            self.ema.shadow.load_state_dict(ckpt.load_tensors(self.out_dir, "ema"))
+            self._load_kept(self.net, ckpt.load_tensors(self.out_dir, "model"))
+            self._load_kept(self.ema.shadow, ckpt.load_tensors(self.out_dir, "ema"))
             ckpt.optimizer_from_tensors(self.opt, tensors, state["optimizer"])
             self.generator.set_state(tensors["rng.generator"])
             torch.set_rng_state(tensors.get(f"rng.torch.{self.rank}", tensors["rng.torch.0"]))

@@ -13,6 +13,10 @@ Partial loading rules (what fine-tuning a changed architecture needs):
 - nothing in common is a ConfigError (the wrong source).
 
 What was loaded, kept and ignored is logged and returned.
+
+With ``lora.rank`` set the source is the frozen base of a LoRA fine-tune (``networks/lora.py``): it is
+loaded whenever the network is built (a new run, a resumed one, sampling), since a LoRA run's
+checkpoint keeps only its adapter; it must then supply every weight of the network.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kuosan.config import ConfigError
+from kuosan.build import build_network
+from kuosan.config import Config, ConfigError
+from kuosan.networks.lora import add_lora, merge_lora
 from kuosan.train import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
@@ -57,7 +63,14 @@ def source_weights(spec: str, net: nn.Module) -> tuple[dict[str, torch.Tensor], 
     path = Path(spec)
     if ckpt.find_checkpoint(path) is None:
         raise ConfigError(f"train.init_from={spec}: no kuosan run there (and not diffusers:DIR)")
-    return ckpt.load_tensors(path, "ema"), f"the run {spec}"
+    source = Config.from_dict(ckpt.read_config(path))
+    if not source.lora.rank:
+        return ckpt.load_tensors(path, "ema"), f"the run {spec}"
+    # a LoRA run: its base with its EMA adapter folded in
+    adapted = build_network(source, tuple(ckpt.read_state(path)["data_shape"]))
+    prepare_network(source, adapted, new_run=False)
+    adapted.load_state_dict(ckpt.load_tensors(path, "ema"), strict=False)
+    return merge_lora(adapted).state_dict(), f"the LoRA run {spec}"
 
 
 ARCHITECTURE_KEYS = (
@@ -111,4 +124,25 @@ def _diffusers_weights(folder: Path, net: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["load_into", "source_weights"]
+def prepare_network(cfg: Config, net: nn.Module, *, new_run: bool) -> list[str] | None:
+    """Give a network just built from ``cfg`` its starting weights: ``train.init_from``'s for a new
+    run; for a LoRA run (``lora.rank``) always the base's, then the adapter. Returns the adapter's
+    state-dict keys (what the run's checkpoints keep), None without LoRA (they keep everything)."""
+    spec, lora = cfg.train.init_from, cfg.lora
+    if not lora.rank:
+        if spec and new_run:
+            load_into(net, *source_weights(spec, net))
+        return None
+    report = load_into(net, *source_weights(spec, net))
+    if report["new"]:
+        raise ConfigError(
+            f"lora.rank: train.init_from={spec} lacks {len(report['new'])} weights of this network (first "
+            f"{report['new'][0]}); a LoRA run adapts a base that has them all (fine-tune it without LoRA)"
+        )
+    try:
+        return add_lora(net, rank=lora.rank, alpha=lora.alpha or lora.rank, dropout=lora.dropout)
+    except (ValueError, ImportError) as e:
+        raise ConfigError(f"lora.rank: {e}") from None
+
+
+__all__ = ["load_into", "prepare_network", "source_weights"]
