@@ -13,7 +13,9 @@ from torch import nn
 
 from kuosan.config import Config, ConfigError
 from kuosan.data import DataError
+from kuosan.data.image_folder import CROP_MODES
 from kuosan.data.registry import Options, dataset_spec, load_labelled_split, load_split
+from kuosan.data.streaming import LOADERS, ImageFiles
 from kuosan.devices import PRECISIONS
 from kuosan.diffusion import ClampDenoiser, DiscreteSchedule, VPDenoiser
 from kuosan.diffusion.parameterization import ScoreDenoiser
@@ -112,6 +114,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.keep_classes is a list of classes of a labelled data set, not for {cfg.data.name!r}")
     if cfg.model.params.get("num_classes") and not cfg.label.classes:
         raise ConfigError("model.params.num_classes is set by label.classes (the number of classes)")
+    _validate_reading(cfg)
     if tr.init_from:
         _validate_init_from(cfg)
     if cfg.lora.rank:
@@ -159,31 +162,42 @@ def _validate_autoencoder(cfg: Config) -> None:
         raise ConfigError(f"diffusion.dequantize=true: model.network={net} trains an autoencoder, not a diffusion")
 
 
-def data_options(cfg: Config, **changes) -> Options:
-    """The loader options of the config's data section and training seed (``changes`` replace some)."""
+def data_options(cfg: Config, *, training: bool = False, **changes) -> Options:
+    """The loader options of the config's data section and training seed (``changes`` replace some).
+    Only ``training`` data follow ``data.loader`` and draw random crops and flips; other readings
+    (evaluation, pictures) are one tensor, centre-cropped."""
     d = cfg.data
-    return replace(Options(n=d.n, size=d.size, channels=d.channels, seed=cfg.train.seed), **changes)
+    options = Options(n=d.n, size=d.size, channels=d.channels, seed=cfg.train.seed, skip_bad=d.skip_bad)
+    if training:
+        options = replace(options, crop=d.crop, flip=d.flip, loader=d.loader, memory_mb=d.memory_mb, workers=d.workers)
+    elif d.crop != "random":
+        options = replace(options, crop=d.crop)
+    return replace(options, **changes)
 
 
-def build_data(cfg: Config, *, split: str = "train") -> torch.Tensor:
+def build_data(cfg: Config, *, split: str = "train", training: bool = False) -> torch.Tensor | ImageFiles:
     """The ``split`` (N, ...) of the config's data set (``data/registry.py`` says which it has); with
-    ``data.keep_classes`` only the examples of those classes."""
+    ``data.keep_classes`` only the examples of those classes. ``training`` data of image files may be a
+    stream (``data.loader``)."""
     if cfg.data.keep_classes:
-        return build_labelled_data(cfg, split=split)[0]
-    return load_split(cfg.data.name, split, data_options(cfg))
+        return build_labelled_data(cfg, split=split, training=training)[0]
+    return load_split(cfg.data.name, split, data_options(cfg, training=training))
 
 
-def build_labelled_data(cfg: Config, *, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def build_labelled_data(
+    cfg: Config, *, split: str = "train", training: bool = False
+) -> tuple[torch.Tensor | ImageFiles, torch.Tensor, list[str]]:
     """(images, labels, class names) of a labelled data set's ``split``, only the examples of
     ``data.keep_classes`` when it is set (the labels keep their numbers)."""
-    images, labels, names = load_labelled_split(cfg.data.name, split, data_options(cfg))
+    images, labels, names = load_labelled_split(cfg.data.name, split, data_options(cfg, training=training))
     keep = cfg.data.keep_classes
     if keep:
         bad = [k for k in keep if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(names)]
         if bad:
             raise ConfigError(f"data.keep_classes: {bad[0]!r} is not a class of {cfg.data.name} (0..{len(names) - 1})")
         mask = torch.isin(labels, torch.tensor(keep))
-        images, labels = images[mask], labels[mask]
+        images = images.subset(mask.nonzero()[:, 0]) if isinstance(images, ImageFiles) else images[mask]
+        labels = labels[mask]
     return images, labels, names
 
 
@@ -303,6 +317,32 @@ def build_denoiser(cfg: Config, net: nn.Module, *, clip: bool | None = None):
 # --- text-conditional and latent diffusion (docs/latent_diffusion.md) -------------------------------------
 
 
+def _validate_reading(cfg: Config) -> None:
+    """data.loader, memory_mb, workers, crop, flip: how training reads image files."""
+    d = cfg.data
+    if d.loader not in LOADERS:
+        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {d.loader!r}")
+    if isinstance(d.memory_mb, bool) or not isinstance(d.memory_mb, int | float) or not d.memory_mb >= 0:
+        raise ConfigError(f"data.memory_mb must be a number of MiB >= 0, got {d.memory_mb!r}")
+    if isinstance(d.workers, bool) or not isinstance(d.workers, int) or d.workers < 0:
+        raise ConfigError(f"data.workers must be an integer >= 0, got {d.workers!r}")
+    if d.crop not in CROP_MODES:
+        raise ConfigError(f"data.crop must be one of {', '.join(CROP_MODES)}, got {d.crop!r}")
+    random = d.flip or d.crop == "random"
+    if not isinstance(d.flip, bool):
+        raise ConfigError(f"data.flip must be true or false, got {d.flip!r}")
+    if (random or d.loader == "stream") and not cfg.data.name.startswith("folder:"):
+        raise ConfigError("data.loader=stream, data.flip and data.crop=random read image files: data.name=folder:PATH")
+    if random and d.loader == "memory":
+        raise ConfigError("data.flip and data.crop=random draw anew at each reading: they need data.loader=stream")
+    if d.crop == "random" and d.size is None:
+        raise ConfigError("data.crop=random needs the size to crop to: data.size")
+    if random and cfg.latent.autoencoder:
+        raise ConfigError(
+            "data.flip and data.crop=random: a latent run encodes its images once, so it draws no new crops or flips"
+        )
+
+
 def _validate_init_from(cfg: Config) -> None:
     """train.init_from=diffusers:DIR names a folder and is for a U-Net (whether the source exists is
     asked only when a new run starts: a resumed run has its own weights)."""
@@ -376,11 +416,11 @@ def build_text_encoder(cfg: Config):
 
 
 @torch.no_grad()
-def encode_posterior(autoencoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256):
+def encode_posterior(autoencoder: nn.Module, images: torch.Tensor | ImageFiles, *, batch_size: int = 256):
     """(mean, std) of the autoencoder's posterior q(z | x) for every image, in batches; a plain
     autoencoder's z with std None (a point posterior)."""
     means, stds = [], []
-    for chunk in images.split(batch_size):
+    for chunk in images.split(batch_size):  # a stream (ImageFiles) is decoded a piece at a time
         out = autoencoder.encode(chunk)
         if isinstance(out, torch.Tensor):
             means.append(out.float())

@@ -27,6 +27,13 @@ class DataConfig:
     channels: int = 1  # image folder: 1 (grayscale) or 3 (RGB)
     n: int = 50_000  # toy2d / shapes: number of points / images drawn once (with the run's seed)
     keep_classes: list = field(default_factory=list)  # labelled data: only these classes (e.g. [0, 1]); [] = all
+    # image files (folder:PATH) in training: read once into memory, or streamed (data/streaming.py)
+    loader: str = "auto"  # auto (stream when decoded > memory_mb, or flip / random crop), memory, stream
+    memory_mb: float = 4096.0  # auto: the most the decoded data set may take in memory (MiB)
+    workers: int = 2  # stream: decoding processes of the DataLoader (0: in the training process)
+    crop: str = "center"  # with size: center, random (drawn at each reading: streams), none (squash)
+    flip: bool = False  # a random horizontal flip at each reading (streams)
+    skip_bad: bool = False  # leave out files that do not decode (their count is logged) instead of stopping
 
 
 @dataclass

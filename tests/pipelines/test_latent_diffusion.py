@@ -80,6 +80,26 @@ def test_conditional_training_resumes_bitwise(tmp_path, vae_run, bert_dir):
     assert (tmp_path / "a" / "samples").is_dir()
 
 
+def test_a_streamed_captioned_folder_is_encoded_in_pieces_to_the_same_latents(tmp_path, vae_run, bert_dir):
+    """A latent run on image files it streams encodes them a piece at a time; the latents, scale
+    and captions are those of the in-memory path."""
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8), "RGB").save(tmp_path / f"{k}.png")
+        (tmp_path / f"{k}.txt").write_text(["a red circle", "a blue square"][k % 2])
+    folder = [f"data.name=folder:{tmp_path}", "data.size=32", "data.channels=3"]
+    built = {
+        loader: build_trainer(_ldm_cfg(vae_run, bert_dir, *folder, f"data.loader={loader}"), tmp_path / loader)
+        for loader in ("stream", "memory")
+    }
+    a, b = built["stream"], built["memory"]
+    assert torch.is_tensor(a.data) and a.data.shape == (10, 4, 8, 8) and torch.equal(a.data, b.data)
+    assert a.cond_data.keys() == b.cond_data.keys() and all(
+        torch.equal(a.cond_data[k], b.cond_data[k]) for k in a.cond_data
+    )
+    assert a.config["latent"]["scale_factor"] == b.config["latent"]["scale_factor"] > 0
+
+
 def test_missing_autoencoder_is_a_one_line_config_error(tmp_path, bert_dir):
     cfg = resolve_config(
         "shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={tmp_path / 'none'}", f"text.encoder=path:{bert_dir}"]

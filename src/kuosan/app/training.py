@@ -56,7 +56,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         x_shape = tuple(data["x"].shape[1:])
         sample_fn = conditional_sample_fn(cfg, x_shape, **extras)
     else:
-        data = build_data(cfg) if data is None else data
+        data = build_data(cfg, training=True) if data is None else data
         x_shape = tuple(data.shape[1:])
         objective, sample_fn = build_objective(cfg), sample_fn_for(cfg, x_shape)
     torch.manual_seed(cfg.train.seed)
@@ -113,7 +113,7 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     conditioning widths (``model.params.context_dim``, ``pooled_dim``, ``cond_channels``)."""
     captions = labels = None
     if cfg.label.classes:
-        images, labels, names = build_labelled_data(cfg)
+        images, labels, names = build_labelled_data(cfg, training=True)
         if len(names) != cfg.label.classes:
             raise ConfigError(f"label.classes={cfg.label.classes}, but {cfg.data.name} has {len(names)} classes")
         if cfg.label.names and list(cfg.label.names) != list(names):  # a resume sees the classes it trained on
@@ -123,9 +123,9 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
         cfg.label.names = list(names)
     elif images is None:
         if cfg.text.encoder and dataset_spec(cfg.data.name)[0].load_captioned is not None:
-            images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg))
+            images, captions = load_captioned_split(cfg.data.name, "train", data_options(cfg, training=True))
         else:
-            images = build_data(cfg)
+            images = build_data(cfg, training=True)
     data: dict[str, torch.Tensor] = {}
     autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
     if autoencoder is not None:
@@ -173,12 +173,14 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     return data, objective, extras
 
 
-def reconstruction_fn(data: torch.Tensor):
+def reconstruction_fn(data):
     """The Trainer's picture callback for autoencoders: the first n/2 training images (fixed), each row
-    of 8 over the row of its reconstructions."""
+    of 8 over the row of its reconstructions (``data``: a tensor or a stream of image files)."""
 
     def sample_fn(net, n, generator):
-        return reconstruction_pairs(net, data[: max(1, n // 2)].to(_device_of(net)), nrow=8).cpu()
+        k = min(max(1, n // 2), data.shape[0])
+        first = data[:k] if torch.is_tensor(data) else data.read(range(k))
+        return reconstruction_pairs(net, first.to(_device_of(net)), nrow=8).cpu()
 
     return sample_fn
 

@@ -1,4 +1,5 @@
-"""Datasets, each held fully in memory as one float32 tensor (the trainer indexes batches from it).
+"""Datasets, each held in memory as one float32 tensor (the trainer indexes batches from it); image
+files too large for that are streamed, decoded as batches draw them (``streaming.py``).
 
 One file per source: ``digits`` (sklearn's 8x8 digits), ``toy2d`` (2-D toy distributions),
 ``image_folder`` (a folder of image files), ``shapes`` (captioned synthetic shapes). ``load_dataset``

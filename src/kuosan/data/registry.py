@@ -8,30 +8,44 @@ evaluates samples of it (``kuosan.judges``). Adding a data set is one entry here
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from kuosan.data.digits import DIGITS_BIN_WIDTH, DIGITS_SPLITS, load_digits, load_digits_with_labels
 from kuosan.data.errors import DataError
-from kuosan.data.folder_layouts import load_captioned_folder, load_class_folders
-from kuosan.data.image_folder import load_image_folder
+from kuosan.data.folder_layouts import captioned_files, class_folders
+from kuosan.data.image_folder import decode_images, find_images, readable
 from kuosan.data.shapes import SHAPES_EVAL_SEEDS, make_shapes
+from kuosan.data.streaming import ImageFiles, decoded_bytes
 from kuosan.data.toy2d import TOY2D_NAMES, sample_toy2d
+
+logger = logging.getLogger(__name__)
 
 TOY2D_TEST_SIZE = 10_000  # a fresh draw of this many points is toy2d's "test" split
 
 
 @dataclass(frozen=True)
 class Options:
-    """What a loader may use: the config's ``data.n``, ``data.size``, ``data.channels`` and the run's
-    training seed."""
+    """What a loader may use: the config's ``data.n``, ``data.size``, ``data.channels``, the run's
+    training seed, and for image files how to read them: ``data.crop``, ``data.flip``,
+    ``data.skip_bad``, and ``loader`` ("memory": one decoded tensor; "stream": an
+    :class:`~kuosan.data.streaming.ImageFiles` decoded as batches draw it, by ``workers`` processes;
+    "auto": a stream when the decoded tensor would pass ``memory_mb`` MiB or the reading is random)."""
 
     n: int | None = None
     size: int | None = None
     channels: int = 3
     seed: int = 0
+    crop: str = "center"
+    flip: bool = False
+    skip_bad: bool = False
+    loader: str = "memory"
+    memory_mb: float = 4096.0
+    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -74,16 +88,55 @@ def _toy2d(argument: str, split: str, options: Options) -> torch.Tensor:
     return sample_toy2d(argument, options.n, generator=torch.Generator().manual_seed(options.seed))
 
 
-def _folder(argument: str, split: str, options: Options) -> torch.Tensor:
-    return load_image_folder(argument, size=options.size, channels=options.channels)
+def _streams(files: list[Path], options: Options) -> bool:
+    """Whether ``files`` are read as a stream (``Options`` says when)."""
+    random = options.flip or options.crop == "random"
+    if options.loader == "memory":
+        if random:
+            raise DataError("data.flip and data.crop=random draw anew at each reading: they need data.loader=stream")
+        return False
+    if options.loader == "stream" or random:
+        return True
+    need = decoded_bytes(files, size=options.size, channels=options.channels)
+    if need > options.memory_mb * 2**20:
+        logger.info(
+            "streaming %d images: decoded they take %.0f MiB, over data.memory_mb=%g",
+            len(files),
+            need / 2**20,
+            options.memory_mb,
+        )
+        return True
+    return False
 
 
-def _folder_captioned(argument: str, split: str, options: Options) -> tuple[torch.Tensor, list[str]]:
-    return load_captioned_folder(argument, size=options.size, channels=options.channels)
+def _images(files: list[Path], options: Options) -> tuple[torch.Tensor | ImageFiles, list[int]]:
+    """The ``files`` decoded or as a stream (``Options``), and the positions of those kept (all, unless
+    ``skip_bad`` left out some that do not decode)."""
+    stream = _streams(files, options)
+    kept = readable(files, skip_bad=options.skip_bad) if stream or options.skip_bad else list(range(len(files)))
+    files = [files[k] for k in kept]
+    decoding = {"size": options.size, "channels": options.channels, "crop": options.crop}
+    if stream:
+        return ImageFiles(
+            files, **decoding, flip=options.flip, seed=options.seed, workers=options.workers, verified=True
+        ), kept
+    return decode_images(files, **decoding), kept
+
+
+def _folder(argument: str, split: str, options: Options):
+    return _images(find_images(argument), options)[0]
+
+
+def _folder_captioned(argument: str, split: str, options: Options):
+    files, captions = captioned_files(argument)
+    images, kept = _images(files, options)
+    return images, [captions[k] for k in kept]
 
 
 def _folder_labelled(argument: str, split: str, options: Options):
-    return load_class_folders(argument, size=options.size, channels=options.channels)
+    files, labels, names = class_folders(argument)
+    images, kept = _images(files, options)
+    return images, labels[kept], names
 
 
 def _shapes_captioned(argument: str, split: str, options: Options) -> tuple[torch.Tensor, list[str]]:

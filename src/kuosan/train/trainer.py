@@ -6,6 +6,9 @@ Every random draw of training (batch indices, timesteps, noise) comes from one C
 whose state is checkpointed together with the global RNGs (dropout; the GPU's too), and is moved to
 the device after it is drawn, so a resumed run takes bitwise the same steps as one that was never
 interrupted (same machine, same thread count), and a seed draws the same batches on every device.
+A stream of image files (``data/streaming.py``: decoded by DataLoader workers, ahead) draws its batch
+indices from the seed and the step alone instead, so that they are known ahead; everything else is
+drawn as above, and a resume is as exact.
 Checkpoints hold CPU copies: a run trained on a GPU resumes or samples on the CPU and back.
 """
 
@@ -80,8 +83,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _is_stream(x) -> bool:
+    """A stream of batches (``kuosan.data.streaming.ImageFiles``: ``indices``, ``batches``, ``shape``)
+    rather than a tensor held in memory."""
+    return not torch.is_tensor(x) and hasattr(x, "batches")
+
+
 def _split_data(data) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(x, conditioning) of the training data: a tensor is x alone; a dict has x under "x"."""
+    """(x, conditioning) of the training data: a tensor (or a stream) is x alone; a dict has x under "x"."""
     if not isinstance(data, dict):
         return data, {}
     if "x" not in data:
@@ -101,6 +110,9 @@ class Trainer:
     ``data`` may also be a dict of batch-first tensors: key "x" is what is diffused, the others are
     per-example conditioning (caption indices, posterior std, ...), drawn with the same batch indices
     and handed to ``objective.draw(x0, generator, **cond)``, whose draw carries them on to the loss.
+    "x" (or ``data``) may be a stream of image files instead of a tensor (``data/streaming.py``); the
+    objective's draw is then handed a placeholder of the global batch's shape (a draw reads only the
+    shape and dtype of ``x0``), and the stream decodes this process's slice.
 
     ``batch_size`` is the global batch: under torchrun each of the W processes evaluates its slice
     of it, in ``grad_accum`` micro-batches (DistributedDataParallel averages the gradients).
@@ -160,12 +172,14 @@ class Trainer:
             objective.to(self.device)
         self.net, self.objective = net, objective
         # the data set moved to the device once when it fits easily, else batches are moved as drawn
-        self.data = _place(data.contiguous(), self.device)
+        self.stream = _is_stream(data)
+        self.data = data if self.stream else _place(data.contiguous(), self.device)
+        self._batches, self._batches_at = None, None  # a stream's batch iterator, and the step it is at
         # (the conditioning stays on the CPU: the objective's draw reads it there, and the trainer moves the draw)
         self.out_dir, self.config = Path(out_dir), config
         self.batch_size, self.grad_accum = batch_size, grad_accum
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
-        self.precision, self.channels_last = precision, channels_last and data.ndim == 4
+        self.precision, self.channels_last = precision, channels_last and len(data.shape) == 4
         self.checkpoint_every, self.sample_every, self.log_every = checkpoint_every, sample_every, log_every
         self.sample_fn, self.progress = sample_fn, progress and self.rank == 0
         if self.channels_last:
@@ -210,16 +224,37 @@ class Trainer:
     def draw_batch(self) -> tuple[torch.Tensor, dict]:
         """This process's slice of the global batch and of the objective's random draw (every
         process draws the same global batch from the same generator)."""
-        index = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)
-        x0 = self.data[index.to(self.data.device)].to(self.device, non_blocking=True)
+        per_rank = self.batch_size // self.world
+        part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        if self.stream:
+            index = self.data.indices(self.step, self.batch_size)
+            x0 = torch.empty((self.batch_size, *self.data.shape[1:]))  # the draw reads its shape and dtype
+        else:
+            index = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator)
+            x0 = self.data[index.to(self.data.device)].to(self.device, non_blocking=True)
         cond = {k: v[index] for k, v in self.cond_data.items()}
         # the draw is made on the CPU (its generator) and moved: the same numbers on every device
         drawn = self.objective.draw(x0, self.generator, **cond) if cond else self.objective.draw(x0, self.generator)
         drawn = {k: v.to(self.device, non_blocking=True) for k, v in drawn.items()}
-        per_rank = self.batch_size // self.world
-        part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-        x0 = x0[part].contiguous(memory_format=torch.channels_last) if self.channels_last else x0[part]
+        x0 = self._next_streamed(part) if self.stream else x0[part]
+        x0 = x0.contiguous(memory_format=torch.channels_last) if self.channels_last else x0
         return x0, {k: v[part] for k, v in drawn.items()}
+
+    def _next_streamed(self, part: slice) -> torch.Tensor:
+        """This process's slice of the stream's batch of the current step (workers decode ahead)."""
+        if self._batches is None or self._batches_at != self.step:  # first draw, or after a resume
+            self.close_stream()
+            pin = self.device.type == "cuda"
+            self._batches = self.data.batches(self.step, self.batch_size, part, pin_memory=pin)
+        x0 = next(self._batches)
+        self._batches_at = self.step + 1
+        return x0.to(self.device, non_blocking=True)
+
+    def close_stream(self) -> None:
+        """Stop a stream's decoding workers (a later draw starts them again where training is)."""
+        if self._batches is not None:
+            self._batches.close()
+        self._batches = self._batches_at = None
 
     def train_step(self) -> float:
         x0, drawn = self.draw_batch()
@@ -437,6 +472,7 @@ class Trainer:
         finally:
             restore()
             bar.close()
+            self.close_stream()
         if interrupted:
             log.warning("stopped by a signal at step %d; saving a checkpoint", self.step)
         now = time.perf_counter()
