@@ -99,8 +99,9 @@ class SampleConfig:
 
 @dataclass
 class LatentConfig:
-    autoencoder: str = ""  # run directory of a trained autoencoder; "" = pixel-space diffusion
-    scale_factor: float = 0.0  # latents are multiplied by it; 0 = 1/std of the training latents (saved)
+    autoencoder: str = ""  # a trained autoencoder run, or diffusers:DIR (an AutoencoderKL); "" = pixel space
+    scale_factor: float = 0.0  # latents are multiplied by it; 0 = 1/std of the training latents, or a
+    # diffusers VAE's scaling_factor (saved)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from kuosan.networks import AUTOENCODERS
 from kuosan.networks.lora import merge_lora as merge_lora_into
 from kuosan.train import checkpoint as ckpt
 
+DIFFUSERS = "diffusers:"  # latent.autoencoder=diffusers:DIR, a pretrained AutoencoderKL folder
+
 WEIGHTS = ("ema", "model")
 
 
@@ -132,9 +134,20 @@ def load_autoencoder(run_dir: str | Path, *, weights: str = "ema") -> tuple[Conf
 
 
 def load_latent_autoencoder(cfg: Config) -> nn.Module:
-    """The trained autoencoder of ``latent.autoencoder`` (frozen, eval mode); a one-line ConfigError
-    saying how to train it when the directory holds none."""
-    path = Path(cfg.latent.autoencoder)
+    """The trained autoencoder of ``latent.autoencoder`` (frozen, eval mode): a kuosan run, or
+    ``diffusers:DIR``, a pretrained diffusers ``AutoencoderKL`` folder (or a pipeline folder with
+    ``vae/``); a one-line ConfigError saying how to train one when the directory holds none."""
+    spec = cfg.latent.autoencoder
+    if spec.startswith(DIFFUSERS):
+        from kuosan.interop.diffusers import folder_of, load_vae
+
+        vae = load_vae(folder_of(spec))
+        if vae.config.get("shift_factor") is not None:  # SD3 / Flux latents: (z - shift) * scale
+            raise ConfigError(
+                f"latent.autoencoder={spec}: a VAE with a shift_factor is not trained on here (latents are only scaled)"
+            )
+        return vae.eval()
+    path = Path(spec)
     if not path.is_dir() or not ckpt.find_checkpoint(path):
         raise ConfigError(
             f"latent.autoencoder={str(path)!r} holds no trained autoencoder; train one first: "

@@ -100,6 +100,48 @@ def test_a_streamed_captioned_folder_is_encoded_in_pieces_to_the_same_latents(tm
     assert a.config["latent"]["scale_factor"] == b.config["latent"]["scale_factor"] > 0
 
 
+def test_a_pretrained_diffusers_vae_is_the_first_stage_of_a_text_run_on_a_captioned_folder(tmp_path, bert_dir):
+    """latent.autoencoder=diffusers:DIR: a diffusers AutoencoderKL folder (bare, or a pipeline's vae/)
+    encodes the folder, with its own scaling_factor; the run samples through the same VAE."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    hf = diffusers.AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, scaling_factor=0.3,
+    ).eval()  # fmt: skip
+    hf.save_pretrained(tmp_path / "pipe" / "vae")
+    images = tmp_path / "pictures"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8), "RGB").save(images / f"{k}.png")
+        (images / f"{k}.txt").write_text(["a red circle", "a blue square"][k % 2])
+    folder = [f"data.name=folder:{images}", "data.size=16", "data.channels=3", "train.batch_size=2"]
+    for spec in (tmp_path / "pipe" / "vae", tmp_path / "pipe"):
+        trainer = build_trainer(_ldm_cfg(f"diffusers:{spec}", bert_dir, *folder), tmp_path / "run", progress=False)
+        assert trainer.config["latent"]["scale_factor"] == 0.3 and trainer.data.shape == (6, 4, 8, 8)
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(images / f"{k}.png"))) for k in range(6)])
+    x = pixels.permute(0, 3, 1, 2).float()[:, :, 2:18] / 127.5 - 1  # 16x20: the centre 16x16
+    with torch.no_grad():
+        mean = hf.encode(x).latent_dist.mean
+    torch.testing.assert_close(trainer.data, 0.3 * mean, atol=1e-5, rtol=1e-4)  # diffusers' own encoding
+    trainer.fit(steps=1)
+    r = subprocess.run(
+        [sys.executable, "-m", "kuosan", "txt2img", str(tmp_path / "run"), "a red circle", "-n", "1", "--steps", "2",
+         "--out", str(tmp_path / "x.npy")], capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["shape"] == [1, 3, 16, 16]
+    from kuosan.interop.diffusers import DiffusersError
+
+    with pytest.raises(DiffusersError, match="not found"):
+        build_trainer(_ldm_cfg(f"diffusers:{tmp_path / 'gone'}", bert_dir, *folder), tmp_path / "r2", progress=False)
+    hf.register_to_config(shift_factor=0.1)  # SD3 / Flux latents are shifted as well: refused, not half-served
+    hf.save_pretrained(tmp_path / "shifted")
+    with pytest.raises(ConfigError, match="shift_factor"):
+        build_trainer(_ldm_cfg(f"diffusers:{tmp_path / 'shifted'}", bert_dir, *folder), tmp_path / "r3", progress=False)
+
+
 def test_missing_autoencoder_is_a_one_line_config_error(tmp_path, bert_dir):
     cfg = resolve_config(
         "shapes-ldm", None, TINY_UNET + [f"latent.autoencoder={tmp_path / 'none'}", f"text.encoder=path:{bert_dir}"]

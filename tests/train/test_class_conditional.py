@@ -4,6 +4,7 @@ the label embedding, label dropout, exact resume, and `kuosan sample --class` wi
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -105,6 +106,8 @@ def test_cli_class_conditional_train_sample_and_bad_input(tmp_path):
         kuosan("export", run, "--out", tmp_path / "hf")
         unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "hf" / "unet")
         assert unet.config.num_class_embeds == 11
+        labels = json.loads((tmp_path / "hf" / "class_labels.json").read_text())
+        assert labels["null_label"] == 10 and labels["id2label"] == {str(k): str(k) for k in range(10)}
     plain = tmp_path / "plain"
     kuosan("train", "--preset", "digits", "--steps", 1, "--out", plain, "--no-progress", *TINY)
     fails_cleanly(kuosan("sample", plain, "--class", 3, "--out", out, check=False), "not class-conditional")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", w
     """Write the run in ``run_dir`` to the folder ``out`` in ``format`` (diffusers): a VAE run as an
     ``AutoencoderKL`` folder, an unconditional DDPM run as a ``DDPMPipeline`` folder, a text/latent
     run as unet/ (``UNet2DConditionModel``) + scheduler/ + vae/ + kuosan_conditioning.json (module
-    doc of :mod:`kuosan.interop.export` says what maps). A kuosan VAE records no latent scale factor; the
+    doc of :mod:`kuosan.interop.export` says what maps); a class-conditional run's U-Net with
+    class_labels.json (classes, null label, ``id2label``: the class names). A kuosan VAE records no latent scale factor; the
     export writes 1 / std of its training latents (:func:`scale_of`) into the config, where
     diffusers' pipelines read it. Returns what was written; ConfigError (one line) for a run that
     does not map, naming why."""
@@ -64,7 +66,12 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", w
             kind, loads_with = "DDPMPipeline", "diffusers.DDPMPipeline.from_pretrained"
             if run.config.label.classes:  # DDPMPipeline passes no labels: the U-Net itself takes them
                 kind, loads_with = "UNet2DModel", "diffusers.UNet2DModel.from_pretrained(OUT/unet)"
-                extra["class_labels"] = {"classes": run.config.label.classes, "null_label": run.config.label.classes}
+                lab = run.config.label
+                names = list(lab.names) or [str(k) for k in range(lab.classes)]
+                # DiTPipeline's id2label convention, in a file of its own beside the folder's model_index.json
+                labels = {"classes": lab.classes, "null_label": lab.classes, "id2label": dict(enumerate(names))}
+                (path / "class_labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+                extra["class_labels"] = labels
     except DiffusersError as e:
         raise ConfigError(str(e)) from None
     return {"run": str(run_dir), "out": str(path), "format": format, "class": kind, "loads_with": loads_with, **extra}

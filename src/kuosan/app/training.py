@@ -33,7 +33,7 @@ from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_po
 from kuosan.metrics.reconstruction import reconstruction_pairs
 from kuosan.networks import AUTOENCODERS
 from kuosan.pipelines import conditional_sample_fn
-from kuosan.runs import load_latent_autoencoder
+from kuosan.runs import DIFFUSERS, load_latent_autoencoder
 from kuosan.samplers.loop import generate
 from kuosan.train import Trainer, distributed
 from kuosan.train import checkpoint as ckpt
@@ -130,7 +130,10 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
     if autoencoder is not None:
         mean, std = encode_posterior(autoencoder, images)
-        if not cfg.latent.scale_factor:
+        pretrained = cfg.latent.autoencoder.startswith(DIFFUSERS) and autoencoder.config.get("scaling_factor")
+        if not cfg.latent.scale_factor and pretrained:  # a pretrained VAE's own factor, as diffusers scripts use
+            cfg.latent.scale_factor = float(pretrained)
+        elif not cfg.latent.scale_factor:
             cfg.latent.scale_factor = latent_scale_from_posterior(mean, torch.zeros_like(mean) if std is None else std)
         data["x"] = cfg.latent.scale_factor * mean
         if std is not None:

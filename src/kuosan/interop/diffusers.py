@@ -97,15 +97,27 @@ def require_safetensors(folder: Path) -> None:
     raise DiffusersError(f"{folder} holds no weights (no .safetensors file)")
 
 
+def _read_json_or_none(path: Path, key: str):
+    """``key`` of the JSON object in ``path``; None when there is no such file, object or key."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def subfolder(folder: Path, name: str, *, required: bool = True) -> Path | None:
-    """``folder/name``, checked; for ``unet`` and ``scheduler`` a folder that is itself the part is
-    accepted (a bare UNet2DModel folder with its scheduler_config.json beside it)."""
+    """``folder/name``, checked; for ``unet``, ``scheduler`` and ``vae`` a folder that is itself the
+    part is accepted (a bare UNet2DModel folder with its scheduler_config.json beside it, a bare
+    AutoencoderKL folder)."""
     path = folder / name
     if path.is_dir():
         return path
     if name == "unet" and (folder / "config.json").is_file():
         return folder
     if name == "scheduler" and (folder / "scheduler_config.json").is_file():
+        return folder
+    if name == "vae" and _read_json_or_none(folder / "config.json", "_class_name") == "AutoencoderKL":
         return folder
     if required:
         raise DiffusersError(f"{folder} has no {name}/ sub-folder")
