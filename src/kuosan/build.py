@@ -4,9 +4,12 @@ fails here with a ConfigError before anything is written."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import logging
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,6 +30,9 @@ from kuosan.losses.score_matching import AnnealedDSMObjective
 from kuosan.losses.vlb import LOSSES, TIMESTEP_SAMPLERS, VLBObjective
 from kuosan.networks import AUTOENCODERS, NETWORKS
 from kuosan.samplers import SAMPLERS
+from kuosan.utils import replaced_whole
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("vp", "ncsn")  # diffusion.kind: DDPM on a beta schedule, or a noise-conditional score network
 MAX_T = 1_000_000  # diffusion.T: more training timesteps than any published schedule uses
@@ -337,6 +343,8 @@ def _validate_reading(cfg: Config) -> None:
         raise ConfigError("data.flip and data.crop=random draw anew at each reading: they need data.loader=stream")
     if d.crop == "random" and d.size is None:
         raise ConfigError("data.crop=random needs the size to crop to: data.size")
+    if d.cache and not cfg.latent.autoencoder:
+        raise ConfigError("data.cache keeps a latent run's encoded latents: it needs latent.autoencoder")
     if random and cfg.latent.autoencoder:
         raise ConfigError(
             "data.flip and data.crop=random: a latent run encodes its images once, so it draws no new crops or flips"
@@ -430,6 +438,55 @@ def encode_posterior(autoencoder: nn.Module, images: torch.Tensor | ImageFiles, 
     return torch.cat(means), (torch.cat(stds) if stds else None)
 
 
+def latents_key(autoencoder: nn.Module, images: torch.Tensor | ImageFiles) -> str:
+    """What the encoded latents depend on, hashed: the autoencoder's weights, and the images (the
+    decoded tensor's bytes, or a stream's file names, sizes and modification times with its decoding
+    options). A retrained autoencoder, an edited file or another data.size gives another key."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    if isinstance(images, ImageFiles):
+        digest.update(repr((images.size, images.channels, images.crop)).encode())
+        for file in images.files:
+            stat = file.stat()
+            digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    else:
+        digest.update(repr(tuple(images.shape)).encode())
+        digest.update(images.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:32]
+
+
+def encode_posterior_cached(autoencoder: nn.Module, images: torch.Tensor | ImageFiles, cache: str | Path = ""):
+    """:func:`encode_posterior`, kept on disk in the folder ``cache`` (``data.cache``; "" keeps
+    nothing) as ``latents-KEY.safetensors`` (:func:`latents_key`): a resumed or repeated run on the same
+    images and autoencoder reads the latents instead of encoding again."""
+    if not cache:
+        return encode_posterior(autoencoder, images)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache) / f"latents-{latents_key(autoencoder, images)}.safetensors"
+    if path.is_file():
+        try:
+            saved = load_file(path)
+            if saved["mean"].shape[0] == images.shape[0]:
+                logger.info("latents read from the cache %s", path)
+                return saved["mean"], saved.get("std")
+        except (SafetensorError, OSError, KeyError):
+            pass
+        logger.warning("the latent cache %s is unreadable; encoding again", path)
+    mean, std = encode_posterior(autoencoder, images)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replaced_whole(path) as tmp:
+            save_file({"mean": mean.contiguous(), **({} if std is None else {"std": std.contiguous()})}, tmp)
+    except OSError as e:
+        raise ConfigError(f"data.cache={str(cache)!r}: cannot write the latents there ({e.strerror or e})") from None
+    logger.info("latents encoded and cached in %s", path)
+    return mean, std
+
+
 def build_autoencoder_objective(cfg: Config, net: nn.Module, data_shape: tuple[int, ...]) -> AutoencoderObjective:
     """Reconstruction (+ kl_weight * KL for the VAE, whose draw is the reparameterisation noise of the
     latent's shape) of ``losses/autoencoder.py``."""
@@ -443,6 +500,7 @@ __all__ = [
     "DataError",
     "build_autoencoder_objective",
     "build_data",
+    "encode_posterior_cached",
     "build_denoiser",
     "build_network",
     "build_objective",

@@ -34,6 +34,7 @@ class DataConfig:
     crop: str = "center"  # with size: center, random (drawn at each reading: streams), none (squash)
     flip: bool = False  # a random horizontal flip at each reading (streams)
     skip_bad: bool = False  # leave out files that do not decode (their count is logged) instead of stopping
+    cache: str = ""  # a folder keeping a latent run's encoded latents (keyed by images + autoencoder); "" = none
 
 
 @dataclass

@@ -201,6 +201,21 @@ def test_reading_options_fail_cleanly(tmp_path):
         ([folder, "data.flip=true", "data.loader=memory"], ["data.loader=stream"]),
         ([folder, "data.crop=diagonal"], ["data.crop", "center, none, random"]),
         ([folder, "data.workers=-1"], ["data.workers"]),
+        ([folder, f"data.cache={tmp_path / 'c'}"], ["data.cache", "latent.autoencoder"]),
     ):
         fails_cleanly(kuosan(*train, *overrides, check=False), *words)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_first_stage_autoencoder_trains_on_a_streamed_folder(tmp_path):
+    """The autoencoder of a latent run on one's own pictures: a VAE trained on a streamed folder, its
+    pictures (reconstructions of the first images, read from the stream) drawn."""
+    root = _folder(tmp_path / "d", n=8, sizes=((20, 16),))
+    run = tmp_path / "vae"
+    kuosan("train", "--preset", "shapes-vae", "--steps", 2, "--out", run, "--no-progress",
+           f"data.name=folder:{root}", "data.size=16", "data.channels=3", "data.loader=stream", "data.flip=true",
+           "model.params.block_out_channels=[8,8]", "model.params.groups=4", "train.batch_size=4",
+           "train.warmup_steps=1")  # fmt: skip
+    pictures = sorted((run / "samples").glob("*.png"))
+    assert pictures and Image.open(pictures[-1]).size[0] > 16
+    assert checkpoint_tensors(run)["state"]  # a checkpoint holds the optimizer and RNG states

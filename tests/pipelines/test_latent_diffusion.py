@@ -482,3 +482,33 @@ def test_export_a_latent_text_run_to_diffusers(tmp_path, vae_run, bert_dir):
             class_labels=cond.get("pooled"),
         ).sample
     assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_a_latent_cache_encodes_once_and_notices_what_changed(tmp_path, vae_run, bert_dir, monkeypatch):
+    """data.cache: the second run on the same images and autoencoder reads the latents (bitwise the
+    encoded ones) instead of encoding; an edited image is encoded again."""
+    import kuosan.build as build
+
+    encoded = []
+    real = build.encode_posterior
+    monkeypatch.setattr(build, "encode_posterior", lambda *a, **k: encoded.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(tmp_path / f"{k}.png")
+        (tmp_path / f"{k}.txt").write_text("a red circle")
+    cache = tmp_path / "cache"
+    folder = [f"data.name=folder:{tmp_path}", "data.size=32", "data.channels=3", "latent.scale_factor=1.0",
+              f"data.cache={cache}"]  # fmt: skip
+    for loader in ("memory", "stream", "stream"):
+        trainer = build_trainer(_ldm_cfg(vae_run, bert_dir, *folder, f"data.loader={loader}"), tmp_path / "r")
+        if loader == "memory":
+            first = trainer.data.clone()
+        assert torch.equal(trainer.data, first)
+    assert len(encoded) == 2 and len(list(cache.glob("latents-*.safetensors"))) == 2  # one per way of reading
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8), "RGB").save(tmp_path / "0.png")
+    edited = build_trainer(_ldm_cfg(vae_run, bert_dir, *folder, "data.loader=stream"), tmp_path / "r")
+    assert len(encoded) == 3 and not torch.equal(edited.data[0], first[0]) and torch.equal(edited.data[1:], first[1:])
+    (cache / "blocked").write_text("")
+    bad = [*folder[:-1], f"data.cache={cache / 'blocked'}"]
+    with pytest.raises(ConfigError, match="data.cache"):
+        build_trainer(_ldm_cfg(vae_run, bert_dir, *bad), tmp_path / "r")

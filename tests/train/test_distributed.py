@@ -84,3 +84,22 @@ def test_ddp_resume_equals_uninterrupted(runs):
     a, b = _weights(runs / "ddp"), _weights(runs / "ddp_resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ckpt.read_state(runs / "ddp_resumed")["step"] == 4
+
+
+def test_two_processes_each_decode_their_slice_of_a_streamed_folder(tmp_path):
+    """A streamed image folder under torchrun: each process decodes its own half of the global batch
+    (data/streaming.py), so 2 processes x 8 == 1 process x 2 micro-batches of 8, bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(24):
+        Image.fromarray(rng.integers(0, 256, (10, 9), dtype=np.uint8), "L").save(folder / f"{k}.png")
+    data = [f"data.name=folder:{folder}", "data.size=8", "data.loader=stream", "data.workers=1", "data.flip=true"]
+    _run(tmp_path / "ddp", 3, 2, *data)
+    _run(tmp_path / "accum", 3, 1, "train.grad_accum=2", *data)
+    ddp, accum = _weights(tmp_path / "ddp"), _weights(tmp_path / "accum")
+    assert ckpt.read_state(tmp_path / "ddp")["world_size"] == 2
+    assert all(torch.equal(accum[k], ddp[k]) for k in ddp)

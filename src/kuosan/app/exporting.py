@@ -21,9 +21,9 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "diffusers", w
     ``AutoencoderKL`` folder, an unconditional DDPM run as a ``DDPMPipeline`` folder, a text/latent
     run as unet/ (``UNet2DConditionModel``) + scheduler/ + vae/ + kuosan_conditioning.json (module
     doc of :mod:`kuosan.interop.export` says what maps); a class-conditional run's U-Net with
-    class_labels.json (classes, null label, ``id2label``: the class names). A kuosan VAE records no latent scale factor; the
-    export writes 1 / std of its training latents (:func:`scale_of`) into the config, where
-    diffusers' pipelines read it. Returns what was written; ConfigError (one line) for a run that
+    class_labels.json (classes, null label, ``id2label``: the class names). A kuosan VAE records no
+    latent scale factor; the export writes 1 / std of its training latents (:func:`scale_of`) into the
+    config, where diffusers' pipelines read it. Returns what was written; ConfigError (one line) for a run that
     does not map, naming why."""
     if format not in FORMATS:
         raise ConfigError(f"format {format!r} is not one of {', '.join(FORMATS)}")

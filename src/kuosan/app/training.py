@@ -22,7 +22,7 @@ from kuosan.build import (
     build_schedule,
     build_text_encoder,
     data_options,
-    encode_posterior,
+    encode_posterior_cached,
     prior_for,
     validate,
 )
@@ -129,7 +129,7 @@ def build_conditional_training(cfg: Config, images: torch.Tensor | None = None):
     data: dict[str, torch.Tensor] = {}
     autoencoder = load_latent_autoencoder(cfg) if cfg.latent.autoencoder else None
     if autoencoder is not None:
-        mean, std = encode_posterior(autoencoder, images)
+        mean, std = encode_posterior_cached(autoencoder, images, cfg.data.cache)
         pretrained = cfg.latent.autoencoder.startswith(DIFFUSERS) and autoencoder.config.get("scaling_factor")
         if not cfg.latent.scale_factor and pretrained:  # a pretrained VAE's own factor, as diffusers scripts use
             cfg.latent.scale_factor = float(pretrained)
