@@ -4,7 +4,9 @@ from pathlib import Path
 
 import torch
 
+from cli_helpers import kuosan
 from kuosan.app import build_trainer
+from kuosan.config import resolve_config
 from kuosan.train import checkpoint as ckpt
 
 # a tiny digits U-Net for training tests (8 GroupNorm groups: it exports to diffusers)
@@ -17,6 +19,28 @@ TINY_DIGITS = [
     "train.warmup_steps=1",
     "train.checkpoint_every=1000",
 ]
+
+
+def trained_digits(out: Path, *, seed: int, steps: int = 3) -> Path:
+    """A tiny digits run (``TINY_DIGITS``) trained ``steps`` steps from ``seed``: a base to start from."""
+    build_trainer(resolve_config("digits", None, TINY_DIGITS + [f"train.seed={seed}"]), out, progress=False).fit(
+        steps=steps
+    )
+    return out
+
+
+def cli_resume_equals_uninterrupted(tmp_path: Path, *train_args) -> Path:
+    """``kuosan train TRAIN_ARGS`` through the CLI: 2 steps, then ``--resume`` to 4, equal 4 steps
+    straight, bitwise (weights, EMA, optimizer, RNG). Returns the straight run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    kuosan("train", "--steps", 4, "--out", a, "--no-progress", *train_args)
+    kuosan("train", "--steps", 2, "--out", b, "--no-progress", *train_args)
+    kuosan("train", "--resume", "--steps", 4, "--out", b, "--no-progress")
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+    for name in ta:
+        for key in ta[name]:
+            assert torch.equal(ta[name][key], tb[name][key]), (name, key)
+    return a
 
 
 def checkpoint_tensors(run: Path) -> dict:

@@ -13,7 +13,7 @@ from PIL import Image
 from cli_helpers import fails_cleanly, kuosan
 from kuosan.data.errors import DataError
 from kuosan.data.folder_layouts import captioned_files, class_folders, load_captioned_folder, load_class_folders
-from train_helpers import checkpoint_tensors
+from train_helpers import cli_resume_equals_uninterrupted
 
 WORDS = ["a red circle", "a blue square", "a green circle on the left", "a red square on the right"]
 
@@ -134,19 +134,6 @@ TINY = [
 ]
 
 
-def _train_and_resume(tmp_path, preset, *overrides):
-    """2 + 2 steps through the CLI equal 4 steps straight, bitwise (weights, EMA, optimizer, RNG)."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    kuosan("train", "--preset", preset, "--steps", 4, "--out", a, "--no-progress", *TINY, *overrides)
-    kuosan("train", "--preset", preset, "--steps", 2, "--out", b, "--no-progress", *TINY, *overrides)
-    kuosan("train", "--resume", "--steps", 4, "--out", b, "--no-progress")
-    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
-    for name in ta:
-        for key in ta[name]:
-            assert torch.equal(ta[name][key], tb[name][key]), (name, key)
-    return a
-
-
 @pytest.mark.parametrize("layout", ["jsonl", "csv", "txt"])
 def test_text_to_image_trains_on_a_captioned_folder_in_each_layout(tmp_path, layout):
     pytest.importorskip("transformers")
@@ -154,18 +141,16 @@ def test_text_to_image_trains_on_a_captioned_folder_in_each_layout(tmp_path, lay
 
     bert = tiny_bert(tmp_path / "bert")
     root = _captioned(tmp_path / "data", layout)
-    run = _train_and_resume(
-        tmp_path, "shapes-pixel", f"data.name=folder:{root}", "data.channels=3", f"text.encoder=path:{bert}",
-        "text.max_length=8",
-    )  # fmt: skip
+    folder = [f"data.name=folder:{root}", "data.channels=3", f"text.encoder=path:{bert}", "text.max_length=8"]
+    run = cli_resume_equals_uninterrupted(tmp_path, "--preset", "shapes-pixel", *TINY, *folder)
     r = kuosan("txt2img", run, "a red circle", "-n", 2, "--steps", 2, "--out", tmp_path / "x.npy")
     assert json.loads(r.stdout)["shape"] == [2, 3, 8, 8]
 
 
 def test_class_conditional_trains_on_class_folders(tmp_path):
     root = _classes(tmp_path / "pets")
-    run = _train_and_resume(tmp_path, "digits-class", f"data.name=folder:{root}", "label.classes=2", "data.channels=3",
-                            "model.params.in_channels=3")  # fmt: skip
+    folder = [f"data.name=folder:{root}", "label.classes=2", "data.channels=3", "model.params.in_channels=3"]
+    run = cli_resume_equals_uninterrupted(tmp_path, "--preset", "digits-class", *TINY, *folder)
     kuosan("sample", run, "-n", 4, "--class", 1, "--out", tmp_path / "dogs.npy")
     assert np.load(tmp_path / "dogs.npy").shape == (4, 3, 8, 8)
     kuosan("sample", run, "-n", 4, "--class", "dogs", "--out", tmp_path / "dogs2.npy")  # by name, recorded in the run

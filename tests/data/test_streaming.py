@@ -19,7 +19,7 @@ from kuosan.data.errors import DataError
 from kuosan.data.image_folder import decode_images, find_images
 from kuosan.data.registry import Options, load_labelled_split, load_split
 from kuosan.data.streaming import ImageFiles
-from train_helpers import checkpoint_tensors
+from train_helpers import checkpoint_tensors, cli_resume_equals_uninterrupted
 
 
 def _folder(root, n=10, sizes=((12, 9), (9, 12), (10, 10)), mode="RGB"):
@@ -142,51 +142,26 @@ def test_over_the_budget_training_decodes_only_what_the_batches_draw(tmp_path, m
     decode_file = image_folder.decode_file
     monkeypatch.setattr(streaming, "decode_file", counting)
     monkeypatch.setattr(image_folder, "decode_file", counting)
-    folder = [f"data.name=folder:{root}", "data.workers=0"]
-    kuosan(
-        "train",
-        "--preset",
-        "digits",
-        "--steps",
-        3,
-        "--out",
-        tmp_path / "s",
-        "--no-progress",
-        *TINY,
-        *folder,
-        "data.memory_mb=0.005",
-    )  # fmt: skip (40 images of 1x8x8 float32: 0.01 MiB)
+    train = ["train", "--preset", "digits", "--steps", 3, "--no-progress", *TINY, f"data.name=folder:{root}"]
+    kuosan(*train, "data.workers=0", "data.memory_mb=0.005", "--out", tmp_path / "s")  # 40 x 1x8x8 float32: 0.01 MiB
     assert len(decoded) == 3 * 4  # three batches of four: never the whole folder
     decoded.clear()
-    kuosan("train", "--preset", "digits", "--steps", 3, "--out", tmp_path / "m", "--no-progress", *TINY, *folder)
+    kuosan(*train, "--out", tmp_path / "m")
     assert len(decoded) == 40  # within the budget: decoded once, in memory
-
-
-def _train_and_resume(tmp_path, preset, *overrides):
-    """2 + 2 steps through the CLI equal 4 steps straight, bitwise (weights, EMA, optimizer, RNG)."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    kuosan("train", "--preset", preset, "--steps", 4, "--out", a, "--no-progress", *TINY, *overrides)
-    kuosan("train", "--preset", preset, "--steps", 2, "--out", b, "--no-progress", *TINY, *overrides)
-    kuosan("train", "--resume", "--steps", 4, "--out", b, "--no-progress")
-    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
-    for name in ta:
-        for key in ta[name]:
-            assert torch.equal(ta[name][key], tb[name][key]), (name, key)
-    return a
 
 
 def test_streamed_training_with_crops_and_flips_resumes_bitwise(tmp_path):
     root = _folder(tmp_path / "d", n=12, sizes=((12, 8), (8, 11)), mode="L")
-    _train_and_resume(tmp_path, "digits", f"data.name=folder:{root}", "data.crop=random", "data.flip=true")
+    folder = [f"data.name=folder:{root}", "data.crop=random", "data.flip=true"]
+    cli_resume_equals_uninterrupted(tmp_path, "--preset", "digits", *TINY, *folder)
 
 
 def test_streamed_class_folders_train_class_conditional_and_resume_bitwise(tmp_path):
     root = tmp_path / "pets"
     _folder(root / "cats", n=4, mode="L")
     _folder(root / "dogs", n=4, mode="L")
-    run = _train_and_resume(
-        tmp_path, "digits-class", f"data.name=folder:{root}", "label.classes=2", "data.loader=stream"
-    )
+    folder = [f"data.name=folder:{root}", "label.classes=2", "data.loader=stream"]
+    run = cli_resume_equals_uninterrupted(tmp_path, "--preset", "digits-class", *TINY, *folder)
     kuosan("sample", run, "-n", 2, "--class", "dogs", "--out", tmp_path / "dogs.npy")
     assert np.load(tmp_path / "dogs.npy").shape == (2, 1, 8, 8)
 

@@ -13,7 +13,7 @@ import torch
 from kuosan.app import build_trainer
 from kuosan.config import ConfigError, resolve_config
 from kuosan.train import checkpoint as ckpt
-from train_helpers import TINY_DIGITS, checkpoint_tensors
+from train_helpers import TINY_DIGITS, checkpoint_tensors, trained_digits
 
 TINY = TINY_DIGITS
 
@@ -21,8 +21,7 @@ TINY = TINY_DIGITS
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     out = tmp_path_factory.mktemp("src") / "digits"
-    build_trainer(resolve_config("digits", None, TINY + ["train.seed=3"]), out, progress=False).fit(steps=3)
-    return out
+    return trained_digits(out, seed=3)
 
 
 def test_a_run_starts_from_another_runs_ema_weights_with_a_fresh_optimizer(source, tmp_path):

@@ -15,7 +15,7 @@ from kuosan.networks.lora import add_lora, attention_projections
 from kuosan.runs import Run
 from kuosan.samplers.loop import generate
 from kuosan.train import checkpoint as ckpt
-from train_helpers import TINY_DIGITS, checkpoint_tensors
+from train_helpers import TINY_DIGITS, checkpoint_tensors, trained_digits
 
 pytest.importorskip("peft")
 
@@ -25,8 +25,7 @@ TINY = TINY_DIGITS
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("base") / "digits"
-    build_trainer(resolve_config("digits", None, TINY + ["train.seed=5"]), out, progress=False).fit(steps=3)
-    return out
+    return trained_digits(out, seed=5)
 
 
 def lora_config(base, *extra):
