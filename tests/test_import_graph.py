@@ -17,6 +17,7 @@ LAYERS = {
     "devices": {"utils"},  # the device and precision policy
     "ops": {"utils"},
     "imaging": {"utils"},
+    "plots": {"utils", "imaging"},  # pictures drawn with matplotlib: curves, trajectories, score fields
     "config": {"presets"},  # presets: the TOML parser and the named presets
     "presets": set(),
     "networks": {"utils", "ops"},
@@ -45,8 +46,9 @@ LAYERS["build"] = {
 LAYERS["init_from"] = LAYERS["build"] | {"build", "interop"}  # a new run's weights and its LoRA adapter
 LAYERS["runs"] = LAYERS["init_from"] | {"init_from"}
 LAYERS["pipelines"] = LAYERS["runs"] | {"runs"}
-LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops", "distill"}
-LAYERS["cli"] = LAYERS["app"] | {"app"}
+LAYERS["app"] = LAYERS["pipelines"] | {"pipelines", "metrics", "judges", "imaging", "ops", "distill", "plots"}
+LAYERS["web"] = LAYERS["app"] | {"app"}  # kuosan serve: the web app over the application functions
+LAYERS["cli"] = LAYERS["web"] | {"web"}
 LAYERS["__main__"] = {"cli"}
 LAYERS["__init__"] = set(LAYERS) - {"__main__", "__init__"}  # lazily, by name (kuosan.__getattr__)
 

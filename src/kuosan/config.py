@@ -85,6 +85,7 @@ class TrainConfig:
     checkpoint_every: float = 60.0  # seconds between checkpoints (and one at the end)
     sample_every: int = 0  # steps between sample grids (0: only at the end)
     log_every: int = 25
+    tensorboard: bool = False  # also write loss, lr, grad norm, steps/s and the sample grids as TensorBoard events
     seed: int = 0
 
 

@@ -294,10 +294,12 @@ class TextToImagePipeline:
         start=None,
         inpaint=None,
         latent_shape=None,
+        callback=None,
     ) -> torch.Tensor:
         """Sample n latents with conditioning ``cond`` guided away from ``uncond`` (both batch n).
         ``start(i0, i1, sigmas, n_steps, generator) -> (x, sigmas)`` gives img2img's starting point
-        and grid; ``inpaint(i0, i1, den, generator) -> den`` wraps the denoiser for inpainting.
+        and grid; ``inpaint(i0, i1, den, generator) -> den`` wraps the denoiser for inpainting;
+        ``callback`` sees every step (the sampler's dict, latents in VE scaling).
         A grid whose final level is above 0 (a diffusers scheduler's) holds the sample there and
         returns it in VP scaling, as the scheduler does."""
         from kuosan.interop.diffusers import HoldAtDenoiser, vp_output
@@ -325,6 +327,7 @@ class TextToImagePipeline:
                 start=begin,
                 extra_args=cond,
                 device=self.device,
+                **({"callback": callback} if callback is not None else {}),
             )
         return vp_output(z.float(), final_sigma)
 
@@ -342,6 +345,7 @@ class TextToImagePipeline:
         generator: torch.Generator | None = None,
         batch_size: int = 100,
         return_latents: bool = False,
+        callback=None,
         height: int | None = None,
         width: int | None = None,
     ) -> torch.Tensor:
@@ -360,6 +364,7 @@ class TextToImagePipeline:
             grid=grid,
             generator=generator,
             batch_size=batch_size,
+            callback=callback,
             latent_shape=latent_shape,
         )
         return z if return_latents else self.decode(z)
@@ -378,6 +383,7 @@ class TextToImagePipeline:
         generator: torch.Generator | None = None,
         batch_size: int = 100,
         return_latents: bool = False,
+        callback=None,
     ) -> torch.Tensor:
         """SDEdit / diffusers' img2img: encode the images, noise them to the grid level of ``strength``
         (:func:`img2img_start_index`) and sample the rest of the grid. Strength 0 returns the
@@ -410,6 +416,7 @@ class TextToImagePipeline:
             generator=generator,
             batch_size=batch_size,
             start=start,
+            callback=callback,
             latent_shape=tuple(z0.shape[1:]),
         )
         return z if return_latents else self.decode(z)
@@ -430,6 +437,7 @@ class TextToImagePipeline:
         generator: torch.Generator | None = None,
         batch_size: int = 100,
         return_latents: bool = False,
+        callback=None,
     ) -> torch.Tensor:
         """Repaint where ``masks`` (N or 1, 1, H, W) is 1, keep the rest. ``method``: "concat" for a model
         trained with mask + masked-latent inputs (text.inpaint_fraction > 0; Stable Diffusion's
@@ -511,6 +519,7 @@ class TextToImagePipeline:
             batch_size=batch_size,
             inpaint=wrap,
             start=start if (diffusers_form or strength < 1) else None,
+            callback=callback,
             latent_shape=latent_shape,
         )
         if method == "replace":

@@ -19,7 +19,7 @@ from kuosan.losses.conditional import ConditionalObjective, latent_scale_from_po
 from kuosan.pipelines import TextToImagePipeline, downsample_mask, img2img_start_index
 from kuosan.runs import load_autoencoder
 from kuosan.train import checkpoint as ckpt
-from train_helpers import assert_resume_equals_uninterrupted
+from train_helpers import TINY_DIGITS, assert_resume_equals_uninterrupted
 
 TINY_UNET = [
     "model.params.base_channels=16",
@@ -347,6 +347,34 @@ def test_cli_txt2img_img2img_inpaint(tmp_path, ldm_runs, capsys):
     capsys.readouterr()
 
 
+def test_cli_txt2img_captioned_grid_and_decoded_trajectory(tmp_path, ldm_runs, capsys):
+    """--caption writes the prompt beneath each image (a taller picture than the plain grid);
+    --trajectory draws the decoded x_t and x0_hat of every step, the same images as without it."""
+    common = ["txt2img", str(ldm_runs["plain"]), "a red circle", "-n", "2", "--steps", "3", "--seed", "1"]
+    assert main([*common, "--out", str(tmp_path / "plain.png")]) == 0
+    assert (
+        main([*common, "--caption", "--out", str(tmp_path / "cap.png"), "--trajectory", str(tmp_path / "t.gif")]) == 0
+    )
+    assert main([*common, "--out", str(tmp_path / "a.npy"), "--trajectory", str(tmp_path / "t.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    plain, captioned = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "cap.png")
+    assert captioned.height > plain.height
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames == 4 and gif.width > 2 * 64  # x_t beside x0_hat, decoded to 32x32 images (scaled)
+    assert np.asarray(Image.open(tmp_path / "t.png").convert("L")).std() > 5
+    capsys.readouterr()
+
+
+def test_cli_an_unconditional_run_asked_for_a_prompt(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "--preset", "digits", "--steps", "1", "--out", str(run), "--no-progress", *TINY_DIGITS]) == 0
+    capsys.readouterr()
+    assert main(["txt2img", str(run), "a red circle", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text" in err, err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -512,3 +540,37 @@ def test_a_latent_cache_encodes_once_and_notices_what_changed(tmp_path, vae_run,
     bad = [*folder[:-1], f"data.cache={cache / 'blocked'}"]
     with pytest.raises(ConfigError, match="data.cache"):
         build_trainer(_ldm_cfg(vae_run, bert_dir, *bad), tmp_path / "r")
+
+
+def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_drawn_mask(tmp_path, ldm_runs):
+    """kuosan serve's requests on a latent text run: txt2img with a prompt (a captioned grid),
+    img2img from an uploaded picture of another size (resized to the model's), inpainting where
+    the strokes are, and the one-line errors of a missing image or mask."""
+    pytest.importorskip("gradio")
+    from kuosan.web import Server
+
+    server = Server([str(ldm_runs["inpaint"])], tmp_path)
+    (name,) = server.models
+    assert server.models[name].kind == "text"
+
+    def ask(task, image=None, **changes):
+        args = dict(
+            run=name, sampler="ddim", grid="(the run's)", steps=2, eta=0.0, seed=0, n=2, class_label="all",
+            prompt="a red circle", negative="", guidance=2.0, task=task, image=image, strength=0.5,
+        )  # fmt: skip
+        args.update(changes)
+        return server.generate(*args.values())
+
+    text = ask("txt2img")
+    assert text["grid"].height > 2 * 32 and len(text["frames"]) == 3  # captions beneath; 2 steps and the sample
+    upload = np.zeros((48, 40, 4), np.uint8)
+    upload[..., 0], upload[..., 3] = 200, 255
+    strokes = np.zeros((48, 40, 4), np.uint8)
+    strokes[:20, :20, 3] = 255
+    editor = {"background": upload, "layers": [strokes], "composite": upload}
+    assert ask("img2img", editor)["grid"].size == text["grid"].size
+    assert ask("inpaint", editor)["grid"].size == text["grid"].size
+    with pytest.raises(ConfigError, match="needs an image"):
+        ask("img2img", None)
+    with pytest.raises(ConfigError, match="needs a mask"):
+        ask("inpaint", {"background": upload, "layers": [np.zeros_like(strokes)], "composite": upload})

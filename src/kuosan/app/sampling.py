@@ -56,6 +56,7 @@ def sample(
     precision: str | None = None,
     class_label: int | str | None = None,
     guidance: float | None = None,
+    callback=None,
     **sampler_options_,
 ) -> torch.Tensor:
     """n samples (n, ...) from the unconditional or class-conditional run in ``run_dir``, images
@@ -72,7 +73,11 @@ def sample(
 
     A class-conditional run (``label.classes`` K) samples ``class_label`` (an index in [0, K), or
     "all": classes 0, 1, ..., K-1 in turn, the default) with classifier-free guidance ``guidance``
-    against the null label (default the run's ``label.guidance``)."""
+    against the null label (default the run's ``label.guidance``).
+
+    ``callback`` (if given) is called at every network evaluation of the sampler with the dict
+    {"i", "x", "sigma", "sigma_next", "x0_hat"} (the sampler's state in the Denoiser's VE scaling),
+    batch after batch: what the trajectory pictures and the web app's progress read."""
     if n < 1:
         raise ConfigError(f"the number of samples must be at least 1, got {n}")
     if batch_size < 1:
@@ -91,6 +96,7 @@ def sample(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            callback=callback,
             **sampler_options_,
         )
     run = Run.open(run_dir, weights=weights)
@@ -136,6 +142,7 @@ def sample(
             prior=prior_for(cfg),
             device=where,
             extra_args=extra,
+            callback=callback,
             **sampler_options_,
         )
     require_finite(x, f"the samples of {run_dir}")
@@ -193,6 +200,7 @@ def _sample_diffusers(
     batch_size,
     device,
     precision,
+    callback=None,
     **options,
 ) -> torch.Tensor:
     """``sample`` for a diffusers folder (see there)."""
@@ -233,6 +241,7 @@ def _sample_diffusers(
             generator=torch.Generator().manual_seed(seed),
             batch_size=batch_size,
             device=where,
+            callback=callback,
             **options,
         )
     x = hf.vp_output(x.float(), final_sigma)

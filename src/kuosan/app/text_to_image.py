@@ -13,12 +13,32 @@ from kuosan.config import ConfigError
 from kuosan.imaging import read_image
 from kuosan.interop import diffusers as hf
 from kuosan.pipelines import INPAINT_METHODS, TextToImagePipeline
+from kuosan.train.checkpoint import read_config
 
 TASKS = ("txt2img", "img2img", "inpaint")
 
 
+def load_pipeline(
+    run_dir: str | Path, weights: str = "ema", device: str | None = None, precision: str | None = None
+) -> TextToImagePipeline:
+    """The pipeline of a text-conditional run or a Stable Diffusion folder (``diffusers:DIR``);
+    ConfigError (one line) for a folder diffusers cannot load."""
+    try:
+        if hf.is_diffusers_spec(run_dir):
+            return TextToImagePipeline.from_diffusers(run_dir, device=device or "auto", precision=precision or "fp32")
+        saved = read_config(run_dir) if Path(run_dir).is_dir() else {}
+        if saved and not saved.get("text", {}).get("encoder") and not saved.get("latent", {}).get("autoencoder"):
+            raise ConfigError(
+                f"{run_dir} is not a text-conditional run (it has no text.encoder), so it takes no prompt: "
+                f"draw its samples with kuosan sample {run_dir}"
+            )
+        return TextToImagePipeline.from_run(run_dir, weights=weights, device=device, precision=precision)
+    except hf.DiffusersError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
 def text_to_image(
-    run_dir: str | Path,
+    run_dir: str | Path | TextToImagePipeline,
     prompt: str,
     *,
     task: str = "txt2img",
@@ -38,6 +58,7 @@ def text_to_image(
     weights: str = "ema",
     device: str | None = None,
     precision: str | None = None,
+    callback=None,
 ) -> torch.Tensor:
     """``n`` images (n, C, H, W) in [-1, 1] for ``prompt``: ``task`` txt2img, img2img (``image`` redrawn
     with ``strength``) or inpaint (``image`` repainted where ``mask`` is white, by ``method``). ``image``
@@ -47,7 +68,10 @@ def text_to_image(
     ``run_dir`` may be a Stable Diffusion folder, ``diffusers:DIR``: then unset options take
     diffusers' defaults (DDIM, 50 steps on the scheduler's timesteps, guidance 7.5) and ``height`` /
     ``width`` choose the size of a txt2img image (multiples of 8). ConfigError or DeviceError (one
-    line) for an impossible request."""
+    line) for an impossible request. ``run_dir`` may be a pipeline already loaded
+    (:func:`load_pipeline`; then ``weights``, ``device`` and ``precision`` are its own). ``callback``
+    sees every step of the sampler (``kuosan.app.sample`` says what), in latent space for a latent
+    model."""
     if guidance is not None and not math.isfinite(guidance):
         raise ConfigError(f"guidance must be a finite number, got {guidance}")
     if task not in TASKS:
@@ -77,13 +101,7 @@ def text_to_image(
             )
     if task != "txt2img" and (height or width):
         raise ConfigError(f"{task} makes images of its input's size: give no --height/--width")
-    try:
-        if hf.is_diffusers_spec(run_dir):
-            pipe = TextToImagePipeline.from_diffusers(run_dir, device=device or "auto", precision=precision or "fp32")
-        else:
-            pipe = TextToImagePipeline.from_run(run_dir, weights=weights, device=device, precision=precision)
-    except hf.DiffusersError as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    pipe = run_dir if isinstance(run_dir, TextToImagePipeline) else load_pipeline(run_dir, weights, device, precision)
     prompts = [prompt] * n
     common = dict(
         guidance=guidance,
@@ -92,6 +110,7 @@ def text_to_image(
         sampler=sampler,
         grid=grid,
         generator=torch.Generator().manual_seed(seed),
+        callback=callback,
     )
     try:
         if task == "txt2img":

@@ -5,6 +5,7 @@ directory on request."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,13 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
             )
         net.enable_gradient_checkpointing()
     device = devices.resolve_device(tr.device)
+    if tr.tensorboard:
+        try:
+            importlib.import_module("torch.utils.tensorboard")  # PyTorch's writer needs the tensorboard package
+        except ImportError:
+            raise ConfigError(
+                "train.tensorboard=true needs the tensorboard package: pip install 'kuosan[tensorboard]'"
+            ) from None
     return Trainer(
         net,
         objective,
@@ -101,6 +109,7 @@ def build_trainer(cfg: Config, out_dir: str | Path, *, data: torch.Tensor | None
         sample_fn=sample_fn,
         progress=progress,
         saved_keys=adapter,
+        tensorboard=tr.tensorboard,
     )
 
 

@@ -1,5 +1,5 @@
 """The ``kuosan`` command line: train, sample, info, eval, nll, reconstruct, txt2img, img2img, inpaint,
-sds, dreamfusion, export.
+sds, dreamfusion, export, plot, show, serve.
 
 A thin layer: :mod:`kuosan.cli.parser` reads the arguments, :mod:`kuosan.cli.commands` calls the
 application function of :mod:`kuosan.app` and prints its result; a bad request is one line on stderr

@@ -40,21 +40,36 @@ def _out_file(path: str, suffixes: tuple[str, ...] | None) -> Path:
     return out
 
 
-def _save_images(x, out: Path, **png) -> None:
-    """FILE.npy (the array) or FILE.png (a grid), written whole: an earlier file there stays as it
-    was if the write fails."""
+def _save_images(x, out: Path, *, captions=None, **png) -> None:
+    """FILE.npy (the array) or FILE.png (a grid, each image over its caption where ``captions`` are
+    given), written whole: an earlier file there stays as it was if the write fails."""
     import numpy as np
 
     from kuosan.imaging import save_samples_png
+    from kuosan.plots import captioned_grid
 
     try:
         with replaced_whole(out) as tmp:
             if out.suffix == ".npy":
                 np.save(tmp, x.numpy())
+            elif captions is not None:
+                captioned_grid(x, captions).save(tmp, format="PNG")
             else:
                 save_samples_png(x, tmp, **png)
     except OSError as e:  # numpy's short-write error names no file and no cause
         raise OSError(e.errno, f"not written ({e.strerror or e}); an earlier file there is kept", str(out)) from None
+
+
+def _save_picture(picture, out: Path) -> None:
+    """A PIL picture written whole as PNG (an earlier file there is kept if the write fails)."""
+    with replaced_whole(out) as tmp:
+        picture.save(tmp, format="PNG")
+
+
+def _save_trajectory(trajectory, path: Path) -> None:
+    """The trajectory's animation (.gif) or strip (.png), written whole."""
+    with replaced_whole(path) as tmp:
+        app.save_trajectory(trajectory, tmp)
 
 
 def train(args) -> int:
@@ -94,6 +109,10 @@ def sample(args) -> int:
         )
         if value is not None
     }
+    trajectory = None
+    if args.trajectory:
+        path = _out_file(args.trajectory, (".gif", ".png"))
+        trajectory = app.trajectory_for(args.run)
     x = app.sample(
         args.run,
         args.num,
@@ -108,10 +127,16 @@ def sample(args) -> int:
         precision=args.precision,
         class_label=args.class_label,
         guidance=args.guidance,
+        callback=trajectory,
         **options,
     )
     _save_images(x, out)
-    print(json.dumps({"out": str(out), "shape": list(x.shape)}))
+    result = {"out": str(out), "shape": list(x.shape)}
+    if trajectory is not None:
+        trajectory.finish(x)
+        _save_trajectory(trajectory, path)
+        result["trajectory"] = str(path)
+    print(json.dumps(result))
     return 0
 
 
@@ -203,8 +228,13 @@ def text_to_image(args) -> int:
     _positive("-n", args.num)
     _positive("--steps", args.steps)
     _quiet_transformers()
+    run, trajectory = args.run, None
+    if args.trajectory:
+        path = _out_file(args.trajectory, (".gif", ".png"))
+        run = app.load_pipeline(args.run, args.weights, args.device, args.precision)
+        trajectory = app.Trajectory(decode=run.decode)
     x = app.text_to_image(
-        args.run,
+        run,
         args.prompt,
         task=args.command,
         n=args.num,
@@ -223,9 +253,15 @@ def text_to_image(args) -> int:
         weights=args.weights,
         device=args.device,
         precision=args.precision,
+        callback=trajectory,
     )
-    _save_images(x, out)
-    print(json.dumps({"out": str(out), "shape": list(x.shape), "prompt": args.prompt}))
+    _save_images(x, out, captions=[args.prompt] * len(x) if args.caption else None)
+    result = {"out": str(out), "shape": list(x.shape), "prompt": args.prompt}
+    if trajectory is not None:
+        trajectory.finish(x)
+        _save_trajectory(trajectory, path)
+        result["trajectory"] = str(path)
+    print(json.dumps(result))
     return 0
 
 
@@ -301,6 +337,47 @@ def dreamfusion(args) -> int:
     return 0
 
 
+def plot(args) -> int:
+    picture = app.plot_training(args.run)  # first: a missing run folder is an error, not created
+    out = _out_file(args.out or str(Path(args.run) / "training.png"), (".png",))
+    _save_picture(picture, out)
+    print(json.dumps({"out": str(out), "size": list(picture.size)}))
+    return 0
+
+
+def show(args) -> int:
+    out = _out_file(args.out, (".png",))
+    report = {}
+    if args.what == "forward":
+        _positive("-n", args.num)
+        picture = app.forward_picture(args.dataset, show=args.schedule, n=args.num, seed=args.seed)
+    elif args.what == "score":
+        picture, report = app.score_picture(args.run, sigmas=args.sigma, points=args.points, seed=args.seed)
+    else:
+        _positive("-n", args.num)
+        _positive("--steps", args.steps)
+        picture, report = app.langevin_picture(n=args.num, steps=args.steps, seed=args.seed)
+    _save_picture(picture, out)
+    print(json.dumps({"out": str(out), "size": list(picture.size), **report}))
+    return 0
+
+
+def serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("kuosan serve needs gradio: pip install 'kuosan[web]'") from None
+    from kuosan import web
+
+    def announce(url):
+        print(json.dumps({"url": url, "runs": args.runs, "out": args.out}), flush=True)
+
+    web.serve(args.runs, host=args.host, port=args.port, out=args.out, on_start=announce)
+    return 0
+
+
 def export(args) -> int:
     print(json.dumps(app.export(args.run, args.out, format=args.format, weights=args.weights)))
     return 0
@@ -327,6 +404,9 @@ COMMANDS = {
     "img2img": text_to_image,
     "inpaint": text_to_image,
     "export": export,
+    "plot": plot,
+    "show": show,
+    "serve": serve,
     "sds": sds,
     "dreamfusion": dreamfusion,
 }

@@ -96,6 +96,11 @@ def add_sample(sub):
     p.add_argument("--batch-size", type=int, default=1000)
     add_device_options(p, precision=True)
     p.add_argument("--out", required=True, help="FILE.npy (array (N, ...) in [-1, 1]) or FILE.png (grid)")
+    p.add_argument(
+        "--trajectory",
+        help="also FILE.gif (an animation, a frame a step) or FILE.png (a strip) of x_t and the model's x0_hat "
+        "for the first batch",
+    )
 
 
 def add_eval(sub):
@@ -213,6 +218,55 @@ def add_generation_options(p, *, prompt_help: str) -> None:
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     add_device_options(p, precision=True)
     p.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npy (array (N, C, H, W) in [-1, 1])")
+    p.add_argument("--caption", action="store_true", help="FILE.png: write the prompt beneath each image")
+    p.add_argument("--trajectory", help="also FILE.gif or FILE.png of the decoded x_t and x0_hat at every step")
+
+
+def add_pictures(sub):
+    p = sub.add_parser("plot", help="a run's training curves (loss and its EMA, lr, grad norm, steps/s) as PNG")
+    p.add_argument("run", help="run directory (its log.jsonl)")
+    p.add_argument("--out", help="FILE.png (default RUN/training.png)")
+    p = sub.add_parser("show", help="pictures of diffusion at work: the forward process, score fields, Langevin")
+    shows = p.add_subparsers(dest="what", required=True)
+    q = shows.add_parser(
+        "forward", help="q(x_t | x_0) over t with abar(t) and SNR(t) of the linear and cosine schedules"
+    )
+    q.add_argument("--dataset", default="digits", help="an image data set: digits, shapes, folder:PATH")
+    q.add_argument(
+        "--schedule",
+        nargs="+",
+        default=["linear", "cosine"],
+        choices=["linear", "cosine"],
+        help="the schedules whose strips are drawn (the curves show both)",
+    )
+    q.add_argument("-n", "--num", type=int, default=8, help="images in each cell")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="FILE.png")
+    q = shows.add_parser("score", help="a 2-D run's learned score field against the exact one and the data")
+    q.add_argument("run", help="run directory of a 2-D (toy2d) run")
+    q.add_argument("--sigma", type=float, nargs="+", default=[0.05, 0.2, 0.5, 1.0], help="noise levels (VE sigma)")
+    q.add_argument("--points", type=int, default=21, help="arrows per side of the grid")
+    q.add_argument("--seed", type=int, default=0, help="seed of the data points drawn")
+    q.add_argument("--out", required=True, help="FILE.png")
+    q = shows.add_parser(
+        "langevin",
+        help="Langevin vs annealed Langevin on a 1:4 Gaussian mixture with its exact score (seed 003, Song & Ermon)",
+    )
+    q.add_argument("-n", "--num", type=int, default=1280, help="chains")
+    q.add_argument("--steps", type=int, default=1000, help="Langevin steps")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="FILE.png")
+
+
+def add_serve(sub):
+    p = sub.add_parser(
+        "serve",
+        help="a local web app: generate from trained runs (txt2img, img2img, inpainting) and watch the denoising",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or diffusers:DIR folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--out", default="kuosan-web", help="the folder the app writes its pictures to (and only there)")
 
 
 def add_text_to_image(sub):
@@ -252,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_nll(sub)
     add_reconstruct(sub)
     add_text_to_image(sub)
+    add_pictures(sub)
+    add_serve(sub)
     p = sub.add_parser(
         "sds",
         help="images optimised by score distillation through a frozen text model (DreamFusion's SDS, g = identity)",

@@ -83,6 +83,17 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _summary_writer(folder: Path):
+    """PyTorch's own TensorBoard writer on ``folder`` (it needs the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "train.tensorboard=true needs the tensorboard package: pip install 'kuosan[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(folder))
+
+
 def _is_stream(x) -> bool:
     """A stream of batches (``kuosan.data.streaming.ImageFiles``: ``indices``, ``batches``, ``shape``)
     rather than a tensor held in memory."""
@@ -154,6 +165,7 @@ class Trainer:
         sample_fn: Callable | None = None,
         progress: bool = True,
         saved_keys: list[str] | None = None,
+        tensorboard: bool = False,
     ):
         if precision not in devices.DTYPES:
             raise ValueError(f"precision must be one of {', '.join(devices.DTYPES)}, got {precision!r}")
@@ -211,6 +223,8 @@ class Trainer:
         self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup)
         self.scaler = torch.amp.GradScaler(self.device.type) if devices.needs_grad_scaler(precision) else None
         self.generator = torch.Generator().manual_seed(seed)
+        self._grad_norms: list[torch.Tensor] = []  # the global gradient norm of each step since the last log
+        self.writer = _summary_writer(self.out_dir / "tensorboard") if tensorboard and self.rank == 0 else None
         self.step = 0
         self.train_seconds = 0.0
         self.last_loss = float("nan")
@@ -278,6 +292,9 @@ class Trainer:
             raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, {self._what_is_kept()}")
         if self.scaler is not None:  # true gradients for the clip; an overflowed step is skipped by step()
             self.scaler.unscale_(self.opt)
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:  # the global norm before the clip, logged as its mean over the steps of a log line
+            self._grad_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         if self.scaler is not None:
@@ -388,6 +405,9 @@ class Trainer:
 
         g = torch.Generator().manual_seed(1234)
         samples = self.sample_fn(self.ema.shadow, n, g)
+        if self.writer is not None and samples.ndim == 4:
+            self.writer.add_images("samples", (samples.float().clamp(-1, 1) + 1) / 2, self.step)
+            self.writer.flush()
         return save_samples_png(samples, self.out_dir / "samples" / f"step_{self.step:07d}.png")
 
     def _log(self, path: Path, loss: float, seconds: float, steps_per_s: float, bar) -> None:
@@ -398,8 +418,16 @@ class Trainer:
             "seconds": round(seconds, 2),
             "steps_per_s": round(steps_per_s, 2),
         }
+        if self._grad_norms:
+            value = float(torch.stack(self._grad_norms).mean())
+            rec["grad_norm"] = value if math.isfinite(value) else None
+            self._grad_norms.clear()
         with open(path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "lr", "grad_norm", "steps_per_s"):
+                if rec.get(key) is not None:
+                    self.writer.add_scalar(f"train/{key}", rec[key], self.step)
         bar.set_postfix(loss=f"{loss:.4f}", step=self.step)
 
     def _agree(self, stop: bool, checkpoint: bool, signalled: bool = False) -> tuple[bool, bool, bool]:
@@ -488,6 +516,8 @@ class Trainer:
         self.save()
         if main:
             self.write_samples()
+        if self.writer is not None:
+            self.writer.flush()
         distributed.barrier()
         summary = {
             "step": self.step,

@@ -1,0 +1,263 @@
+"""The web app (`kuosan serve`): its request validation, its queue, and the page driven in headless
+Chromium as a user drives it (`make browser` installs Chromium and its driver; without them the
+browser test is skipped, saying so). The screenshot lands in $KUOSAN_ARTEFACTS (default: the test's
+temporary folder)."""
+
+import io
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cli_helpers import fails_cleanly, kuosan
+from kuosan.config import ConfigError
+from train_helpers import TINY_DIGITS
+
+gradio = pytest.importorskip("gradio", reason="the web app needs gradio: pip install 'kuosan[web]'")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grid_size(n: int, h: int = 8, scale: int = 16) -> tuple[int, int]:
+    """(width, height) in pixels of the app's grid of n h x h images (kuosan.imaging.image_grid)."""
+    nrow = math.ceil(math.sqrt(n))
+    return (nrow * (h + 1) + 1) * scale, (math.ceil(n / nrow) * (h + 1) + 1) * scale
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    kuosan("train", "--preset", "digits", "--steps", 2, "--out", root / "digits", "--no-progress", *TINY_DIGITS)
+    kuosan("train", "--preset", "toy2d", "--steps", 2, "--out", root / "toy", "--no-progress")
+    return root
+
+
+@pytest.fixture(scope="module")
+def app_url(runs, tmp_path_factory):
+    from kuosan import web
+
+    out = tmp_path_factory.mktemp("web")
+    page, url = web.serve([str(runs / "digits"), str(runs / "toy")], port=_free_port(), out=out, block=False)
+    yield url, out
+    page.close()
+
+
+def _request(server, **changes):
+    args = dict(
+        run="digits", sampler="ddim", grid="(the run's)", steps=3, eta=0.0, seed=0, n=4, class_label="all",
+        prompt="", negative="", guidance=None, task="txt2img", image=None, strength=0.6,
+    )  # fmt: skip
+    args.update(changes)
+    return server.generate(*args.values())
+
+
+def test_requests_are_validated_as_the_cli_validates(runs, tmp_path):
+    from kuosan.web import Server
+
+    server = Server([str(runs / "digits"), str(runs / "toy")], tmp_path)
+    for changes, message in (
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"steps": 2.5}, "whole number"),
+        ({"n": 0}, "batch size must be at least 1"),
+        ({"sampler": "nope"}, "unknown sampler 'nope'"),
+        ({"run": "other"}, "unknown run"),
+        ({"prompt": "a cat"}, "not text-conditional"),
+        ({"task": "inpaint"}, "needs a text-conditional run"),
+        ({"sampler": "euler", "eta": 1.0}, "takes no eta"),
+        ({"class_label": "3"}, "not class-conditional"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _request(server, **changes)
+    out = _request(server, n=5, steps=4)
+    assert out["grid"].size == _grid_size(5) and len(out["frames"]) == 5  # 4 steps and the sample
+    assert Path(out["file"]).parent == tmp_path / "images" and Path(out["file"]).is_file()
+    toy = _request(server, run="toy", n=50)
+    assert toy["grid"].size == (512, 512)  # 2-D points: a scatter plot
+
+
+def test_an_autoencoder_run_or_a_missing_folder_is_refused(tmp_path):
+    from kuosan.web import Server
+
+    with pytest.raises(ConfigError, match="run directory not found"):
+        Server([str(tmp_path / "nothing")], tmp_path / "out")
+    fails_cleanly(kuosan("serve", tmp_path / "nothing", "--out", tmp_path / "out", check=False), "not found")
+    fails_cleanly(kuosan("serve", tmp_path, "--port", 0, check=False), "--port")
+
+
+def test_two_users_at_once_are_queued_and_both_answered(app_url):
+    """Two API clients at the same time: both get their own samples (the queue runs one at a time)."""
+    from gradio_client import Client
+
+    url, _ = app_url
+    results, errors = {}, []
+
+    def ask(seed):
+        try:
+            client = Client(url, verbose=False)
+            results[seed] = client.predict(
+                "digits", "ddim", "(the run's)", 3, 0, seed, 4, "all", "", "", None, "txt2img", None, 0.6,
+                api_name="/generate",
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and set(results) == {1, 2}
+    a, b = (Image.open(results[s][0]) for s in (1, 2))
+    assert a.size == b.size == _grid_size(4) and a.tobytes() != b.tobytes()  # two seeds, two grids
+
+
+def test_an_unknown_sampler_through_the_api_is_an_error_and_the_server_keeps_serving(app_url):
+    from gradio_client import Client
+
+    url, _ = app_url
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="unknown sampler 'nope'"):
+        client.predict(
+            "digits", "nope", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
+        )
+    ok = client.predict(
+        "digits", "euler", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
+    )
+    assert Image.open(ok[0]).size == _grid_size(4)
+
+
+# --- the page in a real browser ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no Chromium and ChromeDriver here (`make browser` installs Debian's chromium, chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (kuosan[test])")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1600",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait(predicate, timeout=90.0, what="the page"):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _set(driver, elem_id: str, value, *, choose=False) -> None:
+    """Type ``value`` into the component ``elem_id`` (a number, a textbox or a dropdown)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys(str(value))
+    if choose:
+        option = _wait(
+            lambda: driver.find_elements(By.CSS_SELECTOR, f'li[role="option"][aria-label="{value}"]'),
+            what=f"the option {value}",
+        )
+        option[0].click()
+    else:
+        box.send_keys(Keys.TAB)
+
+
+def _result_src(driver) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    imgs = driver.find_elements(By.CSS_SELECTOR, "#result img")
+    src = imgs[0].get_attribute("src") if imgs else None
+    return src if src and src.startswith("http") else None
+
+
+def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url):
+    from selenium.webdriver.common.by import By
+
+    url, out = app_url
+    browser.get(url)
+    _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#generate"), what="the Generate button")
+    _set(browser, "run", "digits", choose=True)
+    _set(browser, "sampler", "dpmpp-2m", choose=True)
+    _set(browser, "steps", 4)
+    _set(browser, "batch", 9)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    src = _wait(lambda: _result_src(browser), what="the sample grid")
+    with urllib.request.urlopen(src) as r:
+        grid = Image.open(io.BytesIO(r.read()))
+        grid.load()
+    assert grid.size == _grid_size(9)  # 9 samples: a 3 x 3 grid of 8x8 digits, enlarged 16 times
+    _wait(lambda: "9 samples from digits" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="the summary")
+    frames = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#trajectory img"), what="the trajectory")
+    assert len(frames) >= 2
+    artefacts = Path(os.environ.get("KUOSAN_ARTEFACTS", out))
+    artefacts.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(artefacts / "web-app.png"))
+
+    _set(browser, "steps", 0)  # a bad input: an error in the page
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait(lambda: "steps must be at least 1" in browser.find_element(By.TAG_NAME, "body").text, what="the error")
+    browser.save_screenshot(str(artefacts / "web-app-error.png"))
+
+    _set(browser, "steps", 3)  # the server kept serving
+    _set(browser, "batch", 4)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    _wait(lambda: "4 samples from digits" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="a new grid")
+    written = {p.name for p in Path(out).rglob("*") if p.is_file()}
+    assert written and all(str(p).startswith(str(out)) for p in Path(out).rglob("*"))
+
+
+def test_kuosan_serve_as_a_user_starts_it_and_stops_it(runs, tmp_path):
+    """`kuosan serve RUN` in its own process: one JSON line with the loopback URL, the page served
+    there, and Ctrl-C (SIGINT) ends it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kuosan", "serve", str(runs / "digits"), "--port", str(port), "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = json.loads(proc.stdout.readline())
+        assert line["url"].startswith(f"http://127.0.0.1:{port}")
+        with urllib.request.urlopen(line["url"]) as r:
+            assert r.status == 200 and "kuosan" in r.read().decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode in (0, 130), proc.stderr.read()
