@@ -98,16 +98,16 @@ def test_an_autoencoder_run_or_a_missing_folder_is_refused(tmp_path):
     fails_cleanly(kuosan("serve", tmp_path, "--port", 0, check=False), "--port")
 
 
-def test_two_users_at_once_are_queued_and_both_answered(app_url):
+def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path):
     """Two API clients at the same time: both get their own samples (the queue runs one at a time)."""
     from gradio_client import Client
 
     url, _ = app_url
-    results, errors = {}, []
+    results, errors, downloads = {}, [], tmp_path
 
     def ask(seed):
         try:
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False, download_files=str(downloads))
             results[seed] = client.predict(
                 "digits", "ddim", "(the run's)", 3, 0, seed, 4, "all", "", "", None, "txt2img", None, 0.6,
                 api_name="/generate",
@@ -125,11 +125,11 @@ def test_two_users_at_once_are_queued_and_both_answered(app_url):
     assert a.size == b.size == _grid_size(4) and a.tobytes() != b.tobytes()  # two seeds, two grids
 
 
-def test_an_unknown_sampler_through_the_api_is_an_error_and_the_server_keeps_serving(app_url):
+def test_an_unknown_sampler_through_the_api_is_an_error_and_the_server_keeps_serving(app_url, tmp_path):
     from gradio_client import Client
 
     url, _ = app_url
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=str(tmp_path))
     with pytest.raises(Exception, match="unknown sampler 'nope'"):
         client.predict(
             "digits", "nope", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
@@ -183,14 +183,21 @@ def _set(driver, elem_id: str, value, *, choose=False) -> None:
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)
     box.send_keys(str(value))
-    if choose:
-        option = _wait(
-            lambda: driver.find_elements(By.CSS_SELECTOR, f'li[role="option"][aria-label="{value}"]'),
-            what=f"the option {value}",
-        )
-        option[0].click()
+    if choose:  # the list re-renders as it filters what was typed: click the option as it stands then
+        _wait(lambda: _click_option(driver, value), what=f"the option {value}")
     else:
         box.send_keys(Keys.TAB)
+
+
+def _click_option(driver, value) -> bool:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        driver.find_element(By.CSS_SELECTOR, f'li[role="option"][aria-label="{value}"]').click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
 
 
 def _result_src(driver) -> str | None:
@@ -201,10 +208,11 @@ def _result_src(driver) -> str | None:
     return src if src and src.startswith("http") else None
 
 
-def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url):
+def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url, tmp_path):
     from selenium.webdriver.common.by import By
 
     url, out = app_url
+    before = set((out / "images").iterdir())
     browser.get(url)
     _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#generate"), what="the Generate button")
     _set(browser, "run", "digits", choose=True)
@@ -220,7 +228,7 @@ def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url)
     _wait(lambda: "9 samples from digits" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="the summary")
     frames = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#trajectory img"), what="the trajectory")
     assert len(frames) >= 2
-    artefacts = Path(os.environ.get("KUOSAN_ARTEFACTS", out))
+    artefacts = Path(os.environ.get("KUOSAN_ARTEFACTS", tmp_path))
     artefacts.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(artefacts / "web-app.png"))
 
@@ -233,31 +241,44 @@ def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url)
     _set(browser, "batch", 4)
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     _wait(lambda: "4 samples from digits" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="a new grid")
-    written = {p.name for p in Path(out).rglob("*") if p.is_file()}
-    assert written and all(str(p).startswith(str(out)) for p in Path(out).rglob("*"))
+    assert len(set((out / "images").iterdir()) - before) == 2  # the two grids
+    written = [p.relative_to(out) for p in Path(out).rglob("*") if p.is_file()]
+    assert {p.parts[0] for p in written} == {"images", "cache"}  # gradio's copies of what it served: in cache/
 
 
 def test_kuosan_serve_as_a_user_starts_it_and_stops_it(runs, tmp_path):
     """`kuosan serve RUN` in its own process: one JSON line with the loopback URL, the page served
-    there, and Ctrl-C (SIGINT) ends it."""
+    there, a request answered, nothing written to the temporary folder (gradio's default scratch
+    folder) but all under --out, and Ctrl-C (SIGINT) ends it."""
     import json
     import signal
     import subprocess
     import sys
 
-    port = _free_port()
+    from gradio_client import Client
+
+    port, out, scratch = _free_port(), tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kuosan", "serve", str(runs / "digits"), "--port", str(port), "--out", str(tmp_path)],
+        [sys.executable, "-m", "kuosan", "serve", str(runs / "digits"), "--port", str(port), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     try:
         line = json.loads(proc.stdout.readline())
         assert line["url"].startswith(f"http://127.0.0.1:{port}")
         with urllib.request.urlopen(line["url"]) as r:
             assert r.status == 200 and "kuosan" in r.read().decode()
+        client = Client(line["url"], verbose=False, download_files=False)
+        answer = client.predict(
+            "digits", "ddim", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
+        )
+        assert Path(answer[0]["path"]).is_relative_to(out / "cache")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode in (0, 130), proc.stderr.read()
+    assert list(scratch.iterdir()) == []
+    assert len(list((out / "images").iterdir())) == 1

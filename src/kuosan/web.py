@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -25,12 +26,14 @@ from kuosan import app, plots
 from kuosan.config import ConfigError
 from kuosan.diffusion.schedules import GRIDS
 from kuosan.interop import diffusers as hf
+from kuosan.pipelines import DEFAULT_GUIDANCE
 from kuosan.samplers import SAMPLERS
 from kuosan.train import checkpoint as ckpt
 
 MAX_IMAGES = 64  # images per request
 TASKS = ("txt2img", "img2img", "inpaint")
 RUN_DEFAULT = "(the run's)"
+MASK_COLOUR = ("#ff00ff", 0.6)  # the inpainting brush: translucent magenta, seen on dark and light pictures
 
 
 @dataclass
@@ -75,7 +78,7 @@ def describe_run(spec: str) -> Model:
     shape = tuple(state["data_shape"])
     size = tuple(shape[-2:]) if len(shape) == 3 and not cfg.latent.autoencoder else None  # latents: the decoder's
     if cfg.text.encoder or cfg.latent.autoencoder:
-        kind, guidance = "text", None
+        kind, guidance = "text", DEFAULT_GUIDANCE  # the pipeline's own default, shown in the page
     elif cfg.label.classes:
         kind, guidance = "class", cfg.label.guidance
     else:
@@ -305,7 +308,12 @@ def build_app(server: Server):
                 )
                 with gr.Accordion("image-to-image and inpainting", open=False, visible=first.kind == "text") as edit:
                     task = gr.Radio(list(TASKS), value="txt2img", label="task", elem_id="task")
-                    image = gr.ImageMask(label="image (draw the region to repaint)", type="numpy", elem_id="image")
+                    image = gr.ImageMask(
+                        label="image (draw the region to repaint)",
+                        type="numpy",
+                        elem_id="image",
+                        brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
+                    )  # the strokes' colour is only shown: where they are (their alpha) is the mask
                     strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
@@ -366,8 +374,7 @@ def serve(
     ``on_start(url)`` is told where it listens. Returns (page, url); with ``block`` it serves until
     interrupted."""
     server = Server(runs, out)
-    cache = Path(out).resolve() / "cache"
-    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # gradio's copies of the pictures it serves
+    _confine_gradio_files(Path(out).resolve() / "cache")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     page = build_app(server)
     page.queue(default_concurrency_limit=1, max_size=64)
@@ -393,6 +400,18 @@ def serve(
         finally:
             page.close()
     return page, url
+
+
+def _confine_gradio_files(cache: Path) -> None:
+    """Make ``cache`` gradio's scratch folder (its copies of the pictures it serves, the folders its
+    server makes at start). gradio reads GRADIO_TEMP_DIR at run time in some places and once, when
+    its modules are imported, in others: both are pointed at ``cache``, so nothing lands outside the
+    output folder even where gradio was imported before the app started (the Python API, tests)."""
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    for name in ("gradio.route_utils", "gradio.routes", "gradio.mcp", "gradio.screen_recording_utils"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DEFAULT_TEMP_DIR"):
+            module.DEFAULT_TEMP_DIR = str(cache)
 
 
 def _theme():

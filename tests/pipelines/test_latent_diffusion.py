@@ -547,11 +547,13 @@ def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_draw
     img2img from an uploaded picture of another size (resized to the model's), inpainting where
     the strokes are, and the one-line errors of a missing image or mask."""
     pytest.importorskip("gradio")
+    from kuosan.pipelines import DEFAULT_GUIDANCE
     from kuosan.web import Server
 
     server = Server([str(ldm_runs["inpaint"])], tmp_path)
     (name,) = server.models
     assert server.models[name].kind == "text"
+    assert server.models[name].guidance == DEFAULT_GUIDANCE  # the page shows what a blank field would use
 
     def ask(task, image=None, **changes):
         args = dict(

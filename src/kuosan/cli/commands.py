@@ -3,6 +3,7 @@ application function (:mod:`kuosan.app`) and prints the result as one JSON line.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -365,10 +366,8 @@ def show(args) -> int:
 def serve(args) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("kuosan serve needs gradio: pip install 'kuosan[web]'") from None
+    if importlib.util.find_spec("gradio") is None:  # looked up, not imported: web.serve sets it up first
+        raise UserError("kuosan serve needs gradio: pip install 'kuosan[web]'")
     from kuosan import web
 
     def announce(url):
