@@ -94,6 +94,13 @@ def _summary_writer(folder: Path):
     return SummaryWriter(log_dir=str(folder))
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """The global 2-norm of ``grads`` (None for none), as ``clip_grad_norm_`` computes it."""
+    if not grads:
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 def _is_stream(x) -> bool:
     """A stream of batches (``kuosan.data.streaming.ImageFiles``: ``indices``, ``batches``, ``shape``)
     rather than a tensor held in memory."""
@@ -292,11 +299,12 @@ class Trainer:
             raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, {self._what_is_kept()}")
         if self.scaler is not None:  # true gradients for the clip; an overflowed step is skipped by step()
             self.scaler.unscale_(self.opt)
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads:  # the global norm before the clip, logged as its mean over the steps of a log line
-            self._grad_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        if self.grad_clip > 0:  # the global norm before the clip, logged as its mean over a log line's steps
+            norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        else:
+            norm = _total_norm([p.grad for p in self.net.parameters() if p.grad is not None])
+        if self.rank == 0 and norm is not None:  # every process holds the same (all-reduced) gradients
+            self._grad_norms.append(norm.detach())
         if self.scaler is not None:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -418,9 +426,10 @@ class Trainer:
             "seconds": round(seconds, 2),
             "steps_per_s": round(steps_per_s, 2),
         }
-        if self._grad_norms:
-            value = float(torch.stack(self._grad_norms).mean())
-            rec["grad_norm"] = value if math.isfinite(value) else None
+        if self._grad_norms:  # the finite ones: a step an fp16 overflow skipped has none
+            norms = torch.stack(self._grad_norms).float()
+            finite = norms[norms.isfinite()]
+            rec["grad_norm"] = float(finite.mean()) if finite.numel() else None
             self._grad_norms.clear()
         with open(path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
@@ -517,7 +526,7 @@ class Trainer:
         if main:
             self.write_samples()
         if self.writer is not None:
-            self.writer.flush()
+            self.writer.close()  # a later fit() of this trainer opens a new event file
         distributed.barrier()
         summary = {
             "step": self.step,
