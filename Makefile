@@ -41,14 +41,18 @@ demo: $(VENV)/.core
 	$(BIN)/kuosan eval $(DEMO_OUT)/samples.npy --dataset digits --out $(DEMO_OUT)/metrics.json
 
 # Debian's Chromium and ChromeDriver for the browser test of the web app (tests/test_web.py, which
-# skips it, saying so, where they are absent); installing them needs root or sudo.
+# skips it, saying so, where they are absent); installing them needs root or sudo. A failed install
+# (no package source reachable) is reported and the test is skipped, not the build failed.
+BROWSER_SKIPPED = echo "browser: could not install chromium and chromium-driver; the browser test will be skipped"
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 		echo "browser: chromium and chromedriver are installed"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+			|| $(BROWSER_SKIPPED); \
 	elif command -v sudo >/dev/null; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		{ sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+			|| $(BROWSER_SKIPPED); \
 	else \
 		echo "browser: installing chromium and chromium-driver needs root; the browser test will be skipped"; \
 	fi

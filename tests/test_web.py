@@ -13,7 +13,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cli_helpers import fails_cleanly, kuosan
@@ -58,7 +60,7 @@ def app_url(runs, tmp_path_factory):
 
 def _request(server, **changes):
     args = dict(
-        run="digits", sampler="ddim", grid="(the run's)", steps=3, eta=0.0, seed=0, n=4, class_label="all",
+        run="digits", sampler="ddim", grid="(the run's)", steps=3, eta=None, seed=0, n=4, class_label="all",
         prompt="", negative="", guidance=None, task="txt2img", image=None, strength=0.6,
     )  # fmt: skip
     args.update(changes)
@@ -72,6 +74,10 @@ def test_requests_are_validated_as_the_cli_validates(runs, tmp_path):
     for changes, message in (
         ({"steps": 0}, "steps must be at least 1"),
         ({"steps": 2.5}, "whole number"),
+        ({"steps": 1001}, "at most 1000"),
+        ({"steps": float("inf")}, "whole number"),
+        ({"seed": 2**64}, "at most"),
+        ({"seed": True}, "whole number"),
         ({"n": 0}, "batch size must be at least 1"),
         ({"sampler": "nope"}, "unknown sampler 'nope'"),
         ({"run": "other"}, "unknown run"),
@@ -84,12 +90,37 @@ def test_requests_are_validated_as_the_cli_validates(runs, tmp_path):
             _request(server, **changes)
     out = _request(server, n=5, steps=4)
     assert out["grid"].size == _grid_size(5) and len(out["frames"]) == 5  # 4 steps and the sample
+    big = _request(server, seed="12345678901234567", sampler="euler", eta=0)  # exact, not rounded through float
+    assert big["grid"].size == _grid_size(4)
+    stochastic = [_request(server, sampler="euler-ancestral", eta=eta, seed=1)["grid"].tobytes() for eta in (None, 0)]
+    assert stochastic[0] != stochastic[1]  # blank: the sampler's own eta (1), not 0
     assert Path(out["file"]).parent == tmp_path / "images" and Path(out["file"]).is_file()
     toy = _request(server, run="toy", n=50)
     assert toy["grid"].size == (512, 512)  # 2-D points: a scatter plot
 
 
-def test_an_autoencoder_run_or_a_missing_folder_is_refused(tmp_path):
+def test_the_drawn_strokes_are_the_mask_at_the_models_size():
+    """The image editor's value (an uploaded background, RGBA stroke layers) -> the image in [-1, 1]
+    and the mask (1 = repaint) where the strokes' alpha is, resized to the model's size."""
+    from kuosan.web import _editor_images
+
+    background = np.zeros((64, 48, 3), np.uint8)
+    background[..., 0] = 255
+    strokes = np.zeros((64, 48, 4), np.uint8)
+    strokes[:32, :24] = (255, 0, 255, 150)  # the top-left quarter, translucent
+    image, mask = _editor_images({"background": background, "layers": [strokes]}, (16, 12), "inpaint")
+    assert image.shape == (1, 3, 16, 12) and mask.shape == (1, 1, 16, 12)
+    torch.testing.assert_close(image[0, 0], torch.ones(16, 12))
+    torch.testing.assert_close(image[0, 1], -torch.ones(16, 12))
+    expected = torch.zeros(16, 12)
+    expected[:8, :6] = 1
+    assert torch.equal(mask[0, 0], expected)
+    assert _editor_images({"background": background, "layers": [strokes]}, (16, 12), "img2img")[1] is None
+    with pytest.raises(ConfigError, match="the mask is 10x10 but the image 48x64"):
+        _editor_images({"background": background, "layers": [np.zeros((10, 10, 4), np.uint8)]}, (16, 12), "inpaint")
+
+
+def test_a_missing_folder_or_a_bad_port_is_refused(tmp_path):
     from kuosan.web import Server
 
     with pytest.raises(ConfigError, match="run directory not found"):
@@ -98,12 +129,28 @@ def test_an_autoencoder_run_or_a_missing_folder_is_refused(tmp_path):
     fails_cleanly(kuosan("serve", tmp_path, "--port", 0, check=False), "--port")
 
 
-def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path):
-    """Two API clients at the same time: both get their own samples (the queue runs one at a time)."""
+def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path, monkeypatch):
+    """Two API clients at the same time: both get their own samples, one after the other (the queue
+    runs one request at a time: never two samplers at once)."""
     from gradio_client import Client
+
+    from kuosan import app
 
     url, _ = app_url
     results, errors, downloads = {}, [], tmp_path
+    running, most = [0], [0]
+    sample = app.sample
+
+    def counted(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.5)  # long enough for the other request to arrive meanwhile
+            return sample(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(app, "sample", counted)
 
     def ask(seed):
         try:
@@ -121,6 +168,7 @@ def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path):
     for t in threads:
         t.join(timeout=120)
     assert not errors and set(results) == {1, 2}
+    assert most[0] == 1
     a, b = (Image.open(results[s][0]) for s in (1, 2))
     assert a.size == b.size == _grid_size(4) and a.tobytes() != b.tobytes()  # two seeds, two grids
 

@@ -133,10 +133,7 @@ def trajectory_strip(
 
 
 def _font(size: int = 12):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
-        return ImageFont.load_default()
+    return ImageFont.load_default(size=size)
 
 
 def trajectory_frames(
@@ -168,7 +165,8 @@ def trajectory_frames(
             frame.paste(p, (left, top))
             draw.text((left + 2, 4), label, fill="black", font=_font())
             left += p.width + gap
-        draw.text((w - 130, 4), f"{i + 1}/{len(xs)} σ={sigmas[i]:.3g}", fill="black", font=_font())
+        # sigma spelt out: PIL's default fonts have no Greek letters
+        draw.text((w - 150, 4), f"{i + 1}/{len(xs)} sigma={sigmas[i]:.3g}", fill="black", font=_font())
         frames.append(frame)
     return frames
 

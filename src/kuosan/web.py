@@ -31,6 +31,8 @@ from kuosan.samplers import SAMPLERS
 from kuosan.train import checkpoint as ckpt
 
 MAX_IMAGES = 64  # images per request
+MAX_STEPS = 1000  # sampler steps per request (DDPM's T): the queue serves one request at a time
+MAX_SEED = 2**63 - 1
 TASKS = ("txt2img", "img2img", "inpaint")
 RUN_DEFAULT = "(the run's)"
 MASK_COLOUR = ("#ff00ff", 0.6)  # the inpainting brush: translucent magenta, seen on dark and light pictures
@@ -42,19 +44,17 @@ class Model:
 
     name: str
     spec: str
-    kind: str  # unconditional, class, text
+    kind: str  # unconditional, class, text (a pipeline's: text-conditional or latent)
     sampler: str
     steps: int
+    what: str = ""  # what the page says the model is
     classes: list[str] = field(default_factory=list)
     guidance: float | None = None
     image_size: tuple[int, int] | None = None
     pipeline: object = None  # a text run's pipeline, loaded on first use
 
     def describe(self) -> str:
-        what = {"unconditional": "unconditional", "class": f"class-conditional ({len(self.classes)} classes)"}
-        size = f", {self.image_size[1]}x{self.image_size[0]}" if self.image_size else ""
-        size = ", 2-D points" if self.kind != "text" and not self.image_size else size
-        return f"**{self.name}**: {what.get(self.kind, 'text-conditional')}{size}; {self.sampler}, {self.steps} steps"
+        return f"**{self.name}**: {self.what}; {self.sampler}, {self.steps} steps"
 
 
 def describe_run(spec: str) -> Model:
@@ -65,7 +65,10 @@ def describe_run(spec: str) -> Model:
         folder = hf.folder_of(spec)
         index = folder / "model_index.json"
         text = index.is_file() and "text_encoder" in json.loads(index.read_text())
-        return Model(folder.name, spec, "text" if text else "unconditional", "ddim", 50, guidance=7.5 if text else None)
+        what = "a diffusers text-to-image pipeline" if text else "a diffusers unconditional U-Net"
+        return Model(
+            folder.name, spec, "text" if text else "unconditional", "ddim", 50, what, guidance=7.5 if text else None
+        )
     path = Path(spec)
     if not path.is_dir():
         raise ConfigError(f"run directory not found: {path}")
@@ -77,14 +80,21 @@ def describe_run(spec: str) -> Model:
         raise ConfigError(f"{path} is an autoencoder run: it reconstructs, it does not generate")
     shape = tuple(state["data_shape"])
     size = tuple(shape[-2:]) if len(shape) == 3 and not cfg.latent.autoencoder else None  # latents: the decoder's
+    if len(shape) == 1:
+        data = f"{shape[0]}-D points"
+    elif cfg.latent.autoencoder:
+        data = "latents " + "x".join(map(str, shape))
+    else:
+        data = f"{shape[-1]}x{shape[-2]}"
     if cfg.text.encoder or cfg.latent.autoencoder:
         kind, guidance = "text", DEFAULT_GUIDANCE  # the pipeline's own default, shown in the page
+        what = "text-conditional" if cfg.text.encoder else "unconditional"
     elif cfg.label.classes:
-        kind, guidance = "class", cfg.label.guidance
+        kind, guidance, what = "class", cfg.label.guidance, f"class-conditional ({cfg.label.classes} classes)"
     else:
-        kind, guidance = "unconditional", None
+        kind, guidance, what = "unconditional", None, "unconditional"
     names = [str(x) for x in cfg.label.names] or [str(k) for k in range(cfg.label.classes)]
-    return Model(path.name, spec, kind, cfg.sample.sampler, cfg.sample.steps, names, guidance, size)
+    return Model(path.name, spec, kind, cfg.sample.sampler, cfg.sample.steps, f"{what}, {data}", names, guidance, size)
 
 
 class Server:
@@ -138,11 +148,11 @@ class Server:
         if grid not in (RUN_DEFAULT, *GRIDS, "scheduler"):
             raise ConfigError(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}")
         steps, n, seed = (
-            _integer("steps", steps, 1),
+            _integer("steps", steps, 1, MAX_STEPS),
             _integer("batch size", n, 1, MAX_IMAGES),
-            _integer("seed", seed, 0),
+            _integer("seed", seed, 0, MAX_SEED),
         )
-        eta = _number("eta", eta, 0.0)
+        eta = _number("eta", eta, 0.0)  # None (blank): the sampler's own default
         task = task or "txt2img"
         if task not in TASKS:
             raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -153,16 +163,19 @@ class Server:
             raise ConfigError(f"{model.name} is not class-conditional: it takes no class (choose all)")
         if model.kind != "text" and task != "txt2img":
             raise ConfigError(f"{task} needs a text-conditional run; {model.name} is {model.kind}")
-        options = {"eta": eta} if "eta" in app.sampler_options(sampler) else {}
-        if eta and not options:
-            raise ConfigError(f"sampler {sampler} takes no eta (set it to 0, or pick ddim or an ancestral sampler)")
+        if eta is not None and model.kind == "text":
+            raise ConfigError(f"{model.name} samples with the sampler's own eta, as txt2img does: leave eta blank")
+        takes_eta = "eta" in app.sampler_options(sampler)
+        if eta and not takes_eta:  # 0 is what a deterministic sampler does anyway
+            raise ConfigError(f"sampler {sampler} takes no eta (leave it blank, or pick ddim or an ancestral sampler)")
+        options = {"eta": eta} if eta is not None and takes_eta else {}
         common = dict(sampler=sampler, steps=steps, grid=None if grid == RUN_DEFAULT else grid, seed=seed)
         with self.lock:
             start = time.perf_counter()
             if model.kind == "text":
                 x, trajectory = self._text(model, task, n, prompt, negative, guidance, image, strength, common, on_step)
             else:
-                trajectory = app.trajectory_for(model.spec, on_step=on_step)
+                trajectory = app.trajectory_for(model.spec, on_step=on_step, keep=MAX_IMAGES)
                 label = None if model.kind != "class" else (class_label or "all")
                 scale = None if model.kind != "class" else _number("guidance", guidance, None)
                 x = app.sample(
@@ -176,7 +189,7 @@ class Server:
         if model.pipeline is None:
             model.pipeline = app.load_pipeline(model.spec)
         pipe = model.pipeline
-        trajectory = app.Trajectory(decode=pipe.decode, on_step=on_step)
+        trajectory = app.Trajectory(decode=pipe.decode, on_step=on_step, keep=MAX_IMAGES)
         picture = mask = None
         if task != "txt2img":
             picture, mask = _editor_images(image, model.image_size or tuple(pipe.image_shape()[-2:]), task)
@@ -223,15 +236,21 @@ def _grid(x: torch.Tensor) -> Image.Image:
 
 
 def _integer(what: str, value, low: int, high: int | None = None) -> int:
+    """``value`` (an int, a whole float or its text) as an int in [low, high]; ConfigError otherwise."""
     try:
-        v = float(value)
+        if isinstance(value, bool):
+            raise TypeError
+        v = int(value) if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()) else None
+        f = float(value) if v is None else None
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be a whole number, got {value!r}") from None
-    if not math.isfinite(v) or v != int(v):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}")
-    v = int(v)
+    if v is None:
+        if not math.isfinite(f) or f != int(f):
+            raise ConfigError(f"{what} must be a whole number, got {value!r}")
+        v = int(f)
     if v < low or (high is not None and v > high):
-        raise ConfigError(f"{what} must be at least {low}" + (f" and at most {high}" if high else "") + f", got {v}")
+        bounds = f"at least {low}" + (f" and at most {high}" if high is not None else "")
+        raise ConfigError(f"{what} must be {bounds}, got {v if abs(v) < 10**20 else f'{v:.3g}'}")
     return v
 
 
@@ -262,6 +281,10 @@ def _editor_images(value, size: tuple[int, int], task: str):
     for layer in value.get("layers") or []:
         arr = np.asarray(layer)
         if arr.ndim == 3 and arr.shape[-1] == 4:
+            if arr.shape[:2] != strokes.shape:
+                raise ConfigError(
+                    f"the mask is {arr.shape[1]}x{arr.shape[0]} but the image {strokes.shape[1]}x{strokes.shape[0]}"
+                )
             strokes |= arr[..., 3] > 0
     if not strokes.any():
         raise ConfigError("inpaint needs a mask: draw over the part of the image to repaint")
@@ -279,7 +302,8 @@ def build_app(server: Server):
 
     first = next(iter(server.models.values()))
     free = {"allow_custom_value": True}  # a value outside the choices reaches Server.generate, which names them
-    with gr.Blocks(title="kuosan", analytics_enabled=False) as page:
+    # gradio's copies of the pictures it served are removed a day after (the grids stay in images/)
+    with gr.Blocks(title="kuosan", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
         gr.Markdown("# kuosan\nGenerate from trained runs and watch the denoising: x_t and the model's x0_hat.")
         with gr.Row():
             with gr.Column(scale=1):
@@ -289,7 +313,9 @@ def build_app(server: Server):
                 grid = gr.Dropdown([RUN_DEFAULT, *GRIDS], value=RUN_DEFAULT, label="noise-level grid", **free)
                 with gr.Row():
                     steps = gr.Number(value=first.steps, precision=0, label="steps", elem_id="steps")
-                    eta = gr.Number(value=0.0, label="eta", elem_id="eta")
+                    eta = gr.Number(
+                        value=None, label="eta (blank: the sampler's)", visible=first.kind != "text", elem_id="eta"
+                    )
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                     n = gr.Number(value=16, precision=0, label="batch size", elem_id="batch")
@@ -323,25 +349,34 @@ def build_app(server: Server):
                 frames = gr.Gallery(label="trajectory: x_t | x0_hat", columns=6, elem_id="trajectory", format="png")
 
         def pick(name):
-            m = server.models[name]
+            """The controls of run ``name``, reset: a field another run left set and this one hides
+            would otherwise refuse every request."""
+            m = server.models.get(name)
+            if m is None:
+                raise gr.Error(f"unknown run {name!r}; this app serves: {', '.join(server.models)}")
+            text = m.kind == "text"
             return (
                 m.describe(),
                 gr.update(value=m.sampler),
                 gr.update(value=m.steps),
+                gr.update(value=None, visible=not text),
                 gr.update(choices=["all", *m.classes], value="all", visible=m.kind == "class"),
-                gr.update(visible=m.kind == "text"),
-                gr.update(visible=m.kind == "text"),
-                gr.update(value=m.guidance, visible=m.kind in ("text", "class")),
-                gr.update(visible=m.kind == "text"),
+                gr.update(value="", visible=text),
+                gr.update(value="", visible=text),
+                gr.update(value=m.guidance, visible=text or m.kind == "class"),
+                gr.update(visible=text),
+                gr.update(value="txt2img"),
             )
 
-        run.change(pick, run, [about, sampler, steps, label, prompt, negative, guidance, edit], api_name=False)
+        run.change(
+            pick, run, [about, sampler, steps, eta, label, prompt, negative, guidance, edit, task], api_name=False
+        )
 
         def generate(run, sampler, grid, steps, eta, seed, n, label, prompt, negative, guidance, task, image, strength,
                      progress=gr.Progress()):  # noqa: B008  (gradio's way of asking for a progress bar)  # fmt: skip
             try:
                 total = max(1, int(steps))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # refused below, in one line
                 total = 1
             try:
                 out = server.generate(

@@ -74,7 +74,9 @@ def test_sample_trajectory_as_a_strip_and_an_animation(digits_run, tmp_path):
         assert gif.n_frames == 6  # a frame a step, and the sample
         gif.seek(5)
         _picture_of(gif.convert("RGB"))
-    fails_cleanly(kuosan(*args, "--trajectory", tmp_path / "t.mp4", check=False), ".gif or .png")
+    fails_cleanly(kuosan(*args, "--trajectory", tmp_path / "t.mp4", check=False), "--trajectory must end in")
+    same = tmp_path / "s.png"
+    fails_cleanly(kuosan("sample", digits_run, "--out", same, "--trajectory", same, check=False), "the same file")
 
 
 def _picture_of(img) -> None:
@@ -95,6 +97,11 @@ def test_the_recorded_trajectory_is_the_samplers_and_leaves_the_samples_alone(di
     trajectory.finish(seen)
     xs, x0s, sigmas = trajectory.frames()
     assert len(xs) == 5 and sigmas[-1] == 0 and torch.equal(xs[-1], seen)
+    first_two = app.trajectory_for(digits_run, keep=2)  # a large batch: only the first samples are kept
+    app.sample(digits_run, 3, steps=4, sampler="ddim", seed=2, callback=first_two)
+    first_two.finish(seen)
+    assert all(x.shape[0] == 2 for x in first_two.xs + first_two.x0s)
+    torch.testing.assert_close(first_two.x0s[-2], seen[:2])
 
 
 def test_show_forward_draws_each_schedule_asked(tmp_path):

@@ -364,6 +364,8 @@ def test_cli_txt2img_captioned_grid_and_decoded_trajectory(tmp_path, ldm_runs, c
         assert gif.n_frames == 4 and gif.width > 2 * 64  # x_t beside x0_hat, decoded to 32x32 images (scaled)
     assert np.asarray(Image.open(tmp_path / "t.png").convert("L")).std() > 5
     capsys.readouterr()
+    assert main([*common, "--caption", "--out", str(tmp_path / "c.npy")]) == 2  # an array has no captions
+    assert "--caption" in capsys.readouterr().err
 
 
 def test_cli_an_unconditional_run_asked_for_a_prompt(tmp_path, capsys):
@@ -542,7 +544,7 @@ def test_a_latent_cache_encodes_once_and_notices_what_changed(tmp_path, vae_run,
         build_trainer(_ldm_cfg(vae_run, bert_dir, *bad), tmp_path / "r")
 
 
-def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_drawn_mask(tmp_path, ldm_runs):
+def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_drawn_mask(tmp_path, ldm_runs, vae_run):
     """kuosan serve's requests on a latent text run: txt2img with a prompt (a captioned grid),
     img2img from an uploaded picture of another size (resized to the model's), inpainting where
     the strokes are, and the one-line errors of a missing image or mask."""
@@ -550,6 +552,8 @@ def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_draw
     from kuosan.pipelines import DEFAULT_GUIDANCE
     from kuosan.web import Server
 
+    with pytest.raises(ConfigError, match="autoencoder run"):
+        Server([str(vae_run)], tmp_path)
     server = Server([str(ldm_runs["inpaint"])], tmp_path)
     (name,) = server.models
     assert server.models[name].kind == "text"
@@ -557,7 +561,7 @@ def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_draw
 
     def ask(task, image=None, **changes):
         args = dict(
-            run=name, sampler="ddim", grid="(the run's)", steps=2, eta=0.0, seed=0, n=2, class_label="all",
+            run=name, sampler="ddim", grid="(the run's)", steps=2, eta=None, seed=0, n=2, class_label="all",
             prompt="a red circle", negative="", guidance=2.0, task=task, image=image, strength=0.5,
         )  # fmt: skip
         args.update(changes)
@@ -572,6 +576,8 @@ def test_the_web_app_generates_from_a_text_run_with_an_uploaded_image_and_a_draw
     editor = {"background": upload, "layers": [strokes], "composite": upload}
     assert ask("img2img", editor)["grid"].size == text["grid"].size
     assert ask("inpaint", editor)["grid"].size == text["grid"].size
+    with pytest.raises(ConfigError, match="leave eta blank"):  # as txt2img on the command line: no eta
+        ask("txt2img", eta=0.0)
     with pytest.raises(ConfigError, match="needs an image"):
         ask("img2img", None)
     with pytest.raises(ConfigError, match="needs a mask"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from kuosan import plots
 from kuosan.build import prior_for
-from kuosan.config import ConfigError
+from kuosan.config import Config, ConfigError
 from kuosan.data import DataError
 from kuosan.data.registry import load_split
 from kuosan.diffusion.oracle import GaussianMixtureDenoiser
@@ -22,8 +22,10 @@ from kuosan.diffusion.schedules import abar_from_betas, make_betas
 from kuosan.interop import diffusers as hf
 from kuosan.runs import Run
 from kuosan.samplers.langevin import langevin_dynamics, sample_annealed_langevin
+from kuosan.train import checkpoint as ckpt
 
 TRAJECTORY_SUFFIXES = (".gif", ".png")
+TRAJECTORY_KEEP = 16  # samples a trajectory records (and draws): the first of the batch
 
 
 # --- training curves ------------------------------------------------------------------------------
@@ -61,15 +63,23 @@ def plot_training(run_dir: str | Path) -> Image.Image:
 
 
 class Trajectory:
-    """A sampler callback that keeps x_t and x0_hat of the first batch at every step, for pictures.
+    """A sampler callback that keeps x_t and x0_hat of the first ``keep`` samples of the first batch at
+    every step, for pictures.
 
     x_t is kept in VP scaling, x_t = x / sqrt(1 + sigma^2) of the Denoiser's VE-scaled x (the noisy
     image the forward process makes), or as it is for a VE model (``vp=False``). ``decode`` maps
-    latents to images (a latent model). ``on_step(calls)`` is told of every network evaluation
-    (progress)."""
+    latents to images (a latent model). ``on_step(calls)`` is told of every step the sampler
+    reports, over all batches (progress)."""
 
-    def __init__(self, *, vp: bool = True, decode: Callable | None = None, on_step: Callable | None = None):
-        self.vp, self.decode, self.on_step = vp, decode, on_step
+    def __init__(
+        self,
+        *,
+        vp: bool = True,
+        decode: Callable | None = None,
+        on_step: Callable | None = None,
+        keep: int = TRAJECTORY_KEEP,
+    ):
+        self.vp, self.decode, self.on_step, self.keep = vp, decode, on_step, keep
         self.xs: list[torch.Tensor] = []
         self.x0s: list[torch.Tensor | None] = []
         self.sigmas: list[float] = []
@@ -84,10 +94,10 @@ class Trajectory:
             return
         self._last_i = state["i"]
         sigma = float(torch.as_tensor(state.get("sigma", 0.0)).reshape(-1)[0])
-        x = state["x"].detach().float().cpu().clone()  # the sampler may go on in place
+        x = state["x"][: self.keep].detach().float().cpu().clone()  # the sampler may go on in place
         self.xs.append(x / math.sqrt(1 + sigma**2) if self.vp else x)
         x0 = state.get("x0_hat")
-        self.x0s.append(None if x0 is None else x0.detach().float().cpu().clone())
+        self.x0s.append(None if x0 is None else x0[: self.keep].detach().float().cpu().clone())
         self.sigmas.append(sigma)
 
     def finish(self, samples: torch.Tensor) -> None:
@@ -115,12 +125,15 @@ class Trajectory:
         )
 
 
-def trajectory_for(run_dir, *, decode: Callable | None = None, on_step: Callable | None = None) -> Trajectory:
-    """A :class:`Trajectory` with the run's scaling (VP unless the run is a VE / NCSN model)."""
+def trajectory_for(
+    run_dir, *, decode: Callable | None = None, on_step: Callable | None = None, keep: int = TRAJECTORY_KEEP
+) -> Trajectory:
+    """A :class:`Trajectory` with the run's scaling (VP unless the run is a VE / NCSN model), read
+    from its config (the weights are not loaded)."""
     vp = True
     if not hf.is_diffusers_spec(run_dir) and not hasattr(run_dir, "denoiser"):
-        vp = prior_for(Run.open(run_dir).config) == "vp"
-    return Trajectory(vp=vp, decode=decode, on_step=on_step)
+        vp = prior_for(Config.from_dict(ckpt.read_config(run_dir))) == "vp"
+    return Trajectory(vp=vp, decode=decode, on_step=on_step, keep=keep)
 
 
 def trajectory_picture(trajectory: Trajectory, kind: str = "png") -> Image.Image | list[Image.Image]:

@@ -23,22 +23,30 @@ def _positive(flag: str, value: int | None) -> None:
         raise UserError(f"{flag} must be at least 1, got {value}")
 
 
-def _out_file(path: str, suffixes: tuple[str, ...] | None) -> Path:
-    """The --out file, checked before any work: its suffix (any when ``suffixes`` is None), and a
-    folder it can be written in."""
+def _out_file(path: str, suffixes: tuple[str, ...] | None, flag: str = "--out") -> Path:
+    """The file of ``flag`` (--out), checked before any work: its suffix (any when ``suffixes`` is
+    None), and a folder it can be written in."""
     out = Path(path)
     if suffixes is not None and out.suffix not in suffixes:
-        raise UserError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
+        raise UserError(f"{flag} must end in {' or '.join(suffixes)}, got {out.name}")
     if out.is_dir():
-        raise UserError(f"--out {out} is a directory")
+        raise UserError(f"{flag} {out} is a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out: cannot create {out.parent}: {e.strerror}") from None
+        raise UserError(f"{flag}: cannot create {out.parent}: {e.strerror}") from None
     reason = unwritable_reason(out.parent)
     if reason is not None:
-        raise UserError(f"--out: {out.parent} is not writable ({reason})")
+        raise UserError(f"{flag}: {out.parent} is not writable ({reason})")
     return out
+
+
+def _trajectory_file(args) -> Path:
+    """The --trajectory file: a .gif or .png other than --out."""
+    path = _out_file(args.trajectory, (".gif", ".png"), "--trajectory")
+    if path.resolve() == Path(args.out).resolve():
+        raise UserError(f"--trajectory and --out are the same file ({path}): the samples would be overwritten")
+    return path
 
 
 def _save_images(x, out: Path, *, captions=None, **png) -> None:
@@ -112,7 +120,7 @@ def sample(args) -> int:
     }
     trajectory = None
     if args.trajectory:
-        path = _out_file(args.trajectory, (".gif", ".png"))
+        path = _trajectory_file(args)
         trajectory = app.trajectory_for(args.run)
     x = app.sample(
         args.run,
@@ -226,12 +234,14 @@ def reconstruct(args) -> int:
 
 def text_to_image(args) -> int:
     out = _out_file(args.out, (".npy", ".png"))
+    if args.caption and out.suffix != ".png":
+        raise UserError(f"--caption writes the prompt beneath each image of a .png grid; --out is {out.name}")
     _positive("-n", args.num)
     _positive("--steps", args.steps)
     _quiet_transformers()
     run, trajectory = args.run, None
     if args.trajectory:
-        path = _out_file(args.trajectory, (".gif", ".png"))
+        path = _trajectory_file(args)
         run = app.load_pipeline(args.run, args.weights, args.device, args.precision)
         trajectory = app.Trajectory(decode=run.decode)
     x = app.text_to_image(
