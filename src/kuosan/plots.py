@@ -43,11 +43,17 @@ def _grid_array(images: torch.Tensor, scale: int = 1) -> np.ndarray:
 
 def smooth(values: Sequence[float], weight: float = 0.9) -> np.ndarray:
     """TensorBoard's smoothing: the bias-corrected exponential moving average
-    m_k = weight m_{k-1} + (1 - weight) v_k, divided by 1 - weight^k."""
-    out, m = np.empty(len(values)), 0.0
-    for k, v in enumerate(values, 1):
-        m = weight * m + (1 - weight) * float(v)
-        out[k - 1] = m / (1 - weight**k)
+    m_k = weight m_{k-1} + (1 - weight) v_k, divided by 1 - weight^k, over the finite values (k counts
+    them); a non-finite value is shown as it is and leaves the average alone, as TensorBoard does."""
+    out, m, k = np.empty(len(values)), 0.0, 0
+    for i, v in enumerate(values):
+        v = float(v)
+        if not math.isfinite(v):
+            out[i] = v
+            continue
+        k += 1
+        m = weight * m + (1 - weight) * v
+        out[i] = m / (1 - weight**k)
     return out
 
 

@@ -56,6 +56,21 @@ def test_plot_draws_the_training_log_and_logs_the_gradient_norm(digits_run, tmp_
     _picture(digits_run / "training.png")
 
 
+def test_the_smoothed_loss_is_tensorboards_and_a_resumed_log_reads_in_step_order(tmp_path):
+    from kuosan import plots
+    from kuosan.app.pictures import read_training_log
+
+    w = 0.9
+    np.testing.assert_allclose(plots.smooth([2.0, 4.0], w), [2.0, (w * 0.2 + 0.4) / (1 - w**2)])  # debiased
+    out = plots.smooth([1.0, float("nan"), 3.0], w)  # a NaN is drawn as it is and skipped by the average
+    assert out[0] == 1.0 and np.isnan(out[1]) and out[2] == pytest.approx((w * 0.1 + 0.3) / (1 - w**2))
+    (tmp_path / "log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": loss}) + "\n" for s, loss in [(1, 9), (2, 8), (3, 7), (2, 6), (3, 5)])
+        + '{"step": 4, "lo'  # a line cut short
+    )  # a run that logged step 3 and resumed from the checkpoint of step 1
+    assert [(r["step"], r["loss"]) for r in read_training_log(tmp_path)] == [(1, 9), (2, 6), (3, 5)]
+
+
 def test_plot_refuses_a_folder_without_a_log(tmp_path):
     (tmp_path / "empty").mkdir()
     fails_cleanly(kuosan("plot", tmp_path / "empty", check=False), "no log.jsonl")

@@ -32,8 +32,10 @@ TRAJECTORY_KEEP = 16  # samples a trajectory records (and draws): the first of t
 
 
 def read_training_log(run_dir: str | Path) -> list[dict]:
-    """The records of a run's log.jsonl (a line cut short by a killed run is left out); ConfigError
-    (one line) for a missing folder, a folder without log.jsonl or a log without records."""
+    """The records of a run's log.jsonl (a line cut short by a killed run is left out; where a resumed
+    run logged a step again, what it logged from there replaces the records of the run it resumed,
+    so the steps increase); ConfigError (one line) for a missing folder, a folder without log.jsonl
+    or a log without records."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"run directory not found: {run}")
@@ -47,6 +49,8 @@ def read_training_log(run_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and isinstance(rec.get("loss"), (int, float)):
+            while records and records[-1]["step"] >= rec["step"]:  # logged before the checkpoint it resumed
+                records.pop()
             records.append(rec)
     if not records:
         raise ConfigError(f"{path} holds no training records (lines with step and loss)")
