@@ -90,8 +90,10 @@ def test_requests_are_validated_as_the_cli_validates(runs, tmp_path):
             _request(server, **changes)
     out = _request(server, n=5, steps=4)
     assert out["grid"].size == _grid_size(5) and len(out["frames"]) == 5  # 4 steps and the sample
-    big = _request(server, seed="12345678901234567", sampler="euler", eta=0)  # exact, not rounded through float
-    assert big["grid"].size == _grid_size(4)
+    big = [_request(server, seed=seed)["grid"].tobytes() for seed in ("12345678901234567", 12345678901234568)]
+    assert big[0] != big[1]  # two seeds: exact, not rounded through a float (both would be ...568)
+    with pytest.raises(ConfigError, match="at most 9223372036854775807, got a number of about 400 digits"):
+        _request(server, seed=10**400)
     stochastic = [_request(server, sampler="euler-ancestral", eta=eta, seed=1)["grid"].tobytes() for eta in (None, 0)]
     assert stochastic[0] != stochastic[1]  # blank: the sampler's own eta (1), not 0
     assert Path(out["file"]).parent == tmp_path / "images" and Path(out["file"]).is_file()
@@ -134,23 +136,23 @@ def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path, monke
     runs one request at a time: never two samplers at once)."""
     from gradio_client import Client
 
-    from kuosan import app
+    from kuosan.web import Server
 
     url, _ = app_url
     results, errors, downloads = {}, [], tmp_path
     running, most = [0], [0]
-    sample = app.sample
+    generate = Server.generate
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):  # outside the server's own lock: the queue alone keeps them apart
         running[0] += 1
         most[0] = max(most[0], running[0])
         try:
             time.sleep(0.5)  # long enough for the other request to arrive meanwhile
-            return sample(*args, **kwargs)
+            return generate(self, *args, **kwargs)
         finally:
             running[0] -= 1
 
-    monkeypatch.setattr(app, "sample", counted)
+    monkeypatch.setattr(Server, "generate", counted)
 
     def ask(seed):
         try:
@@ -182,6 +184,11 @@ def test_an_unknown_sampler_through_the_api_is_an_error_and_the_server_keeps_ser
         client.predict(
             "digits", "nope", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
         )
+    with pytest.raises(Exception, match="steps must be a whole number, got 2.5"):  # refused, not rounded to 2
+        client.predict(
+            "digits", "euler", "(the run's)", 2.5, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6,
+            api_name="/generate",
+        )  # fmt: skip
     ok = client.predict(
         "digits", "euler", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
     )

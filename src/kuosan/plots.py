@@ -162,17 +162,18 @@ def trajectory_frames(
             continue
         s = scale or max(1, 128 // x.shape[-1])
         parts = [image_grid(y, scale=s).convert("RGB") for y in (x, x0) if y is not None]
-        top, gap = 22, 8
+        top, gap, font = 40, 8, _font()
+        heading = f"step {i + 1}/{len(xs)}, sigma={sigmas[i]:.3g}"  # spelt out: PIL's fonts have no Greek
         w = sum(p.width for p in parts) + gap * (len(parts) - 1)
+        w = max(w, math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(heading, font=font)) + 4)
         frame = Image.new("RGB", (w, max(p.height for p in parts) + top), "white")
-        left = 0
         draw = ImageDraw.Draw(frame)
+        draw.text((2, 3), heading, fill="black", font=font)  # a line of its own, then each grid's name
+        left = 0
         for p, label in zip(parts, ("x_t", "x0_hat")):
             frame.paste(p, (left, top))
-            draw.text((left + 2, 4), label, fill="black", font=_font())
+            draw.text((left + 2, 22), label, fill="black", font=font)
             left += p.width + gap
-        # sigma spelt out: PIL's default fonts have no Greek letters
-        draw.text((w - 150, 4), f"{i + 1}/{len(xs)} sigma={sigmas[i]:.3g}", fill="black", font=_font())
         frames.append(frame)
     return frames
 

@@ -250,7 +250,8 @@ def _integer(what: str, value, low: int, high: int | None = None) -> int:
         v = int(f)
     if v < low or (high is not None and v > high):
         bounds = f"at least {low}" + (f" and at most {high}" if high is not None else "")
-        raise ConfigError(f"{what} must be {bounds}, got {v if abs(v) < 10**20 else f'{v:.3g}'}")
+        shown = v if abs(v) < 10**20 else f"a number of about {int(v.bit_length() * math.log10(2))} digits"
+        raise ConfigError(f"{what} must be {bounds}, got {shown}")
     return v
 
 
@@ -312,13 +313,14 @@ def build_app(server: Server):
                 sampler = gr.Dropdown(list(SAMPLERS), value=first.sampler, label="sampler", elem_id="sampler", **free)
                 grid = gr.Dropdown([RUN_DEFAULT, *GRIDS], value=RUN_DEFAULT, label="noise-level grid", **free)
                 with gr.Row():
-                    steps = gr.Number(value=first.steps, precision=0, label="steps", elem_id="steps")
+                    # precision None: the value as given, which Server.generate checks (0 would round 2.5 to 2)
+                    steps = gr.Number(value=first.steps, precision=None, label="steps", elem_id="steps")
                     eta = gr.Number(
                         value=None, label="eta (blank: the sampler's)", visible=first.kind != "text", elem_id="eta"
                     )
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
-                    n = gr.Number(value=16, precision=0, label="batch size", elem_id="batch")
+                    seed = gr.Number(value=0, precision=None, label="seed", elem_id="seed")
+                    n = gr.Number(value=16, precision=None, label="batch size", elem_id="batch")
                 label = gr.Dropdown(
                     ["all", *first.classes],
                     value="all",

@@ -119,6 +119,13 @@ def test_the_recorded_trajectory_is_the_samplers_and_leaves_the_samples_alone(di
     torch.testing.assert_close(first_two.x0s[-2], seen[:2])
 
 
+def test_a_2d_trajectory_keeps_every_point(toy_run):
+    trajectory = app.trajectory_for(toy_run, keep=2)  # keep counts images; 2-D points are one scatter
+    x = app.sample(toy_run, 50, steps=3, sampler="ddim", seed=0, callback=trajectory)
+    trajectory.finish(x)
+    assert all(p.shape == (50, 2) for p in trajectory.xs)
+
+
 def test_show_forward_draws_each_schedule_asked(tmp_path):
     both = json.loads(kuosan("show", "forward", "--out", tmp_path / "f.png").stdout)["size"]
     one = json.loads(kuosan("show", "forward", "--schedule", "cosine", "--out", tmp_path / "c.png").stdout)["size"]

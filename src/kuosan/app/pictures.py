@@ -67,8 +67,8 @@ def plot_training(run_dir: str | Path) -> Image.Image:
 
 
 class Trajectory:
-    """A sampler callback that keeps x_t and x0_hat of the first ``keep`` samples of the first batch at
-    every step, for pictures.
+    """A sampler callback that keeps x_t and x0_hat of the first ``keep`` images (all points of a 2-D
+    run) of the first batch at every step, for pictures.
 
     x_t is kept in VP scaling, x_t = x / sqrt(1 + sigma^2) of the Denoiser's VE-scaled x (the noisy
     image the forward process makes), or as it is for a VE model (``vp=False``). ``decode`` maps
@@ -98,10 +98,11 @@ class Trajectory:
             return
         self._last_i = state["i"]
         sigma = float(torch.as_tensor(state.get("sigma", 0.0)).reshape(-1)[0])
-        x = state["x"][: self.keep].detach().float().cpu().clone()  # the sampler may go on in place
+        keep = self.keep if state["x"].ndim > 2 else None  # 2-D points: the whole batch is one scatter
+        x = state["x"][:keep].detach().float().cpu().clone()  # the sampler may go on in place
         self.xs.append(x / math.sqrt(1 + sigma**2) if self.vp else x)
         x0 = state.get("x0_hat")
-        self.x0s.append(None if x0 is None else x0[: self.keep].detach().float().cpu().clone())
+        self.x0s.append(None if x0 is None else x0[:keep].detach().float().cpu().clone())
         self.sigmas.append(sigma)
 
     def finish(self, samples: torch.Tensor) -> None:

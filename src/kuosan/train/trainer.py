@@ -299,11 +299,14 @@ class Trainer:
             raise TrainingDiverged(f"loss became {value} at step {self.step}; stopped, {self._what_is_kept()}")
         if self.scaler is not None:  # true gradients for the clip; an overflowed step is skipped by step()
             self.scaler.unscale_(self.opt)
-        if self.grad_clip > 0:  # the global norm before the clip, logged as its mean over a log line's steps
+        # the global norm before the clip, logged (by the first process: every process holds the same
+        # all-reduced gradients) as its mean over a log line's steps
+        norm = None
+        if self.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
-        else:
+        elif self.rank == 0:
             norm = _total_norm([p.grad for p in self.net.parameters() if p.grad is not None])
-        if self.rank == 0 and norm is not None:  # every process holds the same (all-reduced) gradients
+        if self.rank == 0 and norm is not None:
             self._grad_norms.append(norm.detach())
         if self.scaler is not None:
             self.scaler.step(self.opt)
