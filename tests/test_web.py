@@ -233,15 +233,22 @@ def _set(driver, elem_id: str, value, *, choose=False) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")
-    box.click()
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(Keys.DELETE)
-    box.send_keys(str(value))
-    if choose:  # the list re-renders as it filters what was typed: click the option as it stands then
+    for _ in range(5):
+        box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(str(value))
+        if not choose:
+            box.send_keys(Keys.TAB)
+            return
+        # the list re-renders as it filters what was typed: click the option as it stands then, and
+        # read the choice back (a click as the list moves can land on its neighbour, dpmpp-2m-sde)
         _wait(lambda: _click_option(driver, value), what=f"the option {value}")
-    else:
-        box.send_keys(Keys.TAB)
+        time.sleep(0.5)
+        if box.get_attribute("value") == str(value):
+            return
+    raise AssertionError(f"could not choose {value} in #{elem_id}")
 
 
 def _click_option(driver, value) -> bool:
@@ -263,9 +270,18 @@ def _result_src(driver) -> str | None:
     return src if src and src.startswith("http") else None
 
 
-def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url, tmp_path):
+def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url, tmp_path, monkeypatch):
     from selenium.webdriver.common.by import By
 
+    from kuosan.web import Server
+
+    asked, generate = [], Server.generate
+
+    def spy(self, *args, **kwargs):  # what the page sends
+        asked.append(args)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Server, "generate", spy)
     url, out = app_url
     before = set((out / "images").iterdir())
     browser.get(url)
@@ -280,6 +296,7 @@ def test_the_page_generates_and_shows_errors_in_a_real_browser(browser, app_url,
         grid = Image.open(io.BytesIO(r.read()))
         grid.load()
     assert grid.size == _grid_size(9)  # 9 samples: a 3 x 3 grid of 8x8 digits, enlarged 16 times
+    assert asked[0][:4] == ("digits", "dpmpp-2m", "(the run's)", 4) and asked[0][4] in (None, "")  # eta: blank
     _wait(lambda: "9 samples from digits" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="the summary")
     frames = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#trajectory img"), what="the trajectory")
     assert len(frames) >= 2

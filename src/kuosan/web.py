@@ -8,6 +8,7 @@ writes, gradio's own copies included, goes under its output folder."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -255,8 +256,14 @@ def _integer(what: str, value, low: int, high: int | None = None) -> int:
     return v
 
 
+def _eta_hint(sampler: str) -> str:
+    """What a blank eta means for ``sampler``: its own default, or that it takes none."""
+    eta = inspect.signature(SAMPLERS[sampler]).parameters.get("eta") if sampler in SAMPLERS else None
+    return "no eta: deterministic" if eta is None else f"blank: the sampler's own, {eta.default:g}"
+
+
 def _number(what: str, value, low: float | None):
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
         v = float(value)
@@ -315,8 +322,14 @@ def build_app(server: Server):
                 with gr.Row():
                     # precision None: the value as given, which Server.generate checks (0 would round 2.5 to 2)
                     steps = gr.Number(value=first.steps, precision=None, label="steps", elem_id="steps")
-                    eta = gr.Number(
-                        value=None, label="eta (blank: the sampler's)", visible=first.kind != "text", elem_id="eta"
+                    # a text field: gradio's number field shows and sends 0 for blank, and a blank eta is
+                    # the sampler's own (1 for the ancestral samplers), not 0
+                    eta = gr.Textbox(
+                        value="",
+                        label="eta",
+                        placeholder=_eta_hint(first.sampler),
+                        visible=first.kind != "text",
+                        elem_id="eta",
                     )
                 with gr.Row():
                     seed = gr.Number(value=0, precision=None, label="seed", elem_id="seed")
@@ -361,7 +374,7 @@ def build_app(server: Server):
                 m.describe(),
                 gr.update(value=m.sampler),
                 gr.update(value=m.steps),
-                gr.update(value=None, visible=not text),
+                gr.update(value="", placeholder=_eta_hint(m.sampler), visible=not text),
                 gr.update(choices=["all", *m.classes], value="all", visible=m.kind == "class"),
                 gr.update(value="", visible=text),
                 gr.update(value="", visible=text),
@@ -373,6 +386,7 @@ def build_app(server: Server):
         run.change(
             pick, run, [about, sampler, steps, eta, label, prompt, negative, guidance, edit, task], api_name=False
         )
+        sampler.change(lambda name: gr.update(placeholder=_eta_hint(name)), sampler, eta, api_name=False)
 
         def generate(run, sampler, grid, steps, eta, seed, n, label, prompt, negative, guidance, task, image, strength,
                      progress=gr.Progress()):  # noqa: B008  (gradio's way of asking for a progress bar)  # fmt: skip
