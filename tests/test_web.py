@@ -58,13 +58,23 @@ def app_url(runs, tmp_path_factory):
     page.close()
 
 
-def _request(server, **changes):
+def _arguments(**changes) -> list:
+    """A request's arguments, in the order of Server.generate and of the /generate endpoint."""
     args = dict(
         run="digits", sampler="ddim", grid="(the run's)", steps=3, eta=None, seed=0, n=4, class_label="all",
         prompt="", negative="", guidance=None, task="txt2img", image=None, strength=0.6,
     )  # fmt: skip
     args.update(changes)
-    return server.generate(*args.values())
+    return list(args.values())
+
+
+def _request(server, **changes):
+    return server.generate(*_arguments(**changes))
+
+
+def _predict(client, **changes):
+    """The same request through the API (gradio_client), eta 0 as a number field would send it."""
+    return client.predict(*_arguments(**{"eta": 0, **changes}), api_name="/generate")
 
 
 def test_requests_are_validated_as_the_cli_validates(runs, tmp_path):
@@ -157,10 +167,7 @@ def test_two_users_at_once_are_queued_and_both_answered(app_url, tmp_path, monke
     def ask(seed):
         try:
             client = Client(url, verbose=False, download_files=str(downloads))
-            results[seed] = client.predict(
-                "digits", "ddim", "(the run's)", 3, 0, seed, 4, "all", "", "", None, "txt2img", None, 0.6,
-                api_name="/generate",
-            )  # fmt: skip
+            results[seed] = _predict(client, seed=seed)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -181,17 +188,10 @@ def test_an_unknown_sampler_through_the_api_is_an_error_and_the_server_keeps_ser
     url, _ = app_url
     client = Client(url, verbose=False, download_files=str(tmp_path))
     with pytest.raises(Exception, match="unknown sampler 'nope'"):
-        client.predict(
-            "digits", "nope", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
-        )
+        _predict(client, sampler="nope")
     with pytest.raises(Exception, match="steps must be a whole number, got 2.5"):  # refused, not rounded to 2
-        client.predict(
-            "digits", "euler", "(the run's)", 2.5, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6,
-            api_name="/generate",
-        )  # fmt: skip
-    ok = client.predict(
-        "digits", "euler", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
-    )
+        _predict(client, sampler="euler", steps=2.5)
+    ok = _predict(client, sampler="euler")
     assert Image.open(ok[0]).size == _grid_size(4)
 
 
@@ -344,9 +344,7 @@ def test_kuosan_serve_as_a_user_starts_it_and_stops_it(runs, tmp_path):
         with urllib.request.urlopen(line["url"]) as r:
             assert r.status == 200 and "kuosan" in r.read().decode()
         client = Client(line["url"], verbose=False, download_files=False)
-        answer = client.predict(
-            "digits", "ddim", "(the run's)", 3, 0, 0, 4, "all", "", "", None, "txt2img", None, 0.6, api_name="/generate"
-        )
+        answer = _predict(client)
         assert Path(answer[0]["path"]).is_relative_to(out / "cache")
     finally:
         proc.send_signal(signal.SIGINT)

@@ -165,7 +165,7 @@ def trajectory_frames(
         top, gap, font = 40, 8, _font()
         heading = f"step {i + 1}/{len(xs)}, sigma={sigmas[i]:.3g}"  # spelt out: PIL's fonts have no Greek
         w = sum(p.width for p in parts) + gap * (len(parts) - 1)
-        w = max(w, math.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(heading, font=font)) + 4)
+        w = max(w, math.ceil(font.getlength(heading)) + 4)
         frame = Image.new("RGB", (w, max(p.height for p in parts) + top), "white")
         draw = ImageDraw.Draw(frame)
         draw.text((2, 3), heading, fill="black", font=font)  # a line of its own, then each grid's name
